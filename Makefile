@@ -1,0 +1,48 @@
+# edgekit developer commands. `make demo` and `make test` set everything up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.edgekit-installed
+
+.PHONY: demo test lint typecheck fmt setup system-deps clean
+
+demo: setup
+	$(BIN)/edgekit convert --dataset fashion-mnist --out build/fmnist.edgepkg --force
+	$(BIN)/edgekit report build/fmnist.edgepkg
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(MAKE) typecheck
+
+# mypy cannot follow setuptools' package-dir mapping, so check a symlinked view
+# of the installed layout (edgekit/, edgekit/converters -> converters/, ...).
+typecheck: setup
+	@rm -rf build/typecheck && mkdir -p build/typecheck/edgekit
+	@for f in edgekit/*; do ln -s "$$PWD/$$f" build/typecheck/edgekit/; done
+	@for d in converters runtime devices; do ln -s "$$PWD/$$d" build/typecheck/edgekit/$$d; done
+	cd build/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p edgekit
+
+fmt: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+$(STAMP): pyproject.toml requirements/lock.txt requirements/nodeps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --progress-bar off -r requirements/lock.txt
+	$(BIN)/pip install --progress-bar off --no-deps -r requirements/nodeps.txt
+	$(BIN)/pip install --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+clean:
+	rm -rf build .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,149 @@
+"""Static analysis of a Keras Functional model: MACs per layer and where it can be cut."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgekit._errors import ModelError
+
+__all__ = ["CutPoint", "cut_points", "layer_macs", "model_macs", "pick_cuts"]
+
+# A stage boundary after one of these would split a fused conv+BN(+activation) pattern.
+_UNCUTTABLE = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "Conv1D", "ZeroPadding2D")
+_ACTIVATIONS = ("ReLU", "Activation", "LeakyReLU", "ELU")
+
+
+def _shape(t: Any) -> tuple[int, ...]:
+    return tuple(int(d) if d is not None else 1 for d in t.shape[1:])
+
+
+def _prod(xs: Sequence[int]) -> int:
+    p = 1
+    for x in xs:
+        p *= x
+    return p
+
+
+def layer_macs(layer: Any, node_index: int = 0) -> int:
+    """Multiply-accumulates of one call of ``layer`` (batch 1); 0 for layers without weights.
+
+    Elementwise work (BN, activations, adds, pooling) is not counted: it is small next
+    to the convolutions and is folded or fused by the converters anyway.
+    """
+    cls = type(layer).__name__
+    node = layer.inbound_nodes[node_index]
+    out = node.outputs if not isinstance(node.outputs, (list, tuple)) else node.outputs[0]
+    ins = node.input_tensors
+    inp = ins[0] if isinstance(ins, (list, tuple)) else ins
+    out_shape, in_shape = _shape(out), _shape(inp)
+    if cls in ("Conv2D", "Conv1D"):
+        k = _prod(layer.kernel_size)
+        return _prod(out_shape) * k * (in_shape[-1] // layer.groups)
+    if cls == "DepthwiseConv2D":
+        return _prod(out_shape) * _prod(layer.kernel_size)
+    if cls == "SeparableConv2D":
+        depthwise = _prod(out_shape[:-1]) * in_shape[-1] * layer.depth_multiplier
+        return depthwise * _prod(layer.kernel_size) + depthwise * out_shape[-1]
+    if cls == "Dense":
+        return _prod(out_shape[:-1]) * in_shape[-1] * out_shape[-1]
+    return 0
+
+
+def model_macs(model: Any) -> int:
+    """Total MACs of one inference of ``model`` (batch 1)."""
+    return sum(layer_macs(layer) for layer in model.layers)
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """A layer after which the model's whole state is one tensor: a valid stage boundary."""
+
+    position: int  # index into model.layers
+    layer: str
+    macs: int  # cumulative MACs up to and including this layer
+    fraction: float
+    shape: tuple[int, ...]
+
+
+def _feeds_activation(layer: Any) -> bool:
+    consumers = [n.outbound_layer for n in layer.outbound_nodes]
+    return len(consumers) == 1 and type(consumers[0]).__name__ in _ACTIVATIONS
+
+
+def cut_points(model: Any) -> list[CutPoint]:
+    """Every layer output that all paths from the input to the output pass through.
+
+    ``model.layers`` of a Functional model is in topological order; a cut after
+    position ``i`` is valid when no tensor made at or before ``i`` other than layer
+    ``i``'s output is still needed after it.
+    """
+    layers = model.layers
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    last_use = list(range(len(layers)))
+    for i, layer in enumerate(layers):
+        for node in layer.inbound_nodes[:1]:
+            for parent in node.inbound_layers if isinstance(node.inbound_layers, list) else [
+                node.inbound_layers
+            ]:
+                j = index.get(id(parent))
+                if j is not None:
+                    last_use[j] = max(last_use[j], i)
+    total = model_macs(model) or 1
+    cum = 0
+    open_until = 0  # furthest consumer of any tensor made so far
+    outputs = {id(t) for t in model.outputs}
+    points: list[CutPoint] = []
+    for i, layer in enumerate(layers):
+        cum += layer_macs(layer) if layer.inbound_nodes else 0
+        before = open_until
+        open_until = max(open_until, last_use[i])
+        cls = type(layer).__name__
+        if i == 0 or cls == "InputLayer" or before > i or cls in _UNCUTTABLE:
+            continue
+        if id(layer.get_output_at(0)) in outputs or last_use[i] == i:
+            continue  # a model output or a dead end, not a boundary
+        if cls == "BatchNormalization" and _feeds_activation(layer):
+            continue  # keep BN + activation in one stage (fused in int8)
+        if len(layer.get_output_at(0).shape) != 4:
+            continue  # exits and stages sit on feature maps
+        points.append(CutPoint(i, layer.name, cum, cum / total, _shape(layer.get_output_at(0))))
+    return points
+
+
+def pick_cuts(
+    model: Any, *, fractions: Sequence[float] | None = None, layers: Sequence[str] | None = None
+) -> list[CutPoint]:
+    """Choose exit positions by cumulative-MAC fraction (nearest valid cut) or by layer name."""
+    points = cut_points(model)
+    if not points:
+        raise ModelError("the model has no layer after which it can be cut into stages",
+                         hint="exits need a feature map (4-D tensor) that every path passes "
+                              "through; add exits by hand with --exits LAYER,...")
+    chosen: list[CutPoint] = []
+    if layers:
+        by_name = {p.layer: p for p in points}
+        names = {layer.name for layer in model.layers}
+        for name in layers:
+            if name not in names:
+                close = [n for n in names if name.lower() in n.lower()][:5]
+                raise ModelError(f"exit layer {name!r} does not exist in the model",
+                                 hint=f"similar layer names: {close}" if close else
+                                 "list the model's layers with model.summary()", layer=name)
+            if name not in by_name:
+                valid = [p.layer for p in points][:12]
+                raise ModelError(
+                    f"exit layer {name!r} is not a place where the model can be cut (a branch "
+                    "is still open there, or it splits a conv from its batch norm)",
+                    hint=f"valid exit layers include: {valid}", layer=name)
+            chosen.append(by_name[name])
+    else:
+        for f in fractions or ():
+            if not 0.0 < f < 1.0:
+                raise ModelError(f"exit fraction {f} is outside (0, 1)",
+                                 hint="give fractions of the model's MACs such as 0.15,0.4")
+            best = min(points, key=lambda p: (abs(p.fraction - f), p.position))
+            chosen.append(best)
+    chosen = sorted({p.position: p for p in chosen}.values(), key=lambda p: p.position)
+    return chosen

@@ -1,0 +1,475 @@
+"""Export tf-keras models to ONNX: float, and INT8 (QDQ) with 8-bit graph inputs and outputs.
+
+The INT8 export is what an ONNX stage of an edge package runs. Its graph input and named
+outputs are raw 8-bit tensors whose scale and zero point are fixed by the caller (the TFLite
+side decides them), so the bytes one stage returns can be fed to the next stage as they are.
+
+Pipeline: tf2onnx (float) -> ``quant_pre_process`` -> ``quantize_static`` (QDQ, calibrated,
+with ``TensorQuantOverrides`` pinning the I/O quantization) -> graph surgery that drops the
+QuantizeLinear after the float input and the DequantizeLinear before each float output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit._errors import ConversionError, require
+from edgekit._package import QuantParams
+
+__all__ = ["INPUT_NAME", "export_float_onnx", "export_int8_onnx", "read_io_quant"]
+
+INPUT_NAME = "input"
+BATCH_DIM = "batch"
+
+_CALIB_BATCH = 16
+# onnx.TensorProto.UINT8 / INT8, spelled out so this module imports without onnx.
+_ELEM_TYPE = {"uint8": 2, "int8": 3}
+_QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
+# Ops whose QDQ output reuses the scale/zero point of their (first) input in ORT. An override
+# on their output would be ignored, so it is also put on the tensor they read.
+_SHARED_QPARAM_OPS = frozenset(
+    {
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+        "Slice",
+        "MaxPool",
+        "AveragePool",
+        "Resize",
+        "Pad",
+    }
+)
+
+
+def _onnx_module() -> Any:
+    return require("onnx", "convert", purpose="ONNX export")
+
+
+def _keras_input(model: Any) -> Any:
+    """The single input tensor of a tf-keras model, or ConversionError."""
+    keras = require("tf_keras", "convert", purpose="ONNX export")
+    if not isinstance(model, keras.Model):
+        raise ConversionError(
+            f"expected a tf-keras Model, got {type(model).__name__}",
+            hint="build or load the model with `import tf_keras as keras` "
+            "(TF_USE_LEGACY_KERAS=1 before importing tensorflow)",
+        )
+    inputs = list(model.inputs or [])
+    if len(inputs) != 1:
+        raise ConversionError(
+            f"the model has {len(inputs)} inputs; ONNX export needs exactly one",
+            hint="export a Functional model with a single image/features input",
+        )
+    return inputs[0]
+
+
+def _float_model_proto(model: Any, opset: int) -> Any:
+    """Convert ``model`` with tf2onnx; input named ``input``, outputs named after Keras outputs."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    tf = require("tensorflow", "convert", purpose="ONNX export")
+    inp = _keras_input(model)
+    tf2onnx = require("tf2onnx", "convert", purpose="ONNX export")
+    onnx = _onnx_module()
+    shape = (None, *tuple(inp.shape)[1:])
+    spec = (tf.TensorSpec(shape, inp.dtype, name=INPUT_NAME),)
+    try:
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+        # tf2onnx continues past ops it cannot convert; the checker catches those.
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise ConversionError(
+            f"tf2onnx could not convert model {getattr(model, 'name', '?')!r}: {exc}",
+            hint="the model may use a layer tf2onnx does not support; "
+            f"try another opset (now {opset}) or replace the layer",
+        ) from exc
+    want = list(model.output_names)
+    got = [o.name for o in proto.graph.output]
+    if got != want:
+        raise ConversionError(
+            f"ONNX outputs {got} do not match the Keras output names {want}",
+            hint="give every output layer a unique name",
+        )
+    _name_batch_dims(proto)
+    return proto
+
+
+def _name_batch_dims(proto: Any) -> None:
+    """Give the free leading dimension of the graph inputs/outputs one shared name."""
+    for vi in [*proto.graph.input, *proto.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = BATCH_DIM
+
+
+def export_float_onnx(model: Any, path: Path, *, opset: int = 17) -> None:
+    """Write the float ONNX version of a tf-keras Functional ``model`` to ``path``.
+
+    The graph input is named ``input`` (batch dimension free) and the outputs keep the names
+    of the Keras output layers.
+    """
+    proto = _float_model_proto(model, opset)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _onnx_module().save(proto, str(path))
+
+
+def export_int8_onnx(
+    model: Any,
+    path: Path,
+    calib: np.ndarray,
+    *,
+    io_quant: Mapping[str, QuantParams],
+    activation_type: str = "uint8",
+    per_channel: bool = True,
+    reduce_range: bool | None = None,
+    opset: int = 17,
+) -> dict[str, QuantParams]:
+    """Write an INT8 QDQ ONNX model whose graph input and outputs are 8-bit tensors.
+
+    ``calib`` is float32 calibration data shaped like the model input (NHWC, batch first).
+    ``io_quant`` maps ``"input"`` and output names to the quantization (any 8-bit dtype, e.g.
+    int8 from TFLite) those tensors must use; it is converted to ``activation_type``
+    (``"uint8"``, best on x86, or ``"int8"``, best on ARM). Outputs missing from ``io_quant``
+    keep the range ORT calibrates. ``reduce_range`` quantizes weights to 7 bits; by default it
+    is on for uint8 (x86): without VNNI, ORT's U8S8 kernels saturate 16-bit pair sums and
+    full 8-bit weights come out about ten times less accurate. Returns the quantization
+    actually written for the input and every output, in ``activation_type``.
+    """
+    if activation_type not in _ELEM_TYPE:
+        raise ConversionError(
+            f"activation_type must be 'uint8' or 'int8', not {activation_type!r}",
+            hint="use 'uint8' for x86 targets and 'int8' for ARM targets",
+        )
+    if reduce_range is None:
+        reduce_range = activation_type == "uint8"
+    onnx = _onnx_module()
+    ort_quant = require("onnxruntime.quantization", "convert", purpose="INT8 ONNX export")
+    shape_inf = require(
+        "onnxruntime.quantization.shape_inference", "convert", purpose="INT8 ONNX export"
+    )
+
+    inp = _keras_input(model)
+    wanted = _target_quant(io_quant, list(model.output_names), activation_type)
+    calib = _check_calib(calib, tuple(inp.shape)[1:])
+    proto = _float_model_proto(model, opset)
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-") as tmp:
+        float_path, pre_path, q_path = (Path(tmp) / n for n in ("f.onnx", "p.onnx", "q.onnx"))
+        onnx.save(proto, str(float_path))
+        try:
+            # Symbolic shape inference needs sympy and helps only transformer-like graphs.
+            shape_inf.quant_pre_process(str(float_path), str(pre_path), skip_symbolic_shape=True)
+            pre = onnx.load(str(pre_path))
+            qt = ort_quant.QuantType
+            ort_quant.quantize_static(
+                str(pre_path),
+                str(q_path),
+                _calibration_reader(ort_quant.CalibrationDataReader, calib),
+                quant_format=ort_quant.QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=qt.QUInt8 if activation_type == "uint8" else qt.QInt8,
+                weight_type=qt.QInt8,
+                extra_options={
+                    "TensorQuantOverrides": _overrides(pre.graph, wanted, activation_type),
+                    # Quantize the ops right after the input (Transpose/Reshape) too, so the
+                    # input gets a QuantizeLinear with the pinned parameters.
+                    "ForceQuantizeNoInputCheck": True,
+                    "QDQKeepRemovableActivations": _must_keep_activations(pre.graph, wanted),
+                },
+            )
+            qmodel = onnx.load(str(q_path))
+        except ConversionError:
+            raise
+        except Exception as exc:
+            raise ConversionError(
+                f"ONNX Runtime static quantization failed: {exc}",
+                hint="check that calib holds representative, finite samples",
+            ) from exc
+
+        _make_io_8bit(qmodel, _ELEM_TYPE[activation_type])
+        try:
+            onnx.checker.check_model(qmodel, full_check=True)
+        except Exception as exc:
+            raise ConversionError(
+                f"the INT8 ONNX model is invalid after making its input/outputs 8-bit: {exc}",
+                hint="this is a bug in edgekit's ONNX graph surgery; report it with the model",
+            ) from exc
+        onnx.save(qmodel, str(q_path))
+        used = read_io_quant(q_path)
+        for name, q in wanted.items():
+            # Scales are stored as float32.
+            if used[name] != QuantParams(float(np.float32(q.scale)), q.zero_point, q.dtype):
+                raise ConversionError(
+                    f"ONNX tensor {name!r} was quantized with {used[name]}, not {q}",
+                    hint="ONNX Runtime ignored the override; the op producing this tensor may "
+                    "share its input's quantization parameters",
+                )
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(q_path), str(path))
+    return used
+
+
+def _target_quant(
+    io_quant: Mapping[str, QuantParams], outputs: list[str], activation_type: str
+) -> dict[str, QuantParams]:
+    """Validate ``io_quant`` and convert it to ``activation_type``."""
+    known = [INPUT_NAME, *outputs]
+    unknown = sorted(set(io_quant) - set(known))
+    if unknown or INPUT_NAME not in io_quant:
+        raise ConversionError(
+            f"io_quant must give {INPUT_NAME!r} and may give outputs {outputs}; "
+            f"got {sorted(io_quant)}",
+            hint="key io_quant by 'input' and the Keras output layer names",
+        )
+    lo, hi = _QRANGE[activation_type]
+    wanted = {}
+    for name, q in io_quant.items():
+        if q.dtype not in _QRANGE:
+            raise ConversionError(f"{name!r}: unsupported quantization dtype {q.dtype!r}")
+        qa = q.as_dtype(activation_type)
+        if not (q.scale > 0 and np.isfinite(q.scale) and lo <= qa.zero_point <= hi):
+            raise ConversionError(
+                f"{name!r}: invalid quantization {q} for {activation_type}",
+                hint="scale must be positive and the zero point inside the 8-bit range",
+            )
+        wanted[name] = qa
+    return wanted
+
+
+def _check_calib(calib: np.ndarray, sample_shape: tuple[Any, ...]) -> np.ndarray:
+    arr = np.asarray(calib, dtype=np.float32)
+    fits = arr.ndim == len(sample_shape) + 1 and all(
+        d is None or d == a for d, a in zip(sample_shape, arr.shape[1:])
+    )
+    if not fits or len(arr) == 0:
+        raise ConversionError(
+            f"calibration data of shape {arr.shape} does not match the model input "
+            f"(batch, {', '.join(map(str, sample_shape))})",
+            hint="pass a non-empty float32 batch of preprocessed samples",
+        )
+    return arr
+
+
+def _calibration_reader(base: type, calib: np.ndarray) -> Any:
+    """A CalibrationDataReader (subclass of ORT's ``base``) over ``calib`` in small batches."""
+
+    class _Reader(base):
+        def __init__(self) -> None:
+            self._batches: Iterator[dict[str, np.ndarray]] = (
+                {INPUT_NAME: calib[i : i + _CALIB_BATCH]}
+                for i in range(0, len(calib), _CALIB_BATCH)
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    return _Reader()
+
+
+def _producers(graph: Any) -> dict[str, Any]:
+    return {out: n for n in graph.node for out in n.output}
+
+
+def _consumers(graph: Any) -> dict[str, list[Any]]:
+    users: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in n.input:
+            users.setdefault(name, []).append(n)
+    return users
+
+
+def _overrides(
+    graph: Any, wanted: Mapping[str, QuantParams], activation_type: str
+) -> dict[str, list[dict[str, Any]]]:
+    """``TensorQuantOverrides`` pinning the I/O tensors (and what shares their parameters)."""
+    zp_type = np.uint8 if activation_type == "uint8" else np.int8
+    producers = _producers(graph)
+    pinned: dict[str, QuantParams] = {}
+    for name, q in wanted.items():
+        tensor = name
+        while True:
+            if pinned.setdefault(tensor, q) != q:
+                raise ConversionError(
+                    f"tensor {tensor!r} would need two quantizations ({pinned[tensor]} and {q})",
+                    hint="outputs computed from one another by a reshape/transpose must share "
+                    "scale and zero point",
+                )
+            node = producers.get(tensor)
+            if node is None or node.op_type not in _SHARED_QPARAM_OPS:
+                break
+            tensor = node.input[0]
+    return {
+        t: [{"scale": np.array(q.scale, np.float32), "zero_point": np.array(q.zero_point, zp_type)}]
+        for t, q in pinned.items()
+    }
+
+
+def _must_keep_activations(graph: Any, wanted: Mapping[str, QuantParams]) -> bool:
+    """Whether ORT must keep Relu/Clip explicit because a pinned range does not clip like them.
+
+    ORT drops a Relu/Clip feeding a QuantizeLinear, relying on the 8-bit range to do the
+    clipping. That is only right when the range starts at 0 (ends at the Clip maximum).
+    """
+    onnx = _onnx_module()
+    producers = _producers(graph)
+    inits = {i.name: i for i in graph.initializer}
+    for name, q in wanted.items():
+        node = producers.get(name)
+        while node is not None and node.op_type in _SHARED_QPARAM_OPS:
+            node = producers.get(node.input[0])
+        if node is None or node.op_type not in ("Relu", "Clip"):
+            continue
+        lo, hi = _QRANGE[q.dtype]
+        rmin, rmax = q.scale * (lo - q.zero_point), q.scale * (hi - q.zero_point)
+        cmin, cmax = 0.0, np.inf
+        if node.op_type == "Clip":
+            # Clip's optional min/max inputs; absent or non-constant means unbounded.
+            bounds = [
+                float(onnx.numpy_helper.to_array(inits[n])) if n in inits else None
+                for n in node.input[1:3]
+            ]
+            bounds += [None] * (2 - len(bounds))
+            cmin = -np.inf if bounds[0] is None else bounds[0]
+            cmax = np.inf if bounds[1] is None else bounds[1]
+        half_step = q.scale / 2
+        if rmin < cmin - half_step or rmax > cmax + half_step:
+            return True
+    return False
+
+
+def _make_io_8bit(proto: Any, elem_type: int) -> None:
+    """Turn the QDQ model's float input/outputs into the 8-bit tensors around them.
+
+    Input:  input(float) -> Q -> X_q -> DQ ...   becomes   input(8-bit) -> DQ ...
+    Output: ... Q -> Y_q -> DQ -> out(float)      becomes   ... Q -> out(8-bit)
+    A float output that other nodes also read keeps its DQ under a new name for those nodes.
+    """
+    graph = proto.graph
+    users = _consumers(graph)
+    remove: list[Any] = []
+
+    def rename(old: str, new: str) -> None:
+        for n in graph.node:
+            for seq in (n.input, n.output):
+                for i, name in enumerate(seq):
+                    if name == old:
+                        seq[i] = new
+
+    (inp,) = graph.input
+    quants = [n for n in users.get(inp.name, []) if n.op_type == "QuantizeLinear"]
+    others = [n for n in users.get(inp.name, []) if n.op_type != "QuantizeLinear"]
+    if not quants:
+        raise ConversionError(
+            "ONNX Runtime did not quantize the model input",
+            hint="the first layer may be an op ORT does not quantize",
+        )
+    first = quants[0]
+    for q in quants:
+        _check_elem_type(graph, q, elem_type, inp.name)
+        if list(q.input[1:]) != list(first.input[1:]):
+            raise ConversionError(
+                "ONNX Runtime quantized the model input in more than one way",
+                hint="report this with the model; the input must have one scale/zero point",
+            )
+        rename(q.output[0], inp.name)
+        remove.append(q)
+    if others:
+        deq = f"{inp.name}_dequantized"
+        for n in others:
+            n.input[:] = [deq if i == inp.name else i for i in n.input]
+        node = _onnx_module().helper.make_node(
+            "DequantizeLinear", [inp.name, *first.input[1:]], [deq], name=f"{deq}_node"
+        )
+        graph.node.insert(0, node)
+    inp.type.tensor_type.elem_type = elem_type
+
+    producers = _producers(graph)
+    users = _consumers(graph)
+    for out in graph.output:
+        dq = producers.get(out.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            raise ConversionError(
+                f"ONNX Runtime did not quantize the output {out.name!r}",
+                hint="the output layer may be an op ORT does not quantize",
+            )
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            raise ConversionError(f"output {out.name!r} is not produced by a QuantizeLinear")
+        _check_elem_type(graph, q, elem_type, out.name)
+        if users.get(out.name):
+            dq.output[0] = f"{out.name}_dequantized"
+            for n in users[out.name]:
+                n.input[:] = [dq.output[0] if i == out.name else i for i in n.input]
+        else:
+            remove.append(dq)
+        rename(dq.input[0], out.name)
+        out.type.tensor_type.elem_type = elem_type
+
+    for n in remove:
+        graph.node.remove(n)
+    # Intermediate type annotations are optional and some are now stale; shape inference
+    # (in the checker and in ORT) recomputes them.
+    del graph.value_info[:]
+
+
+def _check_elem_type(graph: Any, q: Any, elem_type: int, tensor: str) -> None:
+    zp = next((i for i in graph.initializer if len(q.input) > 2 and i.name == q.input[2]), None)
+    if zp is None or zp.data_type != elem_type:
+        raise ConversionError(
+            f"the QuantizeLinear of {tensor!r} does not produce the requested 8-bit type",
+            hint="report this with the model; ORT quantized the tensor unexpectedly",
+        )
+
+
+def read_io_quant(path: Path) -> dict[str, QuantParams]:
+    """Scale and zero point of the 8-bit graph input and outputs of an INT8 ONNX file.
+
+    They are read from the DequantizeLinear reading the input and the QuantizeLinear
+    producing each output.
+    """
+    onnx = _onnx_module()
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:
+        raise ConversionError(f"cannot read ONNX file {path}: {exc}") from exc
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    users, producers = _consumers(graph), _producers(graph)
+    dtypes = {v: k for k, v in _ELEM_TYPE.items()}
+
+    def params(node: Any, tensor: str) -> QuantParams:
+        scale_name = node.input[1]
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        if scale_name not in inits or (zp_name and zp_name not in inits):
+            raise ConversionError(f"quantization of {tensor!r} in {path} is not constant")
+        scale = onnx.numpy_helper.to_array(inits[scale_name])
+        zp = onnx.numpy_helper.to_array(inits[zp_name]) if zp_name else np.uint8(0)
+        if scale.size != 1:
+            raise ConversionError(f"{tensor!r} in {path} is not quantized per tensor")
+        return QuantParams(float(scale.reshape(())), int(zp.reshape(())), str(zp.dtype))
+
+    result: dict[str, QuantParams] = {}
+    for inp in graph.input:
+        if inp.name in inits:
+            continue
+        dq = next((n for n in users.get(inp.name, []) if n.op_type == "DequantizeLinear"), None)
+        if inp.type.tensor_type.elem_type not in dtypes or dq is None:
+            raise ConversionError(f"input {inp.name!r} of {path} is not an 8-bit tensor")
+        result[inp.name] = params(dq, inp.name)
+    for out in graph.output:
+        q = producers.get(out.name)
+        if out.type.tensor_type.elem_type not in dtypes or q is None:
+            raise ConversionError(f"output {out.name!r} of {path} is not an 8-bit tensor")
+        if q.op_type != "QuantizeLinear":
+            raise ConversionError(f"output {out.name!r} of {path} is not made by QuantizeLinear")
+        result[out.name] = params(q, out.name)
+    return result

@@ -1,0 +1,516 @@
+"""``convert``: a model and data in, a multi-exit INT8 edge package out."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit._errors import ConversionError, DatasetError, OutputExistsError
+from edgekit._package import (
+    ExitSpec,
+    InputSpec,
+    Manifest,
+    QuantParams,
+    StageSpec,
+    TensorSpec,
+    write_manifest,
+)
+from edgekit._progress import say
+from edgekit.data import Dataset, load_dataset
+
+from ._exits import attach_exits, head_macs, submodel
+from ._graph import CutPoint, model_macs, pick_cuts
+from ._models import builtin_cnn, load_model
+from ._quantize import (
+    QATUnsupportedError,
+    boundary_range,
+    qat_model,
+    tflite_io_quant,
+    to_float_tflite,
+    to_int8_tflite,
+)
+from ._report import format_table, write_report
+from ._train import TrainConfig, evaluate_exits, train_exits
+from ._validate import quantize, run_onnx_chain, run_onnx_full, run_tflite_chain, run_tflite_full
+
+__all__ = ["ConvertOptions", "ConvertResult", "convert"]
+
+BUILTIN_EXITS = (0.12, 0.4, 0.6)
+USER_EXITS = (0.25, 0.5, 0.75)
+FORMATS = ("tflite", "onnx")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything ``convert`` can be told. Defaults reproduce ``make demo``.
+
+    - ``model``: path to a tf-keras model file; None builds the built-in CNN.
+    - ``exits``: fractions of cumulative MACs (``0.12, 0.4``) or layer names.
+    - ``train``: ``joint`` (backbone and heads), ``heads`` (frozen backbone), ``none``,
+      or ``auto`` (joint for the built-in model, heads for a user model).
+    - ``quant``: ``qat`` or ``ptq``; QAT falls back to PTQ, with a note, for models
+      tfmot cannot wrap.
+    - ``target``: ``x86`` (ONNX uint8 activations), ``arm`` (int8), or ``auto`` (this
+      machine's architecture).
+    - ``fast``: a small run for tests and smoke checks (few epochs, small subsets).
+    """
+
+    model: str | None = None
+    exits: tuple[float, ...] | tuple[str, ...] | None = None
+    train: str = "auto"
+    quant: str = "qat"
+    formats: tuple[str, ...] = FORMATS
+    target: str = "auto"
+    epochs: int | None = None
+    qat_epochs: float = 1.0
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    distill: float = 0.5
+    width: int = 32
+    calibration_size: int = 500
+    name: str | None = None
+    fast: bool = False
+    force: bool = False
+    seed: int = 0
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        if self.quant not in ("qat", "ptq"):
+            raise ValueError(f"quant must be 'qat' or 'ptq', not {self.quant!r}")
+        if self.train not in ("auto", "joint", "heads", "none"):
+            raise ValueError(f"train must be auto, joint, heads or none, not {self.train!r}")
+        if self.target not in ("auto", "x86", "arm"):
+            raise ValueError(f"target must be auto, x86 or arm, not {self.target!r}")
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, not "
+                             f"{self.formats!r}")
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """The package written, and what was measured on the way."""
+
+    path: Path
+    manifest: Manifest
+    report: dict[str, Any] = field(repr=False)
+
+    def table(self) -> str:
+        """The report's per-exit table as Markdown."""
+        return format_table(self.report)
+
+
+def convert(dataset: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *,
+            options: ConvertOptions | None = None, **kwargs: Any) -> ConvertResult:
+    """Convert a model into a multi-exit INT8 edge package at ``out`` (``NAME.edgepkg``).
+
+    ``kwargs`` are :class:`ConvertOptions` fields (``model=``, ``exits=``, ``quant=``...).
+    The package is written to a temporary folder next to ``out`` and renamed into place
+    only when complete, so an interrupted run never leaves a package that looks whole.
+    """
+    opts = dataclasses.replace(options or ConvertOptions(), **kwargs)
+    out = Path(out)
+    if out.exists() and not opts.force:
+        raise OutputExistsError(f"{out} already exists", hint="pass --force to replace it",
+                                path=str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        manifest, report = _Conversion(opts, dataset, tmp, out.name).run()
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ConvertResult(out, manifest, report)
+
+
+def _name_from(out_name: str) -> str:
+    return out_name[: -len(".edgepkg")] if out_name.endswith(".edgepkg") else out_name
+
+
+def _onnx_activation_type(target: str) -> str:
+    if target == "auto":
+        target = "arm" if platform.machine().lower() in ("aarch64", "arm64", "armv7l") else "x86"
+    return "int8" if target == "arm" else "uint8"
+
+
+class _Conversion:
+    """One conversion run; holds the intermediate models between the steps."""
+
+    def __init__(self, opts: ConvertOptions, dataset: Any, root: Path, out_name: str) -> None:
+        self.opts = opts
+        self.dataset_spec = dataset
+        self.root = root
+        self.name = opts.name or _name_from(out_name)
+        self.notes: list[str] = []
+        self.timing: dict[str, float] = {}
+        self._t = time.monotonic()
+
+    def _lap(self, what: str) -> None:
+        now = time.monotonic()
+        self.timing[f"{what}_seconds"] = round(now - self._t, 2)
+        self._t = now
+
+    def _say(self, msg: str) -> None:
+        if self.opts.verbose:
+            say(msg)
+
+    def run(self) -> tuple[Manifest, dict[str, Any]]:
+        start = time.monotonic()
+        o = self.opts
+        data = self._data()
+        backbone, source = self._model(data)
+        fractions = None
+        layers = None
+        if o.exits:
+            if all(isinstance(e, (int, float)) for e in o.exits):
+                fractions = [float(e) for e in o.exits]
+            else:
+                layers = [str(e) for e in o.exits]
+        else:
+            fractions = list(BUILTIN_EXITS if o.model is None else USER_EXITS)
+        cuts = pick_cuts(backbone, fractions=fractions, layers=layers)
+        model = attach_exits(backbone, cuts)
+        self._say(f"model {source}: {model_macs(backbone) / 1e6:.2f} M MACs, exits after "
+                  + ", ".join(f"{c.layer} ({c.fraction:.0%})" for c in cuts))
+        training = self._train(model, data)
+        float_acc = evaluate_exits(model, data.x_test, data.y_test)
+        self._say("float test accuracy per exit: " + " ".join(f"{a:.4f}" for a in float_acc))
+        self._lap("float_eval")
+
+        rng = np.random.default_rng(o.seed)
+        calib = data.x_train[rng.choice(len(data.x_train),
+                                        min(o.calibration_size, len(data.x_train)),
+                                        replace=False)]
+        quant = o.quant
+        qmodel = None
+        qat_info: dict[str, Any] = {}
+        if quant == "qat":
+            try:
+                qmodel, qat_info = self._qat(model, data, calib)
+            except QATUnsupportedError as exc:
+                msg = f"QAT not possible, fell back to PTQ: {exc.message}"
+                self.notes.append(msg)
+                self._say(msg + (f" ({exc.hint})" if exc.hint else ""))
+                quant = "ptq"
+        n_exits = len(cuts) + 1
+        stages_float = self._stage_models(model, cuts, None)
+        stages_int8 = stages_float if qmodel is None else self._stage_models(qmodel, cuts, qmodel)
+        full_float = _full_model(model, n_exits)
+        full_int8 = full_float if qmodel is None else _full_model(qmodel, n_exits)
+        if qmodel is not None:
+            _copy_qat_weights(qmodel, model)  # ONNX is exported from the QAT-trained weights
+
+        exits_macs = self._exit_macs(model, backbone, cuts)
+        tfl = self._tflite(stages_float, stages_int8, full_float, full_int8, calib, quant)
+        onnx_act = _onnx_activation_type(o.target) if "onnx" in o.formats else None
+        onnx = self._onnx(stages_float, full_float, calib, tfl, onnx_act) if onnx_act else None
+        report_acc, agreement = self._validate(data, tfl, onnx, n_exits)
+        for i, a in enumerate(float_acc):
+            report_acc[i]["float"] = a
+
+        manifest = self._manifest(data, cuts, exits_macs, tfl, onnx_act, report_acc, quant)
+        sizes = self._sizes(tfl, onnx)
+        if sizes.get("tflite", {}).get("float"):
+            ratio = sizes["tflite"]["int8"] / sizes["tflite"]["float"]
+            self._say(f"INT8 TFLite stages are {ratio:.1%} of the float TFLite bytes")
+        total = time.monotonic() - start
+        report = {
+            "name": self.name,
+            "dataset": {"description": data.describe(), "name": data.name,
+                        "input_shape": list(data.input_shape), "classes": data.num_classes,
+                        "train": len(data.x_train), "val": len(data.x_val),
+                        "test": len(data.x_test)},
+            "model": {"source": source, "macs": exits_macs[-1],
+                      "backbone_macs": model_macs(backbone)},
+            "quantization": quant,
+            "onnx_activation_type": onnx_act,
+            "exits": [
+                {"index": i, "layer": e.layer, "stage": e.stage, "macs": e.macs,
+                 "macs_fraction": e.macs_fraction, "accuracy": report_acc[i]}
+                for i, e in enumerate(manifest.exits)],
+            "agreement": agreement,
+            "sizes": sizes,
+            "stages": [{"index": s.index, "macs": s.macs,
+                        "bytes": {f: (self.root / p).stat().st_size for f, p in s.files.items()},
+                        "input_quant": dataclasses.asdict(s.input.quant) if s.input.quant
+                        else None}
+                       for s in manifest.stages],
+            "training": training,
+            "qat": qat_info,
+            "timing": {**self.timing, "total_seconds": round(total, 1)},
+            "notes": self.notes,
+            "tools": manifest.tools,
+        }
+        write_report(self.root, report)
+        manifest = write_manifest(self.root, manifest)
+        self._say(f"done in {total:.0f} s")
+        return manifest, report
+
+    # -- steps ------------------------------------------------------------------------
+
+    def _data(self) -> Dataset:
+        o = self.opts
+        spec = self.dataset_spec
+        data = spec if isinstance(spec, Dataset) else load_dataset(spec, seed=o.seed)
+        if o.fast:
+            data = data.limit(min(len(data.x_train), 4000), min(len(data.x_test), 2000))
+        self._say(f"data: {data.describe()}")
+        self._lap("data")
+        return data
+
+    def _model(self, data: Dataset) -> tuple[Any, str]:
+        o = self.opts
+        if o.model is None:
+            model = builtin_cnn(data.input_shape, data.num_classes, width=o.width)
+            source = f"built-in CNN (width {o.width})"
+        else:
+            model = load_model(o.model)
+            source = str(o.model)
+        want = tuple(int(d) for d in model.inputs[0].shape[1:])
+        if want != tuple(data.input_shape):
+            raise DatasetError(
+                f"the model takes images of shape {want} but the dataset has "
+                f"{tuple(data.input_shape)}",
+                hint="resize the images (image folders: image_size=...) or pick a model "
+                     "built for this input", expected=want, got=tuple(data.input_shape))
+        n_out = int(model.outputs[0].shape[-1])
+        if n_out != data.num_classes:
+            raise DatasetError(
+                f"the model has {n_out} output classes but the dataset has "
+                f"{data.num_classes}", hint="rebuild the classifier layer for this dataset",
+                expected=n_out, got=data.num_classes)
+        return model, source
+
+    def _train(self, model: Any, data: Dataset) -> dict[str, Any]:
+        o = self.opts
+        mode = o.train if o.train != "auto" else ("joint" if o.model is None else "heads")
+        if mode == "none":
+            self.notes.append("no training: exits are untrained unless the model file had them")
+            return {"mode": "none"}
+        epochs = o.epochs if o.epochs is not None else _default_epochs(len(data.x_train), o)
+        cfg = TrainConfig(epochs=epochs, batch_size=o.batch_size, learning_rate=o.learning_rate,
+                          distill=o.distill, heads_only=mode == "heads", seed=o.seed)
+        self._say(f"training ({mode}, up to {epochs} epochs, early stopping on validation loss)")
+        res = train_exits(model, data.x_train, data.y_train, data.x_val, data.y_val, cfg,
+                          label="train", verbose=o.verbose)
+        self._lap("train")
+        return {"mode": mode, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+                "seconds": round(res.seconds, 1), "history": res.history}
+
+    def _qat(self, model: Any, data: Dataset, calib: np.ndarray) -> tuple[Any, dict[str, Any]]:
+        o = self.opts
+        qmodel = qat_model(model, calib)
+        epochs = o.qat_epochs if not o.fast else min(o.qat_epochs, 1.0)
+        n = min(len(data.x_train), max(o.batch_size, int(len(data.x_train) * min(epochs, 1.0))))
+        whole = max(1, int(np.ceil(epochs)))
+        cfg = TrainConfig(epochs=whole, batch_size=o.batch_size, learning_rate=1e-4,
+                          min_learning_rate_factor=0.1, distill=o.distill, patience=whole + 1,
+                          seed=o.seed + 1)
+        self._say(f"quantization-aware fine-tuning ({whole} epoch(s) on {n} images)")
+        res = train_exits(qmodel, data.x_train[:n], data.y_train[:n], data.x_val, data.y_val,
+                          cfg, label="qat", verbose=o.verbose)
+        self._lap("qat")
+        return qmodel, {"epochs_run": res.epochs_run, "images": n,
+                        "seconds": round(res.seconds, 1), "history": res.history}
+
+    def _stage_models(self, model: Any, cuts: Sequence[CutPoint], qmodel: Any) -> list[Any]:
+        prefix = "quant_" if qmodel is not None else ""
+        outs = [t._keras_history.layer.name for t in model.outputs]
+        starts: list[str | None] = [None, *(prefix + c.layer for c in cuts)]
+        stages = []
+        for k, start in enumerate(starts):
+            last = k == len(cuts)
+            ends = [outs[k]] if last else [prefix + cuts[k].layer, outs[k]]
+            names = ["ek_logits"] if last else ["ek_features", "ek_logits"]
+            rng = None
+            if qmodel is not None and start is not None:
+                rng = boundary_range(qmodel, cuts[k - 1].layer)
+            stages.append(submodel(model, start, ends, names=names, input_range=rng,
+                                   name=f"stage_{k}"))
+        return stages
+
+    def _exit_macs(self, model: Any, backbone: Any, cuts: Sequence[CutPoint]) -> list[int]:
+        heads = [head_macs(model, i) for i in range(len(cuts))]
+        ends = [c.macs for c in cuts] + [model_macs(backbone)]
+        return [ends[i] + sum(heads[:i + 1]) for i in range(len(ends))]
+
+    def _tflite(self, stages_float: list[Any], stages_int8: list[Any], full_float: Any,
+                full_int8: Any, calib: np.ndarray, quant: str) -> dict[str, Any]:
+        self._say(f"converting {len(stages_int8)} stages to INT8 TFLite ({quant})")
+        d = self.root / "tflite"
+        d.mkdir()
+        files: list[bytes] = []
+        feats = calib
+        for k, (sf, si) in enumerate(zip(stages_float, stages_int8)):
+            fb = to_int8_tflite(si, feats if quant == "ptq" else None)
+            files.append(fb)
+            (d / f"stage_{k}.tflite").write_bytes(fb)
+            if k < len(stages_float) - 1:
+                feats = np.asarray(sf.predict(feats, verbose=0, batch_size=256)[0])
+        full = to_int8_tflite(full_int8, calib if quant == "ptq" else None)
+        (d / "full.tflite").write_bytes(full)
+        full_f = to_float_tflite(full_float)
+        (d / "full_float.tflite").write_bytes(full_f)
+        quants = [tflite_io_quant(fb) for fb in files]
+        for k in range(1, len(quants)):
+            a, b = quants[k - 1]["ek_features"], quants[k]["input"]
+            if not (np.isclose(a.scale, b.scale, rtol=1e-6) and a.zero_point == b.zero_point):
+                raise ConversionError(
+                    f"stage {k - 1} writes features with scale/zero point {a.scale:.6g}/"
+                    f"{a.zero_point} but stage {k} reads {b.scale:.6g}/{b.zero_point}",
+                    hint="this breaks the stage contract; report it with the model")
+        self._lap("tflite")
+        return {"stages": files, "full": full, "full_float": full_f, "quant": quants,
+                "full_quant": tflite_io_quant(full)}
+
+    def _onnx(self, stages_float: list[Any], full_float: Any, calib: np.ndarray,
+              tfl: dict[str, Any], act: str) -> dict[str, Any]:
+        from ._onnx import export_float_onnx, export_int8_onnx
+
+        self._say(f"exporting {len(stages_float)} stages to ONNX QDQ INT8 ({act} activations)")
+        d = self.root / "onnx"
+        d.mkdir()
+        feats = calib
+        paths = []
+        for k, sf in enumerate(stages_float):
+            p = d / f"stage_{k}.onnx"
+            export_int8_onnx(sf, p, feats, io_quant=tfl["quant"][k], activation_type=act)
+            paths.append(p)
+            if k < len(stages_float) - 1:
+                feats = np.asarray(sf.predict(feats, verbose=0, batch_size=256)[0])
+        full = d / "full.onnx"
+        export_int8_onnx(full_float, full, calib, io_quant=tfl["full_quant"],
+                         activation_type=act)
+        full_f = d / "full_float.onnx"
+        export_float_onnx(full_float, full_f)
+        self._lap("onnx")
+        return {"stages": paths, "full": full, "full_float": full_f, "act": act}
+
+    def _validate(self, data: Dataset, tfl: dict[str, Any], onnx: dict[str, Any] | None,
+                  n_exits: int) -> tuple[list[dict[str, float]], dict[str, Any]]:
+        self._say(f"validating on {len(data.x_test)} test images")
+        y = data.y_test
+        x_q = quantize(data.x_test, tfl["quant"][0]["input"])
+        chain = run_tflite_chain(tfl["stages"], x_q)
+        full = run_tflite_full(tfl["full"], x_q, n_exits)
+        acc: list[dict[str, float]] = [
+            {"tflite_int8": float((c.argmax(1) == y).mean()),
+             "tflite_int8_unsplit": float((f.argmax(1) == y).mean())}
+            for c, f in zip(chain, full)]
+        agree: dict[str, Any] = {
+            "tflite_chain_vs_unsplit": float((chain[-1].argmax(1) == full[-1].argmax(1)).mean()),
+            "tflite_chain_vs_unsplit_per_exit": [
+                float((c.argmax(1) == f.argmax(1)).mean()) for c, f in zip(chain, full)],
+        }
+        if onnx is not None:
+            xo = x_q.view(np.uint8) ^ np.uint8(0x80) if onnx["act"] == "uint8" else x_q
+            ochain = run_onnx_chain(onnx["stages"], xo)
+            ofull = run_onnx_full(onnx["full"], xo, n_exits)
+            for i, (c, f) in enumerate(zip(ochain, ofull)):
+                acc[i]["onnx_int8"] = float((c.argmax(1) == y).mean())
+                acc[i]["onnx_int8_unsplit"] = float((f.argmax(1) == y).mean())
+            agree["onnx_chain_vs_unsplit"] = float(
+                (ochain[-1].argmax(1) == ofull[-1].argmax(1)).mean())
+            agree["tflite_vs_onnx"] = float((chain[-1].argmax(1) == ochain[-1].argmax(1)).mean())
+            agree["tflite_vs_onnx_per_exit"] = [
+                float((c.argmax(1) == o.argmax(1)).mean()) for c, o in zip(chain, ochain)]
+        self._lap("validate")
+        return acc, agree
+
+    def _sizes(self, tfl: dict[str, Any], onnx: dict[str, Any] | None) -> dict[str, Any]:
+        sizes: dict[str, Any] = {"tflite": {
+            "float": len(tfl["full_float"]), "int8": sum(len(b) for b in tfl["stages"]),
+            "int8_unsplit": len(tfl["full"])}}
+        if onnx is not None:
+            sizes["onnx"] = {"float": onnx["full_float"].stat().st_size,
+                             "int8": sum(p.stat().st_size for p in onnx["stages"]),
+                             "int8_unsplit": onnx["full"].stat().st_size}
+        return sizes
+
+    def _manifest(self, data: Dataset, cuts: Sequence[CutPoint], exits_macs: list[int],
+                  tfl: dict[str, Any], onnx_act: str | None, acc: list[dict[str, float]],
+                  quant: str) -> Manifest:
+        total = exits_macs[-1]
+        stages = []
+        for k, q in enumerate(tfl["quant"]):
+            files = {"tflite": f"tflite/stage_{k}.tflite"}
+            if onnx_act:
+                files["onnx"] = f"onnx/stage_{k}.onnx"
+            prev = data.input_shape if k == 0 else cuts[k - 1].shape
+            feats = None
+            if "ek_features" in q:
+                feats = TensorSpec("ek_features", (-1, *cuts[k].shape), "int8",
+                                   q["ek_features"])
+            stages.append(StageSpec(
+                index=k, files=files,
+                input=TensorSpec("input", (-1, *prev), "int8", q["input"]),
+                logits=TensorSpec("ek_logits", (-1, data.num_classes), "int8", q["ek_logits"]),
+                features=feats,
+                macs=exits_macs[k] - (exits_macs[k - 1] if k else 0)))
+        layers = [c.layer for c in cuts] + ["final"]
+        exits = [ExitSpec(index=i, stage=i, layer=layers[i], macs=m, macs_fraction=m / total,
+                          accuracy={k: v for k, v in acc[i].items()
+                                    if k in ("float", "tflite_int8", "onnx_int8")})
+                 for i, m in enumerate(exits_macs)]
+        full = {"tflite": "tflite/full.tflite", "tflite_float": "tflite/full_float.tflite"}
+        if onnx_act:
+            full.update(onnx="onnx/full.onnx", onnx_float="onnx/full_float.onnx")
+        return Manifest(
+            name=self.name, labels=data.labels, input=InputSpec(tuple(data.input_shape)),
+            stages=tuple(stages), exits=tuple(exits), full=full, quantization=quant,
+            onnx_activation_type=onnx_act, tools=_tool_versions(),
+            split_points=tuple(range(1, len(stages))))
+
+
+def _default_epochs(n_train: int, o: ConvertOptions) -> int:
+    """8 epochs (3 with ``fast``), more on small datasets so training gets enough steps."""
+    steps_per_epoch = max(1, n_train // o.batch_size)
+    base, min_steps = (3, 300) if o.fast else (8, 800)
+    return max(base, min(60, -(-min_steps // steps_per_epoch)))
+
+
+def _full_model(model: Any, n_exits: int) -> Any:
+    outs = [t._keras_history.layer.name for t in model.outputs]
+    return submodel(model, None, outs, names=[f"exit_{i}" for i in range(n_exits)],
+                    name="full")
+
+
+def _copy_qat_weights(qmodel: Any, model: Any) -> None:
+    """Give the float model the QAT-trained weights (the wrappers keep the inner names)."""
+    trained = {w.name: w for w in qmodel.weights}
+    for w in model.weights:
+        src = trained.get(w.name)
+        if src is not None and tuple(src.shape) == tuple(w.shape):
+            w.assign(src)
+
+
+def _tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("edgekit", "tensorflow-cpu", "tf-keras", "tensorflow-model-optimization",
+                 "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+

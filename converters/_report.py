@@ -1,0 +1,129 @@
+"""What convert measured, as ``report.json``, ``report.md`` and ``plots/*.png``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_table", "write_report"]
+
+_FORMATS = (("float", "float"), ("tflite_int8", "TFLite INT8"), ("onnx_int8", "ONNX INT8"))
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "-"
+
+
+def _kib(v: Any) -> str:
+    return f"{v / 1024:.1f} KiB" if isinstance(v, (int, float)) else "-"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The per-exit table and the headline checks, as Markdown."""
+    fmts = [(k, t) for k, t in _FORMATS if any(k in e["accuracy"] for e in report["exits"])]
+    head = "| exit | layer | MACs | MACs fraction | " + " | ".join(t for _, t in fmts) + " |"
+    lines = [head, "|" + "---|" * (4 + len(fmts))]
+    for e in report["exits"]:
+        accs = " | ".join(_pct(e["accuracy"].get(k)) for k, _ in fmts)
+        lines.append(f"| {e['index']} | {e['layer']} | {e['macs'] / 1e6:.2f} M | "
+                     f"{e['macs_fraction']:.3f} | {accs} |")
+    lines.append("")
+    lines.append("| format | float bytes | INT8 stages bytes | INT8 unsplit bytes | stages / float |")
+    lines.append("|---|---|---|---|---|")
+    for fmt, s in report["sizes"].items():
+        ratio = s["int8"] / s["float"] if s.get("float") else None
+        lines.append(f"| {fmt} | {_kib(s.get('float'))} | {_kib(s.get('int8'))} | "
+                     f"{_kib(s.get('int8_unsplit'))} | {_pct(ratio)} |")
+    lines.append("")
+    ag = report.get("agreement", {})
+    for key, text in (("tflite_chain_vs_unsplit", "TFLite chained stages vs unsplit (top-1)"),
+                      ("onnx_chain_vs_unsplit", "ONNX chained stages vs unsplit (top-1)"),
+                      ("tflite_vs_onnx", "TFLite INT8 vs ONNX INT8 (top-1, final exit)")):
+        if key in ag:
+            lines.append(f"- {text}: {_pct(ag[key])}")
+    if report.get("notes"):
+        lines.extend(f"- note: {n}" for n in report["notes"])
+    return "\n".join(lines)
+
+
+def write_report(root: Path, report: dict[str, Any]) -> None:
+    """Write report.json, report.md and the plots into the package folder ``root``."""
+    (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = [f"# edgekit conversion report: {report['name']}", "",
+          f"- dataset: {report['dataset']['description']}",
+          f"- model: {report['model']['source']} ({report['model']['macs'] / 1e6:.2f} M MACs "
+          f"with exits)",
+          f"- quantization: {report['quantization']}; ONNX activations: "
+          f"{report.get('onnx_activation_type') or '-'}",
+          f"- conversion time: {report['timing']['total_seconds']:.0f} s", "",
+          format_table(report), ""]
+    plots = _plots(root, report)
+    md.extend(f"![{p.stem}](plots/{p.name})" for p in plots)
+    (root / "report.md").write_text("\n".join(md) + "\n")
+
+
+def _plots(root: Path, report: dict[str, Any]) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out = root / "plots"
+    out.mkdir(exist_ok=True)
+    paths = []
+    exits = report["exits"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [e["macs_fraction"] for e in exits]
+    for key, title in _FORMATS:
+        ys = [e["accuracy"].get(key) for e in exits]
+        if all(v is not None for v in ys):
+            ax.plot(xs, [100 * v for v in ys], marker="o", label=title)
+    for e in exits:
+        ax.annotate(f"exit {e['index']}", (e["macs_fraction"], 100 * e["accuracy"]["float"]),
+                    textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set_xlabel("cumulative MACs (fraction of the full model)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy and cost per exit")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "accuracy_cost.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fmts = list(report["sizes"])
+    width = 0.35
+    for j, (kind, title) in enumerate((("float", "float"), ("int8", "INT8 stages"))):
+        vals = [report["sizes"][f].get(kind, 0) / 1024 for f in fmts]
+        ax.bar([i + (j - 0.5) * width for i in range(len(fmts))], vals, width, label=title)
+    ax.set_xticks(range(len(fmts)), fmts)
+    ax.set_ylabel("KiB")
+    ax.set_title("artifact size, float vs INT8")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "sizes.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    hist = report.get("training", {}).get("history") or []
+    if hist:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        n = len(exits)
+        for i in range(n):
+            key = f"val_acc_exit{i}"
+            ax.plot([h["epoch"] for h in hist], [100 * h.get(key, 0) for h in hist],
+                    marker=".", label=f"exit {i}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title("training")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "training.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths

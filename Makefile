@@ -9,15 +9,13 @@ STAMP := $(VENV)/.edgekit-installed
 
 demo: setup
 	$(BIN)/edgekit convert --dataset fashion-mnist --out build/fmnist.edgepkg --force
-	$(BIN)/edgekit report build/fmnist.edgepkg
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: setup
+lint: setup typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(MAKE) typecheck
 
 # mypy cannot follow setuptools' package-dir mapping, so check a symlinked view
 # of the installed layout (edgekit/, edgekit/converters -> converters/, ...).

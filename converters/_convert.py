@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -19,7 +20,6 @@ from edgekit._package import (
     ExitSpec,
     InputSpec,
     Manifest,
-    QuantParams,
     StageSpec,
     TensorSpec,
     write_manifest,
@@ -92,8 +92,9 @@ class ConvertOptions:
             raise ValueError(f"target must be auto, x86 or arm, not {self.target!r}")
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
-            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, not "
-                             f"{self.formats!r}")
+            raise ValueError(
+                f"formats must be a non-empty subset of {FORMATS}, not {self.formats!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,13 @@ class ConvertResult:
         return format_table(self.report)
 
 
-def convert(dataset: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *,
-            options: ConvertOptions | None = None, **kwargs: Any) -> ConvertResult:
+def convert(
+    dataset: str | os.PathLike[str] | Dataset,
+    out: str | os.PathLike[str],
+    *,
+    options: ConvertOptions | None = None,
+    **kwargs: Any,
+) -> ConvertResult:
     """Convert a model into a multi-exit INT8 edge package at ``out`` (``NAME.edgepkg``).
 
     ``kwargs`` are :class:`ConvertOptions` fields (``model=``, ``exits=``, ``quant=``...).
@@ -120,8 +126,9 @@ def convert(dataset: str | os.PathLike[str] | Dataset, out: str | os.PathLike[st
     opts = dataclasses.replace(options or ConvertOptions(), **kwargs)
     out = Path(out)
     if out.exists() and not opts.force:
-        raise OutputExistsError(f"{out} already exists", hint="pass --force to replace it",
-                                path=str(out))
+        raise OutputExistsError(
+            f"{out} already exists", hint="pass --force to replace it", path=str(out)
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -188,17 +195,19 @@ class _Conversion:
             fractions = list(BUILTIN_EXITS if o.model is None else USER_EXITS)
         cuts = pick_cuts(backbone, fractions=fractions, layers=layers)
         model = attach_exits(backbone, cuts)
-        self._say(f"model {source}: {model_macs(backbone) / 1e6:.2f} M MACs, exits after "
-                  + ", ".join(f"{c.layer} ({c.fraction:.0%})" for c in cuts))
+        self._say(
+            f"model {source}: {model_macs(backbone) / 1e6:.2f} M MACs, exits after "
+            + ", ".join(f"{c.layer} ({c.fraction:.0%})" for c in cuts)
+        )
         training = self._train(model, data)
         float_acc = evaluate_exits(model, data.x_test, data.y_test)
         self._say("float test accuracy per exit: " + " ".join(f"{a:.4f}" for a in float_acc))
         self._lap("float_eval")
 
         rng = np.random.default_rng(o.seed)
-        calib = data.x_train[rng.choice(len(data.x_train),
-                                        min(o.calibration_size, len(data.x_train)),
-                                        replace=False)]
+        calib = data.x_train[
+            rng.choice(len(data.x_train), min(o.calibration_size, len(data.x_train)), replace=False)
+        ]
         quant = o.quant
         qmodel = None
         qat_info: dict[str, Any] = {}
@@ -234,25 +243,44 @@ class _Conversion:
         total = time.monotonic() - start
         report = {
             "name": self.name,
-            "dataset": {"description": data.describe(), "name": data.name,
-                        "input_shape": list(data.input_shape), "classes": data.num_classes,
-                        "train": len(data.x_train), "val": len(data.x_val),
-                        "test": len(data.x_test)},
-            "model": {"source": source, "macs": exits_macs[-1],
-                      "backbone_macs": model_macs(backbone)},
+            "dataset": {
+                "description": data.describe(),
+                "name": data.name,
+                "input_shape": list(data.input_shape),
+                "classes": data.num_classes,
+                "train": len(data.x_train),
+                "val": len(data.x_val),
+                "test": len(data.x_test),
+            },
+            "model": {
+                "source": source,
+                "macs": exits_macs[-1],
+                "backbone_macs": model_macs(backbone),
+            },
             "quantization": quant,
             "onnx_activation_type": onnx_act,
             "exits": [
-                {"index": i, "layer": e.layer, "stage": e.stage, "macs": e.macs,
-                 "macs_fraction": e.macs_fraction, "accuracy": report_acc[i]}
-                for i, e in enumerate(manifest.exits)],
+                {
+                    "index": i,
+                    "layer": e.layer,
+                    "stage": e.stage,
+                    "macs": e.macs,
+                    "macs_fraction": e.macs_fraction,
+                    "accuracy": report_acc[i],
+                }
+                for i, e in enumerate(manifest.exits)
+            ],
             "agreement": agreement,
             "sizes": sizes,
-            "stages": [{"index": s.index, "macs": s.macs,
-                        "bytes": {f: (self.root / p).stat().st_size for f, p in s.files.items()},
-                        "input_quant": dataclasses.asdict(s.input.quant) if s.input.quant
-                        else None}
-                       for s in manifest.stages],
+            "stages": [
+                {
+                    "index": s.index,
+                    "macs": s.macs,
+                    "bytes": {f: (self.root / p).stat().st_size for f, p in s.files.items()},
+                    "input_quant": dataclasses.asdict(s.input.quant) if s.input.quant else None,
+                }
+                for s in manifest.stages
+            ],
             "training": training,
             "qat": qat_info,
             "timing": {**self.timing, "total_seconds": round(total, 1)},
@@ -290,13 +318,18 @@ class _Conversion:
                 f"the model takes images of shape {want} but the dataset has "
                 f"{tuple(data.input_shape)}",
                 hint="resize the images (image folders: image_size=...) or pick a model "
-                     "built for this input", expected=want, got=tuple(data.input_shape))
+                "built for this input",
+                expected=want,
+                got=tuple(data.input_shape),
+            )
         n_out = int(model.outputs[0].shape[-1])
         if n_out != data.num_classes:
             raise DatasetError(
-                f"the model has {n_out} output classes but the dataset has "
-                f"{data.num_classes}", hint="rebuild the classifier layer for this dataset",
-                expected=n_out, got=data.num_classes)
+                f"the model has {n_out} output classes but the dataset has {data.num_classes}",
+                hint="rebuild the classifier layer for this dataset",
+                expected=n_out,
+                got=data.num_classes,
+            )
         return model, source
 
     def _train(self, model: Any, data: Dataset) -> dict[str, Any]:
@@ -306,14 +339,33 @@ class _Conversion:
             self.notes.append("no training: exits are untrained unless the model file had them")
             return {"mode": "none"}
         epochs = o.epochs if o.epochs is not None else _default_epochs(len(data.x_train), o)
-        cfg = TrainConfig(epochs=epochs, batch_size=o.batch_size, learning_rate=o.learning_rate,
-                          distill=o.distill, heads_only=mode == "heads", seed=o.seed)
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=o.batch_size,
+            learning_rate=o.learning_rate,
+            distill=o.distill,
+            heads_only=mode == "heads",
+            seed=o.seed,
+        )
         self._say(f"training ({mode}, up to {epochs} epochs, early stopping on validation loss)")
-        res = train_exits(model, data.x_train, data.y_train, data.x_val, data.y_val, cfg,
-                          label="train", verbose=o.verbose)
+        res = train_exits(
+            model,
+            data.x_train,
+            data.y_train,
+            data.x_val,
+            data.y_val,
+            cfg,
+            label="train",
+            verbose=o.verbose,
+        )
         self._lap("train")
-        return {"mode": mode, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
-                "seconds": round(res.seconds, 1), "history": res.history}
+        return {
+            "mode": mode,
+            "epochs_run": res.epochs_run,
+            "best_epoch": res.best_epoch,
+            "seconds": round(res.seconds, 1),
+            "history": res.history,
+        }
 
     def _qat(self, model: Any, data: Dataset, calib: np.ndarray) -> tuple[Any, dict[str, Any]]:
         o = self.opts
@@ -321,15 +373,33 @@ class _Conversion:
         epochs = o.qat_epochs if not o.fast else min(o.qat_epochs, 1.0)
         n = min(len(data.x_train), max(o.batch_size, int(len(data.x_train) * min(epochs, 1.0))))
         whole = max(1, int(np.ceil(epochs)))
-        cfg = TrainConfig(epochs=whole, batch_size=o.batch_size, learning_rate=1e-4,
-                          min_learning_rate_factor=0.1, distill=o.distill, patience=whole + 1,
-                          seed=o.seed + 1)
+        cfg = TrainConfig(
+            epochs=whole,
+            batch_size=o.batch_size,
+            learning_rate=1e-4,
+            min_learning_rate_factor=0.1,
+            distill=o.distill,
+            patience=whole + 1,
+            seed=o.seed + 1,
+        )
         self._say(f"quantization-aware fine-tuning ({whole} epoch(s) on {n} images)")
-        res = train_exits(qmodel, data.x_train[:n], data.y_train[:n], data.x_val, data.y_val,
-                          cfg, label="qat", verbose=o.verbose)
+        res = train_exits(
+            qmodel,
+            data.x_train[:n],
+            data.y_train[:n],
+            data.x_val,
+            data.y_val,
+            cfg,
+            label="qat",
+            verbose=o.verbose,
+        )
         self._lap("qat")
-        return qmodel, {"epochs_run": res.epochs_run, "images": n,
-                        "seconds": round(res.seconds, 1), "history": res.history}
+        return qmodel, {
+            "epochs_run": res.epochs_run,
+            "images": n,
+            "seconds": round(res.seconds, 1),
+            "history": res.history,
+        }
 
     def _stage_models(self, model: Any, cuts: Sequence[CutPoint], qmodel: Any) -> list[Any]:
         prefix = "quant_" if qmodel is not None else ""
@@ -343,17 +413,25 @@ class _Conversion:
             rng = None
             if qmodel is not None and start is not None:
                 rng = boundary_range(qmodel, cuts[k - 1].layer)
-            stages.append(submodel(model, start, ends, names=names, input_range=rng,
-                                   name=f"stage_{k}"))
+            stages.append(
+                submodel(model, start, ends, names=names, input_range=rng, name=f"stage_{k}")
+            )
         return stages
 
     def _exit_macs(self, model: Any, backbone: Any, cuts: Sequence[CutPoint]) -> list[int]:
         heads = [head_macs(model, i) for i in range(len(cuts))]
         ends = [c.macs for c in cuts] + [model_macs(backbone)]
-        return [ends[i] + sum(heads[:i + 1]) for i in range(len(ends))]
+        return [ends[i] + sum(heads[: i + 1]) for i in range(len(ends))]
 
-    def _tflite(self, stages_float: list[Any], stages_int8: list[Any], full_float: Any,
-                full_int8: Any, calib: np.ndarray, quant: str) -> dict[str, Any]:
+    def _tflite(
+        self,
+        stages_float: list[Any],
+        stages_int8: list[Any],
+        full_float: Any,
+        full_int8: Any,
+        calib: np.ndarray,
+        quant: str,
+    ) -> dict[str, Any]:
         self._say(f"converting {len(stages_int8)} stages to INT8 TFLite ({quant})")
         d = self.root / "tflite"
         d.mkdir()
@@ -376,13 +454,25 @@ class _Conversion:
                 raise ConversionError(
                     f"stage {k - 1} writes features with scale/zero point {a.scale:.6g}/"
                     f"{a.zero_point} but stage {k} reads {b.scale:.6g}/{b.zero_point}",
-                    hint="this breaks the stage contract; report it with the model")
+                    hint="this breaks the stage contract; report it with the model",
+                )
         self._lap("tflite")
-        return {"stages": files, "full": full, "full_float": full_f, "quant": quants,
-                "full_quant": tflite_io_quant(full)}
+        return {
+            "stages": files,
+            "full": full,
+            "full_float": full_f,
+            "quant": quants,
+            "full_quant": tflite_io_quant(full),
+        }
 
-    def _onnx(self, stages_float: list[Any], full_float: Any, calib: np.ndarray,
-              tfl: dict[str, Any], act: str) -> dict[str, Any]:
+    def _onnx(
+        self,
+        stages_float: list[Any],
+        full_float: Any,
+        calib: np.ndarray,
+        tfl: dict[str, Any],
+        act: str,
+    ) -> dict[str, Any]:
         from ._onnx import export_float_onnx, export_int8_onnx
 
         self._say(f"exporting {len(stages_float)} stages to ONNX QDQ INT8 ({act} activations)")
@@ -397,28 +487,32 @@ class _Conversion:
             if k < len(stages_float) - 1:
                 feats = np.asarray(sf.predict(feats, verbose=0, batch_size=256)[0])
         full = d / "full.onnx"
-        export_int8_onnx(full_float, full, calib, io_quant=tfl["full_quant"],
-                         activation_type=act)
+        export_int8_onnx(full_float, full, calib, io_quant=tfl["full_quant"], activation_type=act)
         full_f = d / "full_float.onnx"
         export_float_onnx(full_float, full_f)
         self._lap("onnx")
         return {"stages": paths, "full": full, "full_float": full_f, "act": act}
 
-    def _validate(self, data: Dataset, tfl: dict[str, Any], onnx: dict[str, Any] | None,
-                  n_exits: int) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    def _validate(
+        self, data: Dataset, tfl: dict[str, Any], onnx: dict[str, Any] | None, n_exits: int
+    ) -> tuple[list[dict[str, float]], dict[str, Any]]:
         self._say(f"validating on {len(data.x_test)} test images")
         y = data.y_test
         x_q = quantize(data.x_test, tfl["quant"][0]["input"])
         chain = run_tflite_chain(tfl["stages"], x_q)
         full = run_tflite_full(tfl["full"], x_q, n_exits)
         acc: list[dict[str, float]] = [
-            {"tflite_int8": float((c.argmax(1) == y).mean()),
-             "tflite_int8_unsplit": float((f.argmax(1) == y).mean())}
-            for c, f in zip(chain, full)]
+            {
+                "tflite_int8": float((c.argmax(1) == y).mean()),
+                "tflite_int8_unsplit": float((f.argmax(1) == y).mean()),
+            }
+            for c, f in zip(chain, full)
+        ]
         agree: dict[str, Any] = {
             "tflite_chain_vs_unsplit": float((chain[-1].argmax(1) == full[-1].argmax(1)).mean()),
             "tflite_chain_vs_unsplit_per_exit": [
-                float((c.argmax(1) == f.argmax(1)).mean()) for c, f in zip(chain, full)],
+                float((c.argmax(1) == f.argmax(1)).mean()) for c, f in zip(chain, full)
+            ],
         }
         if onnx is not None:
             xo = x_q.view(np.uint8) ^ np.uint8(0x80) if onnx["act"] == "uint8" else x_q
@@ -428,26 +522,41 @@ class _Conversion:
                 acc[i]["onnx_int8"] = float((c.argmax(1) == y).mean())
                 acc[i]["onnx_int8_unsplit"] = float((f.argmax(1) == y).mean())
             agree["onnx_chain_vs_unsplit"] = float(
-                (ochain[-1].argmax(1) == ofull[-1].argmax(1)).mean())
+                (ochain[-1].argmax(1) == ofull[-1].argmax(1)).mean()
+            )
             agree["tflite_vs_onnx"] = float((chain[-1].argmax(1) == ochain[-1].argmax(1)).mean())
             agree["tflite_vs_onnx_per_exit"] = [
-                float((c.argmax(1) == o.argmax(1)).mean()) for c, o in zip(chain, ochain)]
+                float((c.argmax(1) == o.argmax(1)).mean()) for c, o in zip(chain, ochain)
+            ]
         self._lap("validate")
         return acc, agree
 
     def _sizes(self, tfl: dict[str, Any], onnx: dict[str, Any] | None) -> dict[str, Any]:
-        sizes: dict[str, Any] = {"tflite": {
-            "float": len(tfl["full_float"]), "int8": sum(len(b) for b in tfl["stages"]),
-            "int8_unsplit": len(tfl["full"])}}
+        sizes: dict[str, Any] = {
+            "tflite": {
+                "float": len(tfl["full_float"]),
+                "int8": sum(len(b) for b in tfl["stages"]),
+                "int8_unsplit": len(tfl["full"]),
+            }
+        }
         if onnx is not None:
-            sizes["onnx"] = {"float": onnx["full_float"].stat().st_size,
-                             "int8": sum(p.stat().st_size for p in onnx["stages"]),
-                             "int8_unsplit": onnx["full"].stat().st_size}
+            sizes["onnx"] = {
+                "float": onnx["full_float"].stat().st_size,
+                "int8": sum(p.stat().st_size for p in onnx["stages"]),
+                "int8_unsplit": onnx["full"].stat().st_size,
+            }
         return sizes
 
-    def _manifest(self, data: Dataset, cuts: Sequence[CutPoint], exits_macs: list[int],
-                  tfl: dict[str, Any], onnx_act: str | None, acc: list[dict[str, float]],
-                  quant: str) -> Manifest:
+    def _manifest(
+        self,
+        data: Dataset,
+        cuts: Sequence[CutPoint],
+        exits_macs: list[int],
+        tfl: dict[str, Any],
+        onnx_act: str | None,
+        acc: list[dict[str, float]],
+        quant: str,
+    ) -> Manifest:
         total = exits_macs[-1]
         stages = []
         for k, q in enumerate(tfl["quant"]):
@@ -457,27 +566,46 @@ class _Conversion:
             prev = data.input_shape if k == 0 else cuts[k - 1].shape
             feats = None
             if "ek_features" in q:
-                feats = TensorSpec("ek_features", (-1, *cuts[k].shape), "int8",
-                                   q["ek_features"])
-            stages.append(StageSpec(
-                index=k, files=files,
-                input=TensorSpec("input", (-1, *prev), "int8", q["input"]),
-                logits=TensorSpec("ek_logits", (-1, data.num_classes), "int8", q["ek_logits"]),
-                features=feats,
-                macs=exits_macs[k] - (exits_macs[k - 1] if k else 0)))
+                feats = TensorSpec("ek_features", (-1, *cuts[k].shape), "int8", q["ek_features"])
+            stages.append(
+                StageSpec(
+                    index=k,
+                    files=files,
+                    input=TensorSpec("input", (-1, *prev), "int8", q["input"]),
+                    logits=TensorSpec("ek_logits", (-1, data.num_classes), "int8", q["ek_logits"]),
+                    features=feats,
+                    macs=exits_macs[k] - (exits_macs[k - 1] if k else 0),
+                )
+            )
         layers = [c.layer for c in cuts] + ["final"]
-        exits = [ExitSpec(index=i, stage=i, layer=layers[i], macs=m, macs_fraction=m / total,
-                          accuracy={k: v for k, v in acc[i].items()
-                                    if k in ("float", "tflite_int8", "onnx_int8")})
-                 for i, m in enumerate(exits_macs)]
+        exits = [
+            ExitSpec(
+                index=i,
+                stage=i,
+                layer=layers[i],
+                macs=m,
+                macs_fraction=m / total,
+                accuracy={
+                    k: v for k, v in acc[i].items() if k in ("float", "tflite_int8", "onnx_int8")
+                },
+            )
+            for i, m in enumerate(exits_macs)
+        ]
         full = {"tflite": "tflite/full.tflite", "tflite_float": "tflite/full_float.tflite"}
         if onnx_act:
             full.update(onnx="onnx/full.onnx", onnx_float="onnx/full_float.onnx")
         return Manifest(
-            name=self.name, labels=data.labels, input=InputSpec(tuple(data.input_shape)),
-            stages=tuple(stages), exits=tuple(exits), full=full, quantization=quant,
-            onnx_activation_type=onnx_act, tools=_tool_versions(),
-            split_points=tuple(range(1, len(stages))))
+            name=self.name,
+            labels=data.labels,
+            input=InputSpec(tuple(data.input_shape)),
+            stages=tuple(stages),
+            exits=tuple(exits),
+            full=full,
+            quantization=quant,
+            onnx_activation_type=onnx_act,
+            tools=_tool_versions(),
+            split_points=tuple(range(1, len(stages))),
+        )
 
 
 def _default_epochs(n_train: int, o: ConvertOptions) -> int:
@@ -489,8 +617,7 @@ def _default_epochs(n_train: int, o: ConvertOptions) -> int:
 
 def _full_model(model: Any, n_exits: int) -> Any:
     outs = [t._keras_history.layer.name for t in model.outputs]
-    return submodel(model, None, outs, names=[f"exit_{i}" for i in range(n_exits)],
-                    name="full")
+    return submodel(model, None, outs, names=[f"exit_{i}" for i in range(n_exits)], name="full")
 
 
 def _copy_qat_weights(qmodel: Any, model: Any) -> None:
@@ -506,11 +633,16 @@ def _tool_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for dist in ("edgekit", "tensorflow-cpu", "tf-keras", "tensorflow-model-optimization",
-                 "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"):
-        try:
+    for dist in (
+        "edgekit",
+        "tensorflow-cpu",
+        "tf-keras",
+        "tensorflow-model-optimization",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "ai-edge-litert",
+    ):
+        with contextlib.suppress(PackageNotFoundError):
             out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
     return out
-

@@ -32,8 +32,10 @@ def attach_exits(backbone: Any, cuts: Sequence[CutPoint], *, hidden: int = 128) 
     """
     num_classes = int(backbone.outputs[0].shape[-1])
     by_name = {layer.name: layer for layer in backbone.layers}
-    outs = [_head(by_name[c.layer].get_output_at(0), num_classes, f"exit{i}", hidden)
-            for i, c in enumerate(cuts)]
+    outs = [
+        _head(by_name[c.layer].get_output_at(0), num_classes, f"exit{i}", hidden)
+        for i, c in enumerate(cuts)
+    ]
     outs.append(backbone.outputs[0])
     return keras().Model(backbone.inputs, outs, name=f"{backbone.name}_exits")
 
@@ -41,8 +43,11 @@ def attach_exits(backbone: Any, cuts: Sequence[CutPoint], *, hidden: int = 128) 
 def head_macs(model: Any, exit_index: int) -> int:
     """MACs of exit ``exit_index``'s head (layers named ``exit{i}_*``)."""
     prefix = f"exit{exit_index}_"
-    return sum(layer_macs(layer) for layer in model.layers
-               if layer.name.split("quant_", 1)[-1].startswith(prefix))
+    return sum(
+        layer_macs(layer)
+        for layer in model.layers
+        if layer.name.split("quant_", 1)[-1].startswith(prefix)
+    )
 
 
 def _inputs_of(layer: Any) -> list[Any]:
@@ -50,8 +55,15 @@ def _inputs_of(layer: Any) -> list[Any]:
     return list(ins) if isinstance(ins, (list, tuple)) else [ins]
 
 
-def submodel(model: Any, start: str | None, ends: Sequence[str], *, names: Sequence[str],
-             input_range: tuple[float, float] | None = None, name: str = "stage") -> Any:
+def submodel(
+    model: Any,
+    start: str | None,
+    ends: Sequence[str],
+    *,
+    names: Sequence[str],
+    input_range: tuple[float, float] | None = None,
+    name: str = "stage",
+) -> Any:
     """The part of ``model`` between layer ``start``'s output (None: the model input) and
     the outputs of layers ``ends``, as a new Model sharing the same weights.
 
@@ -67,8 +79,9 @@ def submodel(model: Any, start: str | None, ends: Sequence[str], *, names: Seque
     if input_range is not None:
         lo, hi = input_range
         fake_quant = tf().quantization.fake_quant_with_min_max_args
-        x = k.layers.Lambda(lambda t: fake_quant(t, lo, hi, num_bits=8),
-                            name="input_fake_quant")(inp)
+        x = k.layers.Lambda(lambda t: fake_quant(t, lo, hi, num_bits=8), name="input_fake_quant")(
+            inp
+        )
     mapped: dict[int, Any] = {id(src): x}
     # Layers needed: ancestors of the ends, stopping at the start tensor.
     needed: set[str] = set()
@@ -83,18 +96,17 @@ def submodel(model: Any, start: str | None, ends: Sequence[str], *, names: Seque
         if type(layer).__name__ == "InputLayer":
             continue
         needed.add(n)
-        todo.extend(t._keras_history.layer.name for t in _inputs_of(layer)
-                    if id(t) != id(src))
+        todo.extend(t._keras_history.layer.name for t in _inputs_of(layer) if id(t) != id(src))
     for layer in model.layers:
         if layer.name not in needed:
             continue
         node = layer.inbound_nodes[0]
         args = tf().nest.map_structure(
-            lambda t: mapped.get(id(t), t) if hasattr(t, "_keras_history") else t,
-            node.call_args)
+            lambda t: mapped.get(id(t), t) if hasattr(t, "_keras_history") else t, node.call_args
+        )
         kwargs = tf().nest.map_structure(
-            lambda t: mapped.get(id(t), t) if hasattr(t, "_keras_history") else t,
-            node.call_kwargs)
+            lambda t: mapped.get(id(t), t) if hasattr(t, "_keras_history") else t, node.call_kwargs
+        )
         out = layer(*args, **kwargs)
         mapped[id(node.outputs[0] if isinstance(node.outputs, list) else node.outputs)] = out
     outs = []

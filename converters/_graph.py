@@ -84,9 +84,11 @@ def cut_points(model: Any) -> list[CutPoint]:
     last_use = list(range(len(layers)))
     for i, layer in enumerate(layers):
         for node in layer.inbound_nodes[:1]:
-            for parent in node.inbound_layers if isinstance(node.inbound_layers, list) else [
+            for parent in (
                 node.inbound_layers
-            ]:
+                if isinstance(node.inbound_layers, list)
+                else [node.inbound_layers]
+            ):
                 j = index.get(id(parent))
                 if j is not None:
                     last_use[j] = max(last_use[j], i)
@@ -118,9 +120,11 @@ def pick_cuts(
     """Choose exit positions by cumulative-MAC fraction (nearest valid cut) or by layer name."""
     points = cut_points(model)
     if not points:
-        raise ModelError("the model has no layer after which it can be cut into stages",
-                         hint="exits need a feature map (4-D tensor) that every path passes "
-                              "through; add exits by hand with --exits LAYER,...")
+        raise ModelError(
+            "the model has no layer after which it can be cut into stages",
+            hint="exits need a feature map (4-D tensor) that every path passes "
+            "through; add exits by hand with --exits LAYER,...",
+        )
     chosen: list[CutPoint] = []
     if layers:
         by_name = {p.layer: p for p in points}
@@ -128,21 +132,29 @@ def pick_cuts(
         for name in layers:
             if name not in names:
                 close = [n for n in names if name.lower() in n.lower()][:5]
-                raise ModelError(f"exit layer {name!r} does not exist in the model",
-                                 hint=f"similar layer names: {close}" if close else
-                                 "list the model's layers with model.summary()", layer=name)
+                raise ModelError(
+                    f"exit layer {name!r} does not exist in the model",
+                    hint=f"similar layer names: {close}"
+                    if close
+                    else "list the model's layers with model.summary()",
+                    layer=name,
+                )
             if name not in by_name:
                 valid = [p.layer for p in points][:12]
                 raise ModelError(
                     f"exit layer {name!r} is not a place where the model can be cut (a branch "
                     "is still open there, or it splits a conv from its batch norm)",
-                    hint=f"valid exit layers include: {valid}", layer=name)
+                    hint=f"valid exit layers include: {valid}",
+                    layer=name,
+                )
             chosen.append(by_name[name])
     else:
         for f in fractions or ():
             if not 0.0 < f < 1.0:
-                raise ModelError(f"exit fraction {f} is outside (0, 1)",
-                                 hint="give fractions of the model's MACs such as 0.15,0.4")
+                raise ModelError(
+                    f"exit fraction {f} is outside (0, 1)",
+                    hint="give fractions of the model's MACs such as 0.15,0.4",
+                )
             best = min(points, key=lambda p: (abs(p.fraction - f), p.position))
             chosen.append(best)
     chosen = sorted({p.position: p for p in chosen}.values(), key=lambda p: p.position)

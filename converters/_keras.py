@@ -31,4 +31,6 @@ def keras() -> ModuleType:
 def tfmot() -> ModuleType:
     """The ``tensorflow_model_optimization`` module (quantization-aware training)."""
     keras()
-    return require("tensorflow_model_optimization", "convert", purpose="quantization-aware training")
+    return require(
+        "tensorflow_model_optimization", "convert", purpose="quantization-aware training"
+    )

@@ -14,8 +14,9 @@ __all__ = ["builtin_cnn", "classifier_logits", "load_model"]
 
 def _conv_bn_relu(x: Any, channels: int, strides: int, name: str) -> Any:
     layers = keras().layers
-    x = layers.Conv2D(channels, 3, strides=strides, padding="same", use_bias=False,
-                      name=f"{name}_conv")(x)
+    x = layers.Conv2D(
+        channels, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
     x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -54,8 +55,9 @@ def load_model(path: str | Path) -> Any:
             f"{path} is not a Keras model that tf-keras can read ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
             hint="save the model with tf_keras: model.save('model.keras'); "
-                 "Keras 3 files must be re-saved from tf_keras",
-            path=str(path)) from exc
+            "Keras 3 files must be re-saved from tf_keras",
+            path=str(path),
+        ) from exc
     return check_functional(model, str(path))
 
 
@@ -63,18 +65,26 @@ def check_functional(model: Any, where: str = "the model") -> Any:
     """Refuse models QAT and stage cutting cannot handle, saying why."""
     k = keras()
     if not isinstance(model, k.Model):
-        raise ModelError(f"{where} is not a tf-keras Model (got {type(model).__name__})",
-                         hint="build it with `import tf_keras as keras`")
+        raise ModelError(
+            f"{where} is not a tf-keras Model (got {type(model).__name__})",
+            hint="build it with `import tf_keras as keras`",
+        )
     if not getattr(model, "_is_graph_network", False):
-        raise ModelError(f"{where} is a subclassed Keras model; edgekit needs a Functional or "
-                         "Sequential one", hint="rebuild it with keras.Input(...) and layer calls")
+        raise ModelError(
+            f"{where} is a subclassed Keras model; edgekit needs a Functional or Sequential one",
+            hint="rebuild it with keras.Input(...) and layer calls",
+        )
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ModelError(f"{where} has {len(model.inputs)} inputs and {len(model.outputs)} "
-                         "outputs; edgekit converts single-input classifiers",
-                         hint="export the classification branch as its own model")
+        raise ModelError(
+            f"{where} has {len(model.inputs)} inputs and {len(model.outputs)} "
+            "outputs; edgekit converts single-input classifiers",
+            hint="export the classification branch as its own model",
+        )
     if len(model.inputs[0].shape) != 4:
-        raise ModelError(f"{where} takes input of shape {tuple(model.inputs[0].shape)}; edgekit "
-                         "expects images (batch, height, width, channels)")
+        raise ModelError(
+            f"{where} takes input of shape {tuple(model.inputs[0].shape)}; edgekit "
+            "expects images (batch, height, width, channels)"
+        )
     if isinstance(model, k.Sequential):
         model = k.Model(model.inputs, model.outputs, name=model.name)
     return classifier_logits(model)
@@ -86,7 +96,8 @@ def classifier_logits(model: Any) -> Any:
     last = model.layers[-1]
     act = getattr(last, "activation", None)
     is_softmax_act = type(last).__name__ in ("Softmax",) or (
-        type(last).__name__ == "Activation" and getattr(act, "__name__", "") == "softmax")
+        type(last).__name__ == "Activation" and getattr(act, "__name__", "") == "softmax"
+    )
     if is_softmax_act:
         return k.Model(model.inputs, last.input, name=model.name)
     if type(last).__name__ == "Dense" and getattr(act, "__name__", "") == "softmax":

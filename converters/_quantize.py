@@ -18,8 +18,8 @@ __all__ = [
     "boundary_range",
     "qat_model",
     "tflite_io_quant",
-    "to_int8_tflite",
     "to_float_tflite",
+    "to_int8_tflite",
 ]
 
 _RANGE_VAR = re.compile(r"(output|post_activation|quantize_layer)_(min|max)")
@@ -39,13 +39,17 @@ def qat_model(model: Any, calib: np.ndarray) -> Any:
     try:
         qmodel = mot.quantization.keras.quantize_model(model)
     except (ValueError, RuntimeError, TypeError) as exc:
-        bad = sorted({type(layer).__name__ for layer in model.layers
-                      if type(layer).__name__ in str(exc)} or {"?"})
+        bad = sorted(
+            {type(layer).__name__ for layer in model.layers if type(layer).__name__ in str(exc)}
+            or {"?"}
+        )
         raise QATUnsupportedError(
             f"quantization-aware training cannot wrap this model ({str(exc).splitlines()[0]})",
             hint=f"layer types involved: {', '.join(bad)}; use --quant ptq, or replace them "
-                 "(hard-swish, LayerNormalization, Rescaling, Resizing, PReLU, Multiply are "
-                 "not supported by tfmot)", layers=bad) from exc
+            "(hard-swish, LayerNormalization, Rescaling, Resizing, PReLU, Multiply are "
+            "not supported by tfmot)",
+            layers=bad,
+        ) from exc
     _init_ranges(qmodel, model, calib)
     return qmodel
 
@@ -71,7 +75,7 @@ def _init_ranges(qmodel: Any, model: Any, calib: np.ndarray) -> None:
     lo = np.full(len(targets), np.inf)
     hi = np.full(len(targets), -np.inf)
     for i in range(0, len(calib), 256):
-        outs = probe(calib[i:i + 256], training=False)
+        outs = probe(calib[i : i + 256], training=False)
         outs = outs if isinstance(outs, list) else [outs]
         for j, o in enumerate(outs):
             a = o.numpy()
@@ -86,13 +90,18 @@ def boundary_range(qmodel: Any, layer: str) -> tuple[float, float]:
     ql = {x.name: x for x in qmodel.layers}.get(f"quant_{layer}")
     if ql is None:
         raise ConversionError(f"the QAT model has no wrapper for layer {layer!r}")
-    vals = {w.name.rsplit("/", 1)[-1].split(":")[0]: float(w.numpy()) for w in ql.weights
-            if _RANGE_VAR.search(w.name)}
+    vals = {
+        w.name.rsplit("/", 1)[-1].split(":")[0]: float(w.numpy())
+        for w in ql.weights
+        if _RANGE_VAR.search(w.name)
+    }
     for prefix in ("output", "post_activation"):
         if f"{prefix}_min" in vals:
             return vals[f"{prefix}_min"], vals[f"{prefix}_max"]
-    raise ConversionError(f"layer {layer!r} has no quantized output in the QAT model",
-                          hint="choose exits after an activation, add or pooling layer")
+    raise ConversionError(
+        f"layer {layer!r} has no quantized output in the QAT model",
+        hint="choose exits after an activation, add or pooling layer",
+    )
 
 
 def _converter(model: Any) -> Any:
@@ -124,15 +133,17 @@ def to_int8_tflite(model: Any, representative: np.ndarray | None) -> bytes:
 
         def gen() -> Iterator[list[np.ndarray]]:
             for i in range(len(data)):
-                yield [data[i:i + 1]]
+                yield [data[i : i + 1]]
 
         conv.representative_dataset = gen
         conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
         return bytes(conv.convert())
     except Exception as exc:
-        raise ConversionError(f"TFLite int8 conversion of {model.name} failed: {exc}",
-                              hint="a layer may have no int8 kernel; try --quant ptq") from exc
+        raise ConversionError(
+            f"TFLite int8 conversion of {model.name} failed: {exc}",
+            hint="a layer may have no int8 kernel; try --quant ptq",
+        ) from exc
 
 
 def tflite_io_quant(flatbuffer: bytes) -> dict[str, QuantParams]:

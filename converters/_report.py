@@ -26,20 +26,28 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [head, "|" + "---|" * (4 + len(fmts))]
     for e in report["exits"]:
         accs = " | ".join(_pct(e["accuracy"].get(k)) for k, _ in fmts)
-        lines.append(f"| {e['index']} | {e['layer']} | {e['macs'] / 1e6:.2f} M | "
-                     f"{e['macs_fraction']:.3f} | {accs} |")
+        lines.append(
+            f"| {e['index']} | {e['layer']} | {e['macs'] / 1e6:.2f} M | "
+            f"{e['macs_fraction']:.3f} | {accs} |"
+        )
     lines.append("")
-    lines.append("| format | float bytes | INT8 stages bytes | INT8 unsplit bytes | stages / float |")
+    lines.append(
+        "| format | float bytes | INT8 stages bytes | INT8 unsplit bytes | stages / float |"
+    )
     lines.append("|---|---|---|---|---|")
     for fmt, s in report["sizes"].items():
         ratio = s["int8"] / s["float"] if s.get("float") else None
-        lines.append(f"| {fmt} | {_kib(s.get('float'))} | {_kib(s.get('int8'))} | "
-                     f"{_kib(s.get('int8_unsplit'))} | {_pct(ratio)} |")
+        lines.append(
+            f"| {fmt} | {_kib(s.get('float'))} | {_kib(s.get('int8'))} | "
+            f"{_kib(s.get('int8_unsplit'))} | {_pct(ratio)} |"
+        )
     lines.append("")
     ag = report.get("agreement", {})
-    for key, text in (("tflite_chain_vs_unsplit", "TFLite chained stages vs unsplit (top-1)"),
-                      ("onnx_chain_vs_unsplit", "ONNX chained stages vs unsplit (top-1)"),
-                      ("tflite_vs_onnx", "TFLite INT8 vs ONNX INT8 (top-1, final exit)")):
+    for key, text in (
+        ("tflite_chain_vs_unsplit", "TFLite chained stages vs unsplit (top-1)"),
+        ("onnx_chain_vs_unsplit", "ONNX chained stages vs unsplit (top-1)"),
+        ("tflite_vs_onnx", "TFLite INT8 vs ONNX INT8 (top-1, final exit)"),
+    ):
         if key in ag:
             lines.append(f"- {text}: {_pct(ag[key])}")
     if report.get("notes"):
@@ -50,14 +58,19 @@ def format_table(report: dict[str, Any]) -> str:
 def write_report(root: Path, report: dict[str, Any]) -> None:
     """Write report.json, report.md and the plots into the package folder ``root``."""
     (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = [f"# edgekit conversion report: {report['name']}", "",
-          f"- dataset: {report['dataset']['description']}",
-          f"- model: {report['model']['source']} ({report['model']['macs'] / 1e6:.2f} M MACs "
-          f"with exits)",
-          f"- quantization: {report['quantization']}; ONNX activations: "
-          f"{report.get('onnx_activation_type') or '-'}",
-          f"- conversion time: {report['timing']['total_seconds']:.0f} s", "",
-          format_table(report), ""]
+    md = [
+        f"# edgekit conversion report: {report['name']}",
+        "",
+        f"- dataset: {report['dataset']['description']}",
+        f"- model: {report['model']['source']} ({report['model']['macs'] / 1e6:.2f} M MACs "
+        f"with exits)",
+        f"- quantization: {report['quantization']}; ONNX activations: "
+        f"{report.get('onnx_activation_type') or '-'}",
+        f"- conversion time: {report['timing']['total_seconds']:.0f} s",
+        "",
+        format_table(report),
+        "",
+    ]
     plots = _plots(root, report)
     md.extend(f"![{p.stem}](plots/{p.name})" for p in plots)
     (root / "report.md").write_text("\n".join(md) + "\n")
@@ -82,8 +95,13 @@ def _plots(root: Path, report: dict[str, Any]) -> list[Path]:
         if all(v is not None for v in ys):
             ax.plot(xs, [100 * v for v in ys], marker="o", label=title)
     for e in exits:
-        ax.annotate(f"exit {e['index']}", (e["macs_fraction"], 100 * e["accuracy"]["float"]),
-                    textcoords="offset points", xytext=(4, -12), fontsize=8)
+        ax.annotate(
+            f"exit {e['index']}",
+            (e["macs_fraction"], 100 * e["accuracy"]["float"]),
+            textcoords="offset points",
+            xytext=(4, -12),
+            fontsize=8,
+        )
     ax.set_xlabel("cumulative MACs (fraction of the full model)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy and cost per exit")
@@ -115,8 +133,12 @@ def _plots(root: Path, report: dict[str, Any]) -> list[Path]:
         n = len(exits)
         for i in range(n):
             key = f"val_acc_exit{i}"
-            ax.plot([h["epoch"] for h in hist], [100 * h.get(key, 0) for h in hist],
-                    marker=".", label=f"exit {i}")
+            ax.plot(
+                [h["epoch"] for h in hist],
+                [100 * h.get(key, 0) for h in hist],
+                marker=".",
+                label=f"exit {i}",
+            )
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy (%)")
         ax.set_title("training")

@@ -51,7 +51,7 @@ def predict_exits(model: Any, x: np.ndarray, batch_size: int = 512) -> list[np.n
     outs: list[list[np.ndarray]] = [[] for _ in model.outputs]
     fn = _inference_fn(model)
     for i in range(0, len(x), batch_size):
-        for k, o in enumerate(fn(tf().constant(x[i:i + batch_size]))):
+        for k, o in enumerate(fn(tf().constant(x[i : i + batch_size]))):
             outs[k].append(o.numpy())
     return [np.concatenate(o) for o in outs]
 
@@ -78,15 +78,26 @@ def _losses(t: Any, outputs: list[Any], y: Any, weights: list[float], cfg: Train
         T = cfg.temperature
         teacher = t.stop_gradient(t.nn.softmax(outputs[-1] / T))
         for w, o in zip(weights[:-1], outputs[:-1]):
-            kl = t.reduce_mean(t.reduce_sum(
-                teacher * (t.math.log(teacher + 1e-8) - t.nn.log_softmax(o / T)), axis=-1))
+            kl = t.reduce_mean(
+                t.reduce_sum(
+                    teacher * (t.math.log(teacher + 1e-8) - t.nn.log_softmax(o / T)), axis=-1
+                )
+            )
             total += w * cfg.distill * T * T * kl
     return total, ce
 
 
-def train_exits(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-                y_val: np.ndarray, cfg: TrainConfig, *, label: str = "train",
-                verbose: bool = True) -> TrainResult:
+def train_exits(
+    model: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: TrainConfig,
+    *,
+    label: str = "train",
+    verbose: bool = True,
+) -> TrainResult:
     """Train ``model`` (outputs ``[exit_0, ..., final]``) in place; restores the best epoch."""
     t, k = tf(), keras()
     n_out = len(model.outputs)
@@ -99,7 +110,8 @@ def train_exits(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
             layer.trainable = base.startswith("exit") and base[4:5].isdigit()
     steps = math.ceil(len(x_train) / cfg.batch_size)
     schedule = k.optimizers.schedules.CosineDecay(
-        cfg.learning_rate, max(1, steps * cfg.epochs), alpha=cfg.min_learning_rate_factor)
+        cfg.learning_rate, max(1, steps * cfg.epochs), alpha=cfg.min_learning_rate_factor
+    )
     opt = k.optimizers.Adam(schedule)
     variables = model.trainable_variables
 
@@ -107,7 +119,7 @@ def train_exits(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
     def step(x: Any, y: Any) -> Any:
         with t.GradientTape() as tape:
             outs = model(x, training=True)
-            loss, ce = _losses(t, outs, y, weights, cfg)
+            loss, _ = _losses(t, outs, y, weights, cfg)
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
@@ -129,10 +141,11 @@ def train_exits(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
     for epoch in range(1, cfg.epochs + 1):
         order = rng.permutation(len(x_train))
         running = 0.0
-        with Progress(f"{label} epoch {epoch}/{cfg.epochs}", steps, unit="steps",
-                      enabled=verbose) as bar:
+        with Progress(
+            f"{label} epoch {epoch}/{cfg.epochs}", steps, unit="steps", enabled=verbose
+        ) as bar:
             for s in range(steps):
-                idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
                 xb = x_train[idx]
                 if cfg.flip:
                     flip = rng.random(len(idx)) < 0.5
@@ -142,26 +155,36 @@ def train_exits(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
                 bar.update(1, f"loss {running:.3f}")
         vloss, vcorrect, n = 0.0, np.zeros(n_out), 0
         for i in range(0, len(x_val), 1024):
-            xb, yb = x_val[i:i + 1024], y_val[i:i + 1024]
+            xb, yb = x_val[i : i + 1024], y_val[i : i + 1024]
             loss_b, correct_b = val_step(t.constant(xb), t.constant(yb))
             vloss += float(loss_b) * len(xb)
             vcorrect += np.array([float(c) for c in correct_b])
             n += len(xb)
         vloss /= max(1, n)
         accs = vcorrect / max(1, n)
-        history.append({"epoch": epoch, "train_loss": running, "val_loss": vloss,
-                        **{f"val_acc_exit{i}": float(a) for i, a in enumerate(accs)}})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": running,
+                "val_loss": vloss,
+                **{f"val_acc_exit{i}": float(a) for i, a in enumerate(accs)},
+            }
+        )
         if verbose:
-            say(f"{label} epoch {epoch}: val loss {vloss:.4f}, val accuracy per exit "
-                + " ".join(f"{a:.3f}" for a in accs))
+            say(
+                f"{label} epoch {epoch}: val loss {vloss:.4f}, val accuracy per exit "
+                + " ".join(f"{a:.3f}" for a in accs)
+            )
         if vloss < best - 1e-4:
             best, best_epoch, best_weights, bad = vloss, epoch, model.get_weights(), 0
         else:
             bad += 1
             if bad >= cfg.patience:
                 if verbose:
-                    say(f"{label}: early stop, validation loss did not improve for "
-                        f"{cfg.patience} epochs; keeping epoch {best_epoch}")
+                    say(
+                        f"{label}: early stop, validation loss did not improve for "
+                        f"{cfg.patience} epochs; keeping epoch {best_epoch}"
+                    )
                 break
     model.set_weights(best_weights)
     if cfg.heads_only:

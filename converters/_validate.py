@@ -24,8 +24,9 @@ def quantize(x: np.ndarray, q: QuantParams) -> np.ndarray:
 def _tflite_runner(flatbuffer: bytes) -> object:
     from ai_edge_litert.interpreter import Interpreter
 
-    return Interpreter(model_content=flatbuffer,
-                       num_threads=os.cpu_count() or 1).get_signature_runner()
+    return Interpreter(
+        model_content=flatbuffer, num_threads=os.cpu_count() or 1
+    ).get_signature_runner()
 
 
 def run_tflite_chain(stages: Sequence[bytes], x_q: np.ndarray) -> list[np.ndarray]:
@@ -33,7 +34,7 @@ def run_tflite_chain(stages: Sequence[bytes], x_q: np.ndarray) -> list[np.ndarra
     runners = [_tflite_runner(fb) for fb in stages]
     outs: list[list[np.ndarray]] = [[] for _ in stages]
     for i in range(0, len(x_q), _CHUNK):
-        h = x_q[i:i + _CHUNK]
+        h = x_q[i : i + _CHUNK]
         for k, run in enumerate(runners):
             res = run(input=h)  # type: ignore[operator]
             outs[k].append(res["ek_logits"])
@@ -46,7 +47,7 @@ def run_tflite_full(flatbuffer: bytes, x_q: np.ndarray, n_exits: int) -> list[np
     run = _tflite_runner(flatbuffer)
     outs: list[list[np.ndarray]] = [[] for _ in range(n_exits)]
     for i in range(0, len(x_q), _CHUNK):
-        res = run(input=x_q[i:i + _CHUNK])  # type: ignore[operator]
+        res = run(input=x_q[i : i + _CHUNK])  # type: ignore[operator]
         for k in range(n_exits):
             outs[k].append(res[f"exit_{k}"])
     return [np.concatenate(o) for o in outs]
@@ -66,13 +67,13 @@ def run_onnx_chain(paths: Sequence[Path], x_q: np.ndarray) -> list[np.ndarray]:
     sessions = [_ort_session(p) for p in paths]
     outs: list[list[np.ndarray]] = [[] for _ in paths]
     for i in range(0, len(x_q), _CHUNK):
-        h = x_q[i:i + _CHUNK]
+        h = x_q[i : i + _CHUNK]
         for k, sess in enumerate(sessions):
             last = k == len(sessions) - 1
             names = ["ek_logits"] if last else ["ek_features", "ek_logits"]
             res = sess.run(names, {"input": h})  # type: ignore[attr-defined]
             outs[k].append(res[-1])
-            h = None if last else res[0]
+            h = res[0]
     return [np.concatenate(o) for o in outs]
 
 
@@ -82,7 +83,7 @@ def run_onnx_full(path: Path, x_q: np.ndarray, n_exits: int) -> list[np.ndarray]
     names = [f"exit_{k}" for k in range(n_exits)]
     outs: list[list[np.ndarray]] = [[] for _ in names]
     for i in range(0, len(x_q), _CHUNK):
-        res = sess.run(names, {"input": x_q[i:i + _CHUNK]})  # type: ignore[attr-defined]
+        res = sess.run(names, {"input": x_q[i : i + _CHUNK]})  # type: ignore[attr-defined]
         for k, r in enumerate(res):
             outs[k].append(r)
     return [np.concatenate(o) for o in outs]

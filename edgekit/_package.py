@@ -103,8 +103,10 @@ class ExitSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ExitSpec:
-        return cls(**{k: d[k] for k in ("index", "stage", "layer", "macs", "macs_fraction")},
-                   accuracy=dict(d.get("accuracy", {})))
+        return cls(
+            **{k: d[k] for k in ("index", "stage", "layer", "macs", "macs_fraction")},
+            accuracy=dict(d.get("accuracy", {})),
+        )
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,12 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> InputSpec:
-        return cls(tuple(d["shape"]), d.get("layout", "NHWC"), d.get("scale", 1 / 255),
-                   d.get("offset", 0.0))
+        return cls(
+            tuple(d["shape"]),
+            d.get("layout", "NHWC"),
+            d.get("scale", 1 / 255),
+            d.get("offset", 0.0),
+        )
 
 
 @dataclass(frozen=True)
@@ -152,17 +158,24 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
+        if not isinstance(d, Mapping):
+            raise PackageError(
+                "manifest.json does not hold a JSON object", hint="convert the model again"
+            )
         version = d.get("schema_version")
         if not isinstance(version, int):
-            raise PackageError("manifest.json has no integer schema_version",
-                               hint="the package is not an edge package, or is corrupt; "
-                                    "convert it again")
+            raise PackageError(
+                "manifest.json has no integer schema_version",
+                hint="the package is not an edge package, or is corrupt; convert it again",
+            )
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"the package has schema version {version}; this edgekit reads up to "
                 f"{SCHEMA_VERSION}",
                 hint="upgrade edgekit on this machine (pip install -U edgekit)",
-                found=version, supported=SCHEMA_VERSION)
+                found=version,
+                supported=SCHEMA_VERSION,
+            )
         try:
             return cls(
                 name=d["name"],
@@ -180,8 +193,9 @@ class Manifest:
                 schema_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise PackageError(f"manifest.json is malformed: {exc!r}",
-                               hint="convert the model again") from exc
+            raise PackageError(
+                f"manifest.json is malformed: {exc!r}", hint="convert the model again"
+            ) from exc
 
 
 def file_sha256(path: Path) -> str:
@@ -220,28 +234,37 @@ def read_manifest(root: str | os.PathLike[str], *, verify: bool = True) -> Manif
     root = Path(root)
     path = root / MANIFEST
     if not root.is_dir():
-        raise PackageError(f"{root} is not an edge package folder",
-                           hint="pass the NAME.edgepkg folder that `edgekit convert` wrote",
-                           path=str(root))
+        raise PackageError(
+            f"{root} is not an edge package folder",
+            hint="pass the NAME.edgepkg folder that `edgekit convert` wrote",
+            path=str(root),
+        )
     if not path.is_file():
-        raise PackageError(f"{root} has no {MANIFEST}; the package is incomplete",
-                           hint="convert again; an interrupted convert never leaves a "
-                                "package that looks complete", path=str(root))
+        raise PackageError(
+            f"{root} has no {MANIFEST}; the package is incomplete",
+            hint="convert again; an interrupted convert never leaves a package that looks complete",
+            path=str(root),
+        )
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise PackageError(f"cannot read {path}: {exc}", hint="convert the model again",
-                           path=str(path)) from exc
+        raise PackageError(
+            f"cannot read {path}: {exc}", hint="convert the model again", path=str(path)
+        ) from exc
     manifest = Manifest.from_dict(data)
     if verify:
         for rel, digest in manifest.files.items():
             f = root / rel
             if not f.is_file():
-                raise ChecksumError(f"{rel} is listed in the manifest but missing from {root}",
-                                    hint="copy the whole package again", path=str(f))
+                raise ChecksumError(
+                    f"{rel} is listed in the manifest but missing from {root}",
+                    hint="copy the whole package again",
+                    path=str(f),
+                )
             if file_sha256(f) != digest:
                 raise ChecksumError(
                     f"{rel} does not match its sha256 in the manifest (corrupt or modified)",
                     hint="copy the package again from the machine that converted it",
-                    path=str(f))
+                    path=str(f),
+                )
     return manifest

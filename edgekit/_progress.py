@@ -21,8 +21,16 @@ def say(message: str, *, stream: TextIO | None = None) -> None:
 class Progress:
     """A counter with rate and ETA: ``with Progress("epoch 1/5", total=n) as p: p.update(k)``."""
 
-    def __init__(self, label: str, total: int, *, unit: str = "it", stream: TextIO | None = None,
-                 log_every: float = 15.0, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        unit: str = "it",
+        stream: TextIO | None = None,
+        log_every: float = 15.0,
+        enabled: bool = True,
+    ) -> None:
         self.label, self.total, self.unit = label, max(1, total), unit
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -56,9 +64,12 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         bar = "#" * int(frac * 20)
-        text = (f"edgekit: {self.label} [{bar:<20}] {frac:4.0%} {self.done}/{self.total} "
-                f"{self.unit} {elapsed:5.0f}s" + ("" if final else f" eta {eta:4.0f}s")
-                + (f"  {self.postfix}" if self.postfix else ""))
+        text = (
+            f"edgekit: {self.label} [{bar:<20}] {frac:4.0%} {self.done}/{self.total} "
+            f"{self.unit} {elapsed:5.0f}s"
+            + ("" if final else f" eta {eta:4.0f}s")
+            + (f"  {self.postfix}" if self.postfix else "")
+        )
         if self.tty:
             self.stream.write("\r\033[K" + text + ("\n" if final else ""))
         else:

@@ -27,12 +27,23 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from edgekit.converters import ConvertOptions, convert
 
     opts = ConvertOptions(
-        model=args.model, exits=_parse_exits(args.exits), train=args.train, quant=args.quant,
+        model=args.model,
+        exits=_parse_exits(args.exits),
+        train=args.train,
+        quant=args.quant,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-        target=args.target, epochs=args.epochs, qat_epochs=args.qat_epochs,
-        batch_size=args.batch_size, width=args.width, calibration_size=args.calibration_size,
-        name=args.name, fast=args.fast, force=args.force, seed=args.seed,
-        verbose=not args.quiet)
+        target=args.target,
+        epochs=args.epochs,
+        qat_epochs=args.qat_epochs,
+        batch_size=args.batch_size,
+        width=args.width,
+        calibration_size=args.calibration_size,
+        name=args.name,
+        fast=args.fast,
+        force=args.force,
+        seed=args.seed,
+        verbose=not args.quiet,
+    )
     result = convert(args.dataset, args.out, options=opts)
     if args.json:
         print(json.dumps(result.report, indent=2))
@@ -61,32 +72,51 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from edgekit._package import read_manifest
 
     m = read_manifest(args.package)
-    print(f"{args.package}: ok ({len(m.files)} files, {len(m.stages)} stages, "
-          f"{len(m.exits)} exits, schema {m.schema_version})")
+    print(
+        f"{args.package}: ok ({len(m.files)} files, {len(m.stages)} stages, "
+        f"{len(m.exits)} exits, schema {m.schema_version})"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgekit", description="Deploy neural networks to edge "
-                                "devices as multi-exit INT8 packages.")
+    p = argparse.ArgumentParser(
+        prog="edgekit",
+        description="Deploy neural networks to edge devices as multi-exit INT8 packages.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("convert", help="convert a model into an edge package",
-                       description="Train exits, quantize to INT8, cut into stages, export "
-                                   "TFLite and ONNX, validate, and write NAME.edgepkg.")
-    c.add_argument("--dataset", default="fashion-mnist",
-                   help="fashion-mnist[:DIR], digits, an image folder, or a .npz file")
+    c = sub.add_parser(
+        "convert",
+        help="convert a model into an edge package",
+        description="Train exits, quantize to INT8, cut into stages, export "
+        "TFLite and ONNX, validate, and write NAME.edgepkg.",
+    )
+    c.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        help="fashion-mnist[:DIR], digits, an image folder, or a .npz file",
+    )
     c.add_argument("--out", required=True, help="output package folder (NAME.edgepkg)")
-    c.add_argument("--model", help="tf-keras model file (.keras/.h5/SavedModel); default: "
-                                   "the built-in CNN")
+    c.add_argument(
+        "--model", help="tf-keras model file (.keras/.h5/SavedModel); default: the built-in CNN"
+    )
     c.add_argument("--exits", help="MAC fractions (0.12,0.4,0.6) or layer names")
-    c.add_argument("--train", default="auto", choices=["auto", "joint", "heads", "none"],
-                   help="joint: backbone and heads; heads: frozen backbone (auto: joint for "
-                        "the built-in model, heads for --model)")
+    c.add_argument(
+        "--train",
+        default="auto",
+        choices=["auto", "joint", "heads", "none"],
+        help="joint: backbone and heads; heads: frozen backbone (auto: joint for "
+        "the built-in model, heads for --model)",
+    )
     c.add_argument("--quant", default="qat", choices=["qat", "ptq"])
     c.add_argument("--formats", default="tflite,onnx", help="tflite,onnx")
-    c.add_argument("--target", default="auto", choices=["auto", "x86", "arm"],
-                   help="ONNX activation type: uint8 for x86, int8 for ARM")
+    c.add_argument(
+        "--target",
+        default="auto",
+        choices=["auto", "x86", "arm"],
+        help="ONNX activation type: uint8 for x86, int8 for ARM",
+    )
     c.add_argument("--epochs", type=int, help="training epochs (default 8; 3 with --fast)")
     c.add_argument("--qat-epochs", type=float, default=1.0)
     c.add_argument("--batch-size", type=int, default=128)

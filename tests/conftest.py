@@ -1,0 +1,33 @@
+"""Shared fixtures. Conversions are expensive, so each package is built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def digits_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A package converted from scikit-learn digits with the default QAT path (--fast)."""
+    from edgekit.converters import convert
+
+    out = tmp_path_factory.mktemp("pkgs") / "digits.edgepkg"
+    convert("digits", out, fast=True, verbose=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_ptq_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same, through PTQ, with exits given by layer name."""
+    from edgekit.converters import convert
+
+    out = tmp_path_factory.mktemp("pkgs") / "digits-ptq.edgepkg"
+    convert(
+        "digits", out, fast=True, quant="ptq", exits=("block2_relu", "block5_relu"), verbose=False
+    )
+    return out

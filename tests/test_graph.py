@@ -1,0 +1,107 @@
+"""Cut points, MAC counts and exit placement on real Keras architectures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgekit import ModelError
+from edgekit.converters._exits import attach_exits, submodel
+from edgekit.converters._graph import cut_points, layer_macs, model_macs, pick_cuts
+from edgekit.converters._keras import keras
+from edgekit.converters._models import builtin_cnn, check_functional
+
+
+@pytest.fixture(scope="module")
+def mobilenet() -> object:
+    k = keras()
+    return check_functional(
+        k.applications.MobileNetV2(alpha=0.35, weights=None, input_shape=(32, 32, 3), classes=10)
+    )
+
+
+def test_builtin_cnn_size() -> None:
+    m = builtin_cnn((28, 28, 1), 10)
+    assert 10e6 < model_macs(m) < 40e6  # "tens of millions of MACs on 28x28"
+
+
+def test_conv_and_dense_macs() -> None:
+    k = keras()
+    inp = k.Input((8, 8, 3))
+    c = k.layers.Conv2D(4, 3, padding="same")(inp)
+    d = k.layers.Dense(5)(k.layers.Flatten()(c))
+    m = k.Model(inp, d)
+    assert layer_macs(m.layers[1]) == 8 * 8 * 4 * 3 * 3 * 3
+    assert layer_macs(m.layers[3]) == 8 * 8 * 4 * 5
+
+
+def test_cut_points_skip_open_branches(mobilenet: object) -> None:
+    names = [p.layer for p in cut_points(mobilenet)]
+    assert "block_2_add" in names
+    # inside a residual block the skip connection is still open: not a cut
+    assert "block_2_expand_relu" not in names
+    # BN that feeds a ReLU stays fused with it
+    assert "bn_Conv1" not in names and "Conv1_relu" in names
+    fractions = [p.fraction for p in cut_points(mobilenet)]
+    assert fractions == sorted(fractions)
+
+
+def test_pick_cuts_by_fraction_and_name(mobilenet: object) -> None:
+    cuts = pick_cuts(mobilenet, fractions=[0.25, 0.5, 0.75])
+    assert len(cuts) == 3
+    assert all(abs(c.fraction - f) < 0.1 for c, f in zip(cuts, [0.25, 0.5, 0.75]))
+    named = pick_cuts(mobilenet, layers=["block_5_add", "block_2_add"])
+    assert [c.layer for c in named] == ["block_2_add", "block_5_add"]
+
+
+@pytest.mark.parametrize("bad", [[0.0], [1.0], [1.5]])
+def test_bad_fractions(mobilenet: object, bad: list[float]) -> None:
+    with pytest.raises(ModelError, match="outside"):
+        pick_cuts(mobilenet, fractions=bad)
+
+
+def test_unknown_layer_suggests_names(mobilenet: object) -> None:
+    with pytest.raises(ModelError) as err:
+        pick_cuts(mobilenet, layers=["block_2_ad"])
+    assert "block_2_add" in str(err.value)
+
+
+def test_chained_submodels_equal_the_multi_exit_model(mobilenet: object) -> None:
+    cuts = pick_cuts(mobilenet, fractions=[0.25, 0.5, 0.75])
+    me = attach_exits(mobilenet, cuts)
+    outs = [t._keras_history.layer.name for t in me.outputs]
+    x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    full = me(x, training=False)
+    h = x
+    for k in range(len(cuts) + 1):
+        start = None if k == 0 else cuts[k - 1].layer
+        if k < len(cuts):
+            st = submodel(me, start, [cuts[k].layer, outs[k]], names=["f", "l"])
+            h, logits = st(h, training=False)
+        else:
+            logits = submodel(me, start, [outs[k]], names=["l"])(h, training=False)
+        np.testing.assert_allclose(np.asarray(logits), np.asarray(full[k]), atol=1e-5)
+
+
+def test_softmax_head_becomes_logits() -> None:
+    k = keras()
+    inp = k.Input((8, 8, 1))
+    x = k.layers.Flatten()(k.layers.Conv2D(2, 3)(inp))
+    m = check_functional(k.Model(inp, k.layers.Dense(3, activation="softmax")(x)))
+    assert m.layers[-1].get_config()["activation"] == "linear"
+    x = np.ones((1, 8, 8, 1), np.float32)
+    assert not np.allclose(np.asarray(m(x)).sum(), 1.0)
+
+
+def test_subclassed_and_multi_input_models_are_refused() -> None:
+    k = keras()
+
+    class Sub(k.Model):  # type: ignore[misc,name-defined]
+        def call(self, x: object) -> object:
+            return x
+
+    with pytest.raises(ModelError, match="subclassed"):
+        check_functional(Sub())
+    a, b = k.Input((4, 4, 1)), k.Input((4, 4, 1))
+    with pytest.raises(ModelError, match="2 inputs"):
+        check_functional(k.Model([a, b], k.layers.Add()([a, b])))

@@ -61,6 +61,8 @@ class ConvertOptions:
       tfmot cannot wrap.
     - ``target``: ``x86`` (ONNX uint8 activations), ``arm`` (int8), or ``auto`` (this
       machine's architecture).
+    - ``exit_weights``: loss weight per exit (final last); default grows with depth,
+      ``max(0.3, MACs fraction)``, so early exits do not crowd out the final one.
     - ``fast``: a small run for tests and smoke checks (few epochs, small subsets).
     """
 
@@ -71,10 +73,11 @@ class ConvertOptions:
     formats: tuple[str, ...] = FORMATS
     target: str = "auto"
     epochs: int | None = None
-    qat_epochs: float = 1.0
+    qat_epochs: float = 0.5
     batch_size: int = 128
     learning_rate: float = 2e-3
     distill: float = 0.5
+    exit_weights: tuple[float, ...] | None = None
     width: int = 32
     calibration_size: int = 500
     name: str | None = None
@@ -198,6 +201,9 @@ class _Conversion:
         self._say(
             f"model {source}: {model_macs(backbone) / 1e6:.2f} M MACs, exits after "
             + ", ".join(f"{c.layer} ({c.fraction:.0%})" for c in cuts)
+        )
+        self.exit_weights = o.exit_weights or tuple(
+            [round(max(0.3, c.fraction), 2) for c in cuts] + [1.0]
         )
         training = self._train(model, data)
         float_acc = evaluate_exits(model, data.x_test, data.y_test)
@@ -344,6 +350,7 @@ class _Conversion:
             batch_size=o.batch_size,
             learning_rate=o.learning_rate,
             distill=o.distill,
+            exit_weights=self.exit_weights,
             heads_only=mode == "heads",
             seed=o.seed,
         )
@@ -361,6 +368,7 @@ class _Conversion:
         self._lap("train")
         return {
             "mode": mode,
+            "exit_weights": list(self.exit_weights),
             "epochs_run": res.epochs_run,
             "best_epoch": res.best_epoch,
             "seconds": round(res.seconds, 1),
@@ -379,6 +387,7 @@ class _Conversion:
             learning_rate=1e-4,
             min_learning_rate_factor=0.1,
             distill=o.distill,
+            exit_weights=self.exit_weights,
             patience=whole + 1,
             seed=o.seed + 1,
         )
@@ -609,9 +618,9 @@ class _Conversion:
 
 
 def _default_epochs(n_train: int, o: ConvertOptions) -> int:
-    """8 epochs (3 with ``fast``), more on small datasets so training gets enough steps."""
+    """7 epochs (3 with ``fast``), more on small datasets so training gets enough steps."""
     steps_per_epoch = max(1, n_train // o.batch_size)
-    base, min_steps = (3, 300) if o.fast else (8, 800)
+    base, min_steps = (3, 300) if o.fast else (7, 800)
     return max(base, min(60, -(-min_steps // steps_per_epoch)))
 
 

@@ -129,7 +129,7 @@ def export_int8_onnx(
     io_quant: Mapping[str, QuantParams],
     activation_type: str = "uint8",
     per_channel: bool = True,
-    reduce_range: bool | None = None,
+    reduce_range: bool = False,
     opset: int = 17,
 ) -> dict[str, QuantParams]:
     """Write an INT8 QDQ ONNX model whose graph input and outputs are 8-bit tensors.
@@ -138,18 +138,18 @@ def export_int8_onnx(
     ``io_quant`` maps ``"input"`` and output names to the quantization (any 8-bit dtype, e.g.
     int8 from TFLite) those tensors must use; it is converted to ``activation_type``
     (``"uint8"``, best on x86, or ``"int8"``, best on ARM). Outputs missing from ``io_quant``
-    keep the range ORT calibrates. ``reduce_range`` quantizes weights to 7 bits; by default it
-    is on for uint8 (x86): without VNNI, ORT's U8S8 kernels saturate 16-bit pair sums and
-    full 8-bit weights come out about ten times less accurate. Returns the quantization
-    actually written for the input and every output, in ``activation_type``.
+    keep the range ORT calibrates. ``reduce_range`` quantizes weights to 7 bits. It is off:
+    the file keeps full 8-bit weights, as TFLite does; on x86 CPUs without VNNI, ORT's U8S8
+    kernels would saturate 16-bit pair sums on them, which sessions avoid with the
+    ``session.x64quantprecision`` option (see ``edgekit.runtime.backends.onnxruntime``).
+    Returns the quantization actually written for the input and every output, in
+    ``activation_type``.
     """
     if activation_type not in _ELEM_TYPE:
         raise ConversionError(
             f"activation_type must be 'uint8' or 'int8', not {activation_type!r}",
             hint="use 'uint8' for x86 targets and 'int8' for ARM targets",
         )
-    if reduce_range is None:
-        reduce_range = activation_type == "uint8"
     onnx = _onnx_module()
     ort_quant = require("onnxruntime.quantization", "convert", purpose="INT8 ONNX export")
     shape_inf = require(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -138,7 +139,10 @@ def to_int8_tflite(model: Any, representative: np.ndarray | None) -> bytes:
         conv.representative_dataset = gen
         conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
-        return bytes(conv.convert())
+        with warnings.catch_warnings():
+            # QAT stages carry their input range in a fake-quant op, not as "statistics".
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            return bytes(conv.convert())
     except Exception as exc:
         raise ConversionError(
             f"TFLite int8 conversion of {model.name} failed: {exc}",

@@ -49,21 +49,11 @@ class TrainResult:
 def predict_exits(model: Any, x: np.ndarray, batch_size: int = 512) -> list[np.ndarray]:
     """Logits of every exit, as numpy arrays, in inference mode."""
     outs: list[list[np.ndarray]] = [[] for _ in model.outputs]
-    fn = _inference_fn(model)
+    fn = tf().function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
     for i in range(0, len(x), batch_size):
         for k, o in enumerate(fn(tf().constant(x[i : i + batch_size]))):
             outs[k].append(o.numpy())
     return [np.concatenate(o) for o in outs]
-
-
-_FNS: dict[int, Any] = {}
-
-
-def _inference_fn(model: Any) -> Any:
-    key = id(model)
-    if key not in _FNS:
-        _FNS[key] = tf().function(lambda x: model(x, training=False), reduce_retracing=True)
-    return _FNS[key]
 
 
 def evaluate_exits(model: Any, x: np.ndarray, y: np.ndarray) -> list[float]:
@@ -115,7 +105,7 @@ def train_exits(
     opt = k.optimizers.Adam(schedule)
     variables = model.trainable_variables
 
-    @t.function(reduce_retracing=True)
+    @t.function(reduce_retracing=True, autograph=False)
     def step(x: Any, y: Any) -> Any:
         with t.GradientTape() as tape:
             outs = model(x, training=True)
@@ -123,7 +113,7 @@ def train_exits(
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    @t.function(reduce_retracing=True)
+    @t.function(reduce_retracing=True, autograph=False)
     def val_step(x: Any, y: Any) -> Any:
         outs = model(x, training=False)
         _, ce = _losses(t, outs, y, weights, cfg)

@@ -56,10 +56,11 @@ def run_tflite_full(flatbuffer: bytes, x_q: np.ndarray, n_exits: int) -> list[np
 def _ort_session(path: Path) -> object:
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = os.cpu_count() or 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from edgekit.runtime.backends.onnxruntime import session_options
+
+    return ort.InferenceSession(
+        str(path), session_options(os.cpu_count()), providers=["CPUExecutionProvider"]
+    )
 
 
 def run_onnx_chain(paths: Sequence[Path], x_q: np.ndarray) -> list[np.ndarray]:

@@ -33,6 +33,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         quant=args.quant,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
         target=args.target,
+        exit_weights=tuple(float(w) for w in args.exit_weights.split(","))
+        if args.exit_weights
+        else None,
         epochs=args.epochs,
         qat_epochs=args.qat_epochs,
         batch_size=args.batch_size,
@@ -117,8 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "x86", "arm"],
         help="ONNX activation type: uint8 for x86, int8 for ARM",
     )
-    c.add_argument("--epochs", type=int, help="training epochs (default 8; 3 with --fast)")
-    c.add_argument("--qat-epochs", type=float, default=1.0)
+    c.add_argument("--epochs", type=int, help="training epochs (default 7; 3 with --fast)")
+    c.add_argument(
+        "--qat-epochs",
+        type=float,
+        default=0.5,
+        help="QAT fine-tuning, in epochs (fractions allowed)",
+    )
+    c.add_argument("--exit-weights", help="loss weight per exit, final last (0.3,0.4,0.6,1)")
     c.add_argument("--batch-size", type=int, default=128)
     c.add_argument("--width", type=int, default=32, help="width of the built-in CNN")
     c.add_argument("--calibration-size", type=int, default=500)

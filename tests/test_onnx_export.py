@@ -24,6 +24,7 @@ from edgekit.converters._onnx import (  # noqa: E402
     export_int8_onnx,
     read_io_quant,
 )
+from edgekit.runtime.backends.onnxruntime import session_options  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +50,8 @@ def dequant(q: np.ndarray, p: QuantParams) -> np.ndarray:
 
 
 def run(path: Path, x: np.ndarray, act: str) -> list[np.ndarray]:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    if act == "int8":
-        # int8 targets ARM. On x86 without VNNI, ORT runs int8 convolutions with U8S8 kernels
-        # that saturate 16-bit sums, so check the QDQ semantics (what an ARM device computes).
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # The sessions edgekit itself opens: exact int8 kernels even on x86 without VNNI.
+    so = session_options(1)
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     out: list[np.ndarray] = sess.run(None, {"input": x})
     return out

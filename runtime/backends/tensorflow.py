@@ -1,0 +1,25 @@
+"""``tensorflow.lite``: the interpreter inside a full TensorFlow install (host-side)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from ._tflite_common import TFLiteStage, open_with
+
+FORMAT = "tflite"
+EXTRA = "convert"
+
+
+def available() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def describe() -> str:
+    return "tensorflow.lite (full TensorFlow)"
+
+
+def open_stage(path: Path, threads: int | None = None) -> TFLiteStage:
+    import tensorflow as tf
+
+    return open_with(tf.lite.Interpreter, path, threads)

@@ -35,12 +35,14 @@ __all__ = [
     "SchemaVersionError",
     "__version__",
     "convert",
+    "load",
     "load_dataset",
     "read_manifest",
 ]
 
 _LAZY = {
     "convert": ("edgekit.converters", "convert"),
+    "load": ("edgekit.runtime", "load"),
     "load_dataset": ("edgekit.data", "load_dataset"),
     "read_manifest": ("edgekit._package", "read_manifest"),
 }
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from edgekit._package import read_manifest
     from edgekit.converters import convert
     from edgekit.data import load_dataset
+    from edgekit.runtime import load
 
 
 def __getattr__(name: str) -> Any:

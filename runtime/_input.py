@@ -1,0 +1,82 @@
+"""Turning a user's image into the first stage's 8-bit input tensor."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit._errors import EdgekitError
+from edgekit._package import InputSpec, QuantParams
+
+__all__ = ["InputError", "Quantizer"]
+
+
+class InputError(EdgekitError, ValueError):
+    """An input of the wrong shape or dtype."""
+
+
+class Quantizer:
+    """Checks an input and quantizes it for stage 0, reusing one buffer per batch size.
+
+    uint8 images go through a 256-entry lookup table (raw -> float -> 8-bit in one step);
+    float images must already be scaled as the model expects (``raw * input.scale``).
+    """
+
+    __slots__ = ("_buf", "_lut", "dtype", "q", "shape", "spec")
+
+    def __init__(self, spec: InputSpec, q: QuantParams) -> None:
+        self.spec = spec
+        self.q = q
+        self.shape = tuple(spec.shape)
+        self.dtype = np.dtype(q.dtype)
+        lo, hi = (-128, 127) if q.dtype == "int8" else (0, 255)
+        real = np.arange(256, dtype=np.float64) * spec.scale + spec.offset
+        self._lut = np.clip(np.round(real / q.scale) + q.zero_point, lo, hi).astype(self.dtype)
+        self._buf = np.empty((1, *self.shape), self.dtype)
+
+    def _expected(self) -> str:
+        h, w, c = self.shape
+        forms = [f"({h}, {w}, {c})", f"(1, {h}, {w}, {c})"] + ([f"({h}, {w})"] if c == 1 else [])
+        return " or ".join(forms)
+
+    def one(self, x: np.ndarray) -> np.ndarray:
+        """A single image -> a (1, H, W, C) 8-bit tensor (a reused buffer)."""
+        if x.shape != self.shape:
+            if x.size != self._buf.size or x.ndim not in (2, 3, 4):
+                raise InputError(
+                    f"input has shape {tuple(x.shape)}; this model expects {self._expected()}",
+                    hint="resize the image to the model's input size first",
+                    expected=self.shape,
+                    got=tuple(x.shape),
+                )
+            x = x.reshape(self.shape)
+        self._fill(x, self._buf[0])
+        return self._buf
+
+    def batch(self, x: np.ndarray) -> np.ndarray:
+        """Images (N, H, W, C) (or (N, H, W) for one channel) -> an (N, H, W, C) 8-bit array."""
+        if x.ndim == len(self.shape) and self.shape[-1] == 1:
+            x = x[..., None]
+        if x.shape[1:] != self.shape:
+            raise InputError(
+                f"batch has shape {tuple(x.shape)}; this model expects (N, "
+                f"{', '.join(map(str, self.shape))})",
+                expected=self.shape,
+                got=tuple(x.shape),
+            )
+        out = np.empty(x.shape, self.dtype)
+        self._fill(x, out)
+        return out
+
+    def _fill(self, x: np.ndarray, out: np.ndarray) -> None:
+        if x.dtype == np.uint8:
+            np.take(self._lut, x, out=out)
+        elif x.dtype.kind == "f":
+            lo, hi = (-128, 127) if self.dtype == np.int8 else (0, 255)
+            out[...] = np.clip(np.rint(x / self.q.scale) + self.q.zero_point, lo, hi)
+        else:
+            raise InputError(
+                f"input has dtype {x.dtype}; expected uint8 pixels or float32 scaled like the "
+                f"training data (pixel * {self.spec.scale:.6g})",
+                expected="uint8 or float32",
+                got=str(x.dtype),
+            )

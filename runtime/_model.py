@@ -1,0 +1,203 @@
+"""``load``: an edge package in an interpreter, run stage by stage under an exit policy."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+
+from edgekit._errors import PackageError
+from edgekit._package import Manifest, read_manifest
+
+from . import backends
+from ._confidence import Confidence
+from ._input import Quantizer
+from ._policies import BanditPolicy, Policy, parse_policy
+from ._prediction import Prediction
+from ._stats import Stats
+
+__all__ = ["EdgeModel", "load"]
+
+
+def load(
+    package: str | os.PathLike[str],
+    *,
+    backend: str = "auto",
+    policy: str | Policy = "bandit",
+    threads: int | None = 1,
+    confidence: str = "max_softmax",
+    state: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+    **policy_options: Any,
+) -> EdgeModel:
+    """Open an edge package for inference.
+
+    ``backend``: ``auto`` (the best installed: Edge TPU, LiteRT, tflite-runtime,
+    tensorflow.lite, onnxruntime) or one of those names. ``policy``: ``full``,
+    ``threshold:T``, ``bandit[:ALGO]``, ``oracle`` or a :class:`Policy`. ``state``: where a
+    bandit keeps what it learned (reloaded on the next start). ``verify`` checks every
+    file's sha256 first.
+    """
+    root = Path(package)
+    manifest = read_manifest(root, verify=verify)
+    name = backends.auto(manifest.formats) if backend == "auto" else backend
+    mod = backends.get(name)
+    if mod.FORMAT not in manifest.formats:
+        raise PackageError(
+            f"backend {name!r} runs {mod.FORMAT} models, which this package does not have "
+            f"(it has {', '.join(manifest.formats)})",
+            hint="convert with --formats tflite,onnx, or pick another backend",
+        )
+    if isinstance(policy, str) and policy.startswith("bandit") and state is not None:
+        policy_options.setdefault("state_path", str(state))
+    pol = parse_policy(policy, **policy_options) if isinstance(policy, str) else policy
+    runners = []
+    try:
+        for s in manifest.stages:
+            runners.append(mod.open_stage(root / s.files[mod.FORMAT], threads))
+    except Exception:
+        for r in runners:
+            r.close()
+        raise
+    return EdgeModel(root, manifest, name, runners, pol, confidence)
+
+
+class EdgeModel:
+    """A loaded package. ``predict`` runs stages until the policy says stop."""
+
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        backend: str,
+        runners: Sequence[backends.StageRunner],
+        policy: Policy,
+        confidence: str = "max_softmax",
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.backend = backend
+        self.policy = policy
+        self._runners = list(runners)
+        n = len(self._runners)
+        self.n_exits = n
+        act = np.dtype(runners[0].input_dtype).name
+        stages = manifest.stages
+        q0 = stages[0].input.quant
+        if q0 is None:
+            raise PackageError("stage 0 has no input quantization in the manifest")
+        self._quant = Quantizer(manifest.input, q0.as_dtype(act))
+        self._conf = []
+        for s in stages:
+            if s.logits.quant is None:
+                raise PackageError(f"stage {s.index} has no logits quantization")
+            self._conf.append(Confidence(s.logits.quant.scale, confidence))
+        policy.bind(n, [e.macs_fraction for e in manifest.exits])
+        self.stats_ = Stats(n, [e.macs_fraction for e in manifest.exits])
+        self._cost_mode = getattr(getattr(policy, "config", None), "cost", "latency")
+        self._confs = [0.0] * n
+        self._labels = [0] * n
+        self._last = n - 1
+        self._labels_names = manifest.labels
+
+    # -- inference ----------------------------------------------------------------------
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        """Classify one image (uint8 pixels, or float scaled like the training data)."""
+        th = self.policy.select()
+        t0 = perf_counter()
+        h: Any = self._quant.one(np.asarray(x))
+        runners, conf, confs, labels = self._runners, self._conf, self._confs, self._labels
+        last = self._last
+        run_all = self.policy.needs_all_exits
+        marks = self.stats_.marks
+        k = 0
+        while True:
+            feats, logits = runners[k](h)
+            labels[k], confs[k] = conf[k].one(logits)
+            marks[k] = perf_counter()
+            if k == last or (confs[k] >= th[k] and not run_all):
+                break
+            h = feats
+            k += 1
+        latency = marks[k] - t0
+        exit_k = self._oracle_exit(k) if run_all else k
+        costs = self.stats_.record(t0, k, exit_k, self._cost_mode)
+        self.policy.observe(k, confs, costs)
+        if isinstance(self.policy, BanditPolicy):
+            self.policy.adapt_budget(latency * 1e3)
+        lab = labels[exit_k]
+        return Prediction(
+            lab,
+            confs[exit_k],
+            exit_k,
+            k + 1,
+            latency * 1e3,
+            False,
+            self._labels_names[lab] if lab < len(self._labels_names) else None,
+        )
+
+    def _oracle_exit(self, k: int) -> int:
+        final = self._labels[k]
+        return next(i for i in range(k + 1) if self._labels[i] == final)
+
+    def predict_batch(self, xs: np.ndarray | Iterable[np.ndarray]) -> list[Prediction]:
+        """Classify a batch, one input at a time (the policy learns as it goes)."""
+        return [self.predict(x) for x in xs]
+
+    def run_all_exits(self, xs: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, confidences) of every exit for every input: arrays of shape (N, exits).
+
+        Runs each stage on whole batches (for evaluation and recording, not per input).
+        """
+        n = len(xs)
+        labels = np.zeros((n, self.n_exits), np.int64)
+        confs = np.zeros((n, self.n_exits), np.float64)
+        for i in range(0, n, batch):
+            h: Any = self._quant.batch(np.asarray(xs[i : i + batch]))
+            for k, run in enumerate(self._runners):
+                feats, logits = run(h)
+                lab, c = self._conf[k].batch(logits)
+                labels[i : i + len(h), k] = lab
+                confs[i : i + len(h), k] = c
+                h = feats
+        return labels, confs
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Exit histogram, latency percentiles (ms), mean cost and the policy's arm values."""
+        out = self.stats_.summary()
+        out["backend"] = self.backend
+        out["policy"] = self.policy.describe()
+        arms = self.policy.arm_values()
+        if arms:
+            out["arms"] = arms
+        return out
+
+    def feedback(self, prediction: Prediction, label: int) -> None:
+        """Tell the policy the true label of an earlier prediction."""
+        self.policy.feedback(prediction.label == label, prediction.exit)
+
+    def close(self) -> None:
+        """Save the policy's state and release the interpreters."""
+        self.policy.save()
+        for r in self._runners:
+            r.close()
+        self._runners = []
+
+    def __enter__(self) -> EdgeModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<EdgeModel {self.manifest.name}: {self.n_exits} exits, backend={self.backend}, "
+            f"policy={self.policy.describe()}>"
+        )

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ._errors import EdgekitError
 
@@ -82,6 +83,128 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test_split(spec: str, limit: int | None) -> tuple[Any, Any]:
+    from edgekit.data import load_dataset
+
+    d = load_dataset(spec)
+    x, y = d.x_test, d.y_test
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import edgekit
+    from edgekit.runtime._evaluate import evaluate
+    from edgekit.runtime._replay import fixed_threshold_sweep
+
+    x, y = _test_split(args.dataset, args.limit)
+    opts: dict[str, Any] = {}
+    if args.lam is not None:
+        opts["lam"] = args.lam
+    if args.budget_ms is not None:
+        opts["budget_ms"] = args.budget_ms
+    with edgekit.load(
+        args.package,
+        backend=args.backend,
+        policy=args.policy,
+        threads=args.threads,
+        state=args.state,
+        **opts,
+    ) as model:
+        res = evaluate(model, x, y, verbose=not args.json)
+    rec = res.pop("recording")
+    if args.record:
+        rec.save(args.record)
+    sweep = fixed_threshold_sweep(rec)
+    if args.plots:
+        from edgekit.runtime._plots import plot_eval
+
+        points = {res["policy"]: res, "full": res["full_model"], "oracle": res["oracle"]}
+        res["plots"] = [
+            str(p) for p in plot_eval(Path(args.plots), sweep, points, res["exit_histogram"])
+        ]
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        full = res["full_model"]
+        print(f"{res['policy']} on {res['inputs']} inputs ({res['backend']}):")
+        print(
+            f"  accuracy {res['accuracy']:.4f} (full model {full['accuracy']:.4f}, "
+            f"oracle {res['oracle']['accuracy']:.4f})"
+        )
+        print(
+            f"  mean cost {res['mean_cost_fraction']:.3f} of the full model's latency, "
+            f"{res['mean_macs_fraction']:.3f} of its MACs"
+        )
+        lat = res["latency_ms"]
+        print(
+            f"  latency ms: mean {lat['mean']:.4f}  p50 {lat['p50']:.4f}  p95 {lat['p95']:.4f}"
+            f"  p99 {lat['p99']:.4f}"
+        )
+        print(f"  exits: {res['exit_histogram']}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from edgekit.runtime._replay import Recording, fixed_threshold_sweep, oracle_point, replay
+
+    rec = Recording.load(args.recording)
+    if args.repeat > 1:
+        import numpy as np
+
+        rng = np.random.default_rng(args.seed)
+        rec = rec.subset(np.concatenate([rng.permutation(len(rec.y)) for _ in range(args.repeat)]))
+    results = []
+    curves = {}
+    for pol in args.policy:
+        opts: dict[str, Any] = {}
+        if pol.startswith("bandit"):
+            opts = {"lam": args.lam}
+        r = replay(rec, pol, cost=args.cost, **opts)
+        s = r.summary(skip=args.skip)
+        s["seconds"] = round(r.seconds, 3)
+        results.append(s)
+        if "arm_history" in r.extra:
+            from edgekit.runtime._plots import regret_curve
+
+            curves[s["policy"]] = regret_curve(rec, r, args.lam, args.cost)
+            s["final_regret"] = float(curves[s["policy"]][-1])
+    out = {
+        "inputs": len(rec.y),
+        "policies": results,
+        "oracle": oracle_point(rec, args.cost),
+        "fixed_thresholds": fixed_threshold_sweep(rec, cost=args.cost),
+    }
+    if args.plots and curves:
+        from edgekit.runtime._plots import plot_regret
+
+        out["plots"] = [str(plot_regret(Path(args.plots) / "regret.png", curves))]
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+    else:
+        for s in results:
+            print(
+                f"{s['policy']:>18}: accuracy {s['accuracy']:.4f}  cost "
+                f"{s['mean_cost_fraction']:.3f}  exits {s['exit_histogram']}"
+                + (f"  regret {s['final_regret']:.1f}" if "final_regret" in s else "")
+            )
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgekit.runtime._evaluate import bench
+
+    x, _ = _test_split(args.dataset, args.n)
+    res = bench(
+        args.package, x, backend=args.backend, threads=args.threads, n=args.n, verbose=not args.json
+    )
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        for k, v in res.items():
+            print(f"{k:>24}: {v}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgekit",
@@ -145,6 +268,54 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
     r.set_defaults(func=_cmd_report)
 
+    e = sub.add_parser(
+        "eval",
+        help="run a package over a test set under a policy",
+        description="Streams the test split through the runtime one input at "
+        "a time and reports accuracy, cost, latency and exits.",
+    )
+    e.add_argument("package")
+    e.add_argument("--dataset", default="fashion-mnist")
+    e.add_argument("--policy", default="bandit", help="full, threshold:T, bandit[:ALGO], oracle")
+    e.add_argument("--backend", default="auto")
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--limit", type=int, help="only the first N test images")
+    e.add_argument("--lam", type=float, help="bandit: cost weight lambda")
+    e.add_argument("--budget-ms", type=float, help="bandit: target mean latency")
+    e.add_argument("--state", help="bandit state file (default: start fresh)")
+    e.add_argument("--record", help="save the per-exit recording (.npz) for `simulate`")
+    e.add_argument("--plots", help="folder for accuracy_vs_cost.png and exit_histogram.png")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    sm = sub.add_parser("simulate", help="replay policies over a recording from `eval`")
+    sm.add_argument("recording")
+    sm.add_argument(
+        "--policy",
+        action="append",
+        default=None,
+        help="repeatable; default: bandit:ucb, bandit:thompson, threshold:0.9",
+    )
+    sm.add_argument("--lam", type=float, default=0.15)
+    sm.add_argument("--cost", choices=["latency", "macs"], default="latency")
+    sm.add_argument("--repeat", type=int, default=1, help="replay the stream N times shuffled")
+    sm.add_argument(
+        "--skip", type=int, default=0, help="leave the first N inputs out of the summary"
+    )
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--plots", help="folder for regret.png")
+    sm.add_argument("--json", action="store_true")
+    sm.set_defaults(func=_cmd_simulate)
+
+    b = sub.add_parser("bench", help="stage latencies, INT8 vs float, runtime overhead")
+    b.add_argument("package")
+    b.add_argument("--dataset", default="fashion-mnist")
+    b.add_argument("--backend", default="litert")
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("-n", type=int, default=1000)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=_cmd_bench)
+
     v = sub.add_parser("verify", help="check every file of a package against its sha256")
     v.add_argument("package")
     v.set_defaults(func=_cmd_verify)
@@ -153,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "policy", "") is None and args.command == "simulate":
+        args.policy = ["bandit:ucb", "bandit:thompson", "threshold:0.9"]
     try:
         return int(args.func(args))
     except EdgekitError as exc:

@@ -176,14 +176,15 @@ class BanditPolicy(Policy):
         lam = self.lam
         scale = 1.0 + lam
         rewards = []
+        # Arms are sorted, and the exit a threshold takes never moves earlier as the
+        # threshold grows, so one pointer walks the exits for all arms.
+        k = 0
         for i, a in enumerate(self.arms):
-            e = -1
-            for k in range(exit_taken + 1):
-                if confs[k] >= a or k == last:
-                    e = k
-                    break
-            if e >= 0:  # this arm's outcome is determined by what was seen
-                rewards.append((i, (confs[e] - lam * costs[e] + lam) / scale))
+            while k < last and k <= exit_taken and confs[k] < a:
+                k += 1
+            if k > exit_taken:
+                break  # this and higher thresholds would have gone deeper than was seen
+            rewards.append((i, (confs[k] - lam * costs[k] + lam) / scale))
         self.algo.update(self.chosen, rewards)
         self.history.append(self.chosen)
         if self.config.save_every and self.config.state_path:

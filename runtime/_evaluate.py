@@ -1,0 +1,182 @@
+"""Evaluation and benchmarking of a loaded package (``edgekit eval`` and ``edgekit bench``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit._progress import Progress
+
+from ._model import EdgeModel, load
+from ._policies import NEVER
+from ._replay import Recording, fixed_threshold_sweep, oracle_point
+
+__all__ = ["bench", "evaluate", "measure_stage_ms", "record"]
+
+
+def measure_stage_ms(model: EdgeModel, xs: np.ndarray, n: int = 300) -> np.ndarray:
+    """Median latency (ms) of each stage at batch 1, plus its confidence computation."""
+    runners, conf = model._runners, model._conf
+    times = np.zeros((min(n, len(xs)), len(runners)))
+    for i in range(len(times)):
+        h: Any = model._quant.one(xs[i])
+        for k, run in enumerate(runners):
+            t0 = time.perf_counter()
+            feats, logits = run(h)
+            conf[k].one(logits)
+            times[i, k] = time.perf_counter() - t0
+            h = feats
+    return np.median(times, axis=0) * 1e3
+
+
+def record(model: EdgeModel, xs: np.ndarray, y: np.ndarray | None) -> Recording:
+    """Every exit's label and confidence for ``xs`` and the measured stage latencies."""
+    labels, confs = model.run_all_exits(xs)
+    stage_ms = measure_stage_ms(model, xs)
+    macs = np.array([e.macs_fraction for e in model.manifest.exits])
+    yy = np.full(len(xs), -1) if y is None else np.asarray(y)
+    return Recording(labels, confs, yy, stage_ms, macs)
+
+
+def evaluate(
+    model: EdgeModel,
+    xs: np.ndarray,
+    y: np.ndarray,
+    *,
+    verbose: bool = True,
+    with_recording: bool = True,
+) -> dict[str, Any]:
+    """Stream ``xs`` through ``model.predict`` one at a time and measure what happened.
+
+    Returns accuracy, mean cost (fraction of the full model), latency mean and
+    percentiles, the exit histogram and, with ``with_recording``, the fixed-threshold
+    frontier and the oracle on the same inputs for comparison.
+    """
+    correct = np.zeros(len(xs), bool)
+    exits = np.zeros(len(xs), np.int64)
+    with Progress(
+        f"eval {model.policy.describe()}", len(xs), unit="inputs", enabled=verbose
+    ) as bar:
+        for i in range(len(xs)):
+            p = model.predict(xs[i])
+            correct[i] = p.label == y[i]
+            exits[i] = p.exit
+            bar.update(1)
+    stats = model.stats()
+    out: dict[str, Any] = {
+        "package": str(model.root),
+        "backend": model.backend,
+        "policy": model.policy.describe(),
+        "inputs": len(xs),
+        "accuracy": float(correct.mean()),
+        "mean_cost_fraction": stats["mean_cost_fraction"],
+        "mean_macs_fraction": float(
+            np.array([e.macs_fraction for e in model.manifest.exits])[exits].mean()
+        ),
+        "latency_ms": stats["latency_ms"],
+        "exit_histogram": stats["exit_histogram"],
+        "stage_latency_ms": stats["stage_latency_ms"],
+    }
+    if "arms" in stats:
+        out["arms"] = stats["arms"]
+    if with_recording:
+        rec = record(model, xs, y)
+        out["full_model"] = fixed_threshold_sweep(rec, [NEVER])[0]
+        out["oracle"] = oracle_point(rec)
+        out["recording"] = rec
+    return out
+
+
+def bench(
+    package: str | Path,
+    xs: np.ndarray,
+    *,
+    backend: str = "litert",
+    threads: int = 1,
+    n: int = 1000,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Stage latencies, float vs INT8, and edgekit's overhead over a raw interpreter."""
+    from . import backends
+
+    root = Path(package)
+    xs = xs[:n]
+    out: dict[str, Any] = {
+        "package": str(root),
+        "backend": backend,
+        "threads": threads,
+        "inputs": len(xs),
+    }
+    with load(root, backend=backend, policy="full", threads=threads) as m:
+        out["stage_latency_ms"] = measure_stage_ms(m, xs).tolist()
+        m.predict_batch(xs[:50])  # warm up
+        t0 = time.perf_counter()
+        for x in xs:
+            m.predict(x)
+        out["edgekit_full_ms"] = (time.perf_counter() - t0) / len(xs) * 1e3
+        manifest = m.manifest
+        q = m._quant
+    mod = backends.get(backend)
+    fmt = mod.FORMAT
+    raw = {}
+    for kind, key in (("int8", fmt), ("float", f"{fmt}_float")):
+        rel = manifest.full.get(key)
+        if rel is None:
+            continue
+        raw[kind] = _raw_latency(root / rel, fmt, xs, q, kind, threads)
+    out["raw_int8_full_ms"] = raw.get("int8")
+    out["raw_float_full_ms"] = raw.get("float")
+    if raw.get("int8") and raw.get("float"):
+        out["int8_speedup_vs_float"] = raw["float"] / raw["int8"]
+    if raw.get("int8"):
+        out["overhead_full_vs_raw"] = out["edgekit_full_ms"] / raw["int8"]
+    return out
+
+
+def _raw_latency(
+    path: Path, fmt: str, xs: np.ndarray, quant: Any, kind: str, threads: int
+) -> float:
+    """Mean latency of one raw invoke of an unsplit model (the baseline to beat)."""
+    if fmt == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(path), num_threads=threads)
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]["index"]
+        feed = [
+            quant.one(x).copy()
+            if kind == "int8"
+            else np.asarray(x, np.float32).reshape(1, *quant.shape)
+            for x in xs
+        ]
+        for f in feed[:50]:
+            it.set_tensor(inp, f)
+            it.invoke()
+        t0 = time.perf_counter()
+        for f in feed:
+            it.set_tensor(inp, f)
+            it.invoke()
+        return (time.perf_counter() - t0) / len(feed) * 1e3
+    import onnxruntime as ort
+
+    from .backends.onnxruntime import session_options
+
+    sess = ort.InferenceSession(
+        str(path), session_options(threads), providers=["CPUExecutionProvider"]
+    )
+    feeds = [
+        quant.one(x).copy()
+        if kind == "int8"
+        else np.asarray(x, np.float32).reshape(1, *quant.shape)
+        for x in xs
+    ]
+    name = sess.get_outputs()[-1].name
+    for f in feeds[:50]:
+        sess.run([name], {"input": f})
+    t0 = time.perf_counter()
+    for f in feeds:
+        sess.run([name], {"input": f})
+    return (time.perf_counter() - t0) / len(feeds) * 1e3

@@ -16,7 +16,7 @@ from edgekit._package import Manifest, read_manifest
 from . import backends
 from ._confidence import Confidence
 from ._input import Quantizer
-from ._policies import BanditPolicy, Policy, parse_policy
+from ._policies import NEVER, BanditPolicy, FullPolicy, Policy, parse_policy
 from ._prediction import Prediction
 from ._stats import Stats
 
@@ -63,7 +63,11 @@ def load(
         for r in runners:
             r.close()
         raise
-    return EdgeModel(root, manifest, name, runners, pol, confidence)
+    full = None
+    rel = manifest.full.get(mod.FORMAT)
+    if rel is not None and hasattr(mod, "open_full"):
+        full = mod.open_full(root / rel, len(manifest.stages), threads)
+    return EdgeModel(root, manifest, name, runners, pol, confidence, full)
 
 
 class EdgeModel:
@@ -77,6 +81,7 @@ class EdgeModel:
         runners: Sequence[backends.StageRunner],
         policy: Policy,
         confidence: str = "max_softmax",
+        full: Any = None,
     ) -> None:
         self.root = root
         self.manifest = manifest
@@ -99,6 +104,9 @@ class EdgeModel:
         policy.bind(n, [e.macs_fraction for e in manifest.exits])
         self.stats_ = Stats(n, [e.macs_fraction for e in manifest.exits])
         self._cost_mode = getattr(getattr(policy, "config", None), "cost", "latency")
+        self._full = full
+        self._run_all = tuple([NEVER] * n)
+        self._all_confs = not isinstance(policy, FullPolicy)
         self._confs = [0.0] * n
         self._labels = [0] * n
         self._last = n - 1
@@ -109,6 +117,8 @@ class EdgeModel:
     def predict(self, x: np.ndarray) -> Prediction:
         """Classify one image (uint8 pixels, or float scaled like the training data)."""
         th = self.policy.select()
+        if th == self._run_all and self._full is not None:
+            return self._predict_unsplit(x)
         t0 = perf_counter()
         h: Any = self._quant.one(np.asarray(x))
         runners, conf, confs, labels = self._runners, self._conf, self._confs, self._labels
@@ -139,6 +149,34 @@ class EdgeModel:
             latency * 1e3,
             False,
             self._labels_names[lab] if lab < len(self._labels_names) else None,
+        )
+
+    def _predict_unsplit(self, x: np.ndarray) -> Prediction:
+        """When every stage will run anyway, one call of the unsplit model is cheaper."""
+        t0 = perf_counter()
+        h = self._quant.one(np.asarray(x))
+        labels, confs, conf, last = self._labels, self._confs, self._conf, self._last
+        if self._all_confs:
+            for k, lg in enumerate(self._full(h)):
+                labels[k], confs[k] = conf[k].one(lg)
+        else:
+            labels[last], confs[last] = conf[last].one(self._full.final(h))
+        t1 = perf_counter()
+        exit_k = self._oracle_exit(last) if self.policy.needs_all_exits else last
+        costs = self.stats_.record_unsplit(t1 - t0, exit_k, self._cost_mode)
+        self.policy.observe(last, confs, costs)
+        if isinstance(self.policy, BanditPolicy):
+            self.policy.adapt_budget((t1 - t0) * 1e3)
+        lab = labels[exit_k]
+        names = self._labels_names
+        return Prediction(
+            lab,
+            confs[exit_k],
+            exit_k,
+            last + 1,
+            (t1 - t0) * 1e3,
+            False,
+            names[lab] if lab < len(names) else None,
         )
 
     def _oracle_exit(self, k: int) -> int:
@@ -189,6 +227,9 @@ class EdgeModel:
         for r in self._runners:
             r.close()
         self._runners = []
+        if self._full is not None:
+            self._full.close()
+            self._full = None
 
     def __enter__(self) -> EdgeModel:
         return self

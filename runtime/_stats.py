@@ -41,20 +41,26 @@ class Stats:
             prev = marks[i]
             e = ema[i]
             ema[i] = d if e == 0.0 else e + 0.05 * (d - e)
-        self._lat[self.count % _RING] = marks[k] - t0
+        return self.record_unsplit(marks[k] - t0, exit_k, mode)
+
+    def record_unsplit(self, seconds: float, exit_k: int, mode: str) -> list[float]:
+        """Count one input; return each exit's cost from the averaged stage latencies.
+
+        Inputs run by the unsplit model come here directly: they have no per-stage times.
+        """
+        self._lat[self.count % _RING] = seconds
         self.count += 1
         self.hist[exit_k] += 1
-        costs = self._costs
-        if mode == "macs":
+        costs, ema = self._costs, self.ema
+        if mode == "macs" or ema[0] == 0.0:
             costs[:] = self.macs
         else:
             base, cum = ema[0], 0.0
             for i in range(self.n):
                 cum += ema[i] if ema[i] > 0.0 else base * self._macs_ratio[i]
                 costs[i] = cum
-            total = cum
             for i in range(self.n):
-                costs[i] /= total
+                costs[i] /= cum
         self.cost_sum += costs[exit_k]
         return costs
 

@@ -63,5 +63,36 @@ class TFLiteStage:
         self.interpreter = None
 
 
+class TFLiteFull:
+    """The unsplit model: one invoke returns every exit's logits (``exit_0..exit_N``)."""
+
+    __slots__ = ("_get", "_in", "_invoke", "_outs", "_set", "interpreter")
+
+    def __init__(self, interpreter: Any, n_exits: int) -> None:
+        self.interpreter = interpreter
+        sig = next(iter(interpreter._get_full_signature_list().values()))
+        self._in = sig["inputs"]["input"]
+        self._outs = [sig["outputs"][f"exit_{k}"] for k in range(n_exits)]
+        interpreter.allocate_tensors()
+        self._set, self._invoke, self._get = (
+            interpreter.set_tensor,
+            interpreter.invoke,
+            interpreter.get_tensor,
+        )
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        self._set(self._in, x)
+        self._invoke()
+        return [self._get(i) for i in self._outs]
+
+    def final(self, x: np.ndarray) -> np.ndarray:
+        self._set(self._in, x)
+        self._invoke()
+        return self._get(self._outs[-1])
+
+    def close(self) -> None:
+        self.interpreter = None
+
+
 def open_with(interpreter_cls: Any, path: Path, threads: int | None, **kwargs: Any) -> TFLiteStage:
     return TFLiteStage(interpreter_cls(model_path=str(path), num_threads=threads, **kwargs))

@@ -88,6 +88,37 @@ def session_options(threads: int | None = None) -> Any:
     return opts
 
 
+class OnnxFull:
+    """The unsplit model: one run returns every exit's logits."""
+
+    __slots__ = ("_feed", "_final", "_names", "_run", "session")
+
+    def __init__(self, session: Any, n_exits: int) -> None:
+        self.session = session
+        self._names = [f"exit_{k}" for k in range(n_exits)]
+        self._final = self._names[-1:]
+        self._run = session.run
+        self._feed: dict[str, np.ndarray] = {}
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        self._feed["input"] = x
+        return list(self._run(self._names, self._feed))
+
+    def final(self, x: np.ndarray) -> np.ndarray:
+        self._feed["input"] = x
+        return self._run(self._final, self._feed)[0]
+
+    def close(self) -> None:
+        self.session = None
+
+
+def open_full(path: Path, n_exits: int, threads: int | None = None) -> OnnxFull:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), session_options(threads), providers=providers())
+    return OnnxFull(sess, n_exits)
+
+
 def open_stage(path: Path, threads: int | None = None) -> OnnxStage:
     import onnxruntime as ort
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ._tflite_common import TFLiteStage, open_with
+from ._tflite_common import TFLiteFull, TFLiteStage, open_with
 
 FORMAT = "tflite"
 EXTRA = "convert"
@@ -23,3 +23,9 @@ def open_stage(path: Path, threads: int | None = None) -> TFLiteStage:
     import tensorflow as tf
 
     return open_with(tf.lite.Interpreter, path, threads)
+
+
+def open_full(path: Path, n_exits: int, threads: int | None = None) -> TFLiteFull:
+    import tensorflow as tf
+
+    return TFLiteFull(tf.lite.Interpreter(model_path=str(path), num_threads=threads), n_exits)

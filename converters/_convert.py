@@ -618,9 +618,9 @@ class _Conversion:
 
 
 def _default_epochs(n_train: int, o: ConvertOptions) -> int:
-    """7 epochs (3 with ``fast``), more on small datasets so training gets enough steps."""
+    """6 epochs (3 with ``fast``), more on small datasets so training gets enough steps."""
     steps_per_epoch = max(1, n_train // o.batch_size)
-    base, min_steps = (3, 300) if o.fast else (7, 800)
+    base, min_steps = (3, 300) if o.fast else (6, 800)
     return max(base, min(60, -(-min_steps // steps_per_epoch)))
 
 

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "x86", "arm"],
         help="ONNX activation type: uint8 for x86, int8 for ARM",
     )
-    c.add_argument("--epochs", type=int, help="training epochs (default 7; 3 with --fast)")
+    c.add_argument("--epochs", type=int, help="training epochs (default 6; 3 with --fast)")
     c.add_argument(
         "--qat-epochs",
         type=float,

@@ -94,12 +94,15 @@ class UCB1(_Averages):
         super().__init__(n_arms, seed, gamma)
         self.c = c
 
+    def _horizon(self) -> float:
+        return sum(self.cnt) if self.gamma < 1.0 else self.t + 1.0
+
     def choose(self) -> int:
-        log_t = 2.0 * math.log(max(2.0, sum(self.cnt) if self.gamma < 1.0 else self.t + 1))
+        log_t = 2.0 * math.log(max(2.0, self._horizon()))
         best, best_i = -math.inf, 0
         for i in range(self.n):
             n = self.cnt[i]
-            if n < 1e-9:
+            if n < 0.5:
                 return i
             v = self.sum[i] / n + self.c * math.sqrt(log_t / n)
             if v > best:
@@ -118,7 +121,7 @@ class DiscountedUCB(UCB1):
         super().__init__(n_arms, seed, c=c, gamma=gamma)
 
 
-class SlidingWindowUCB(Algorithm):
+class SlidingWindowUCB(UCB1):
     """UCB over the last ``window`` inputs only."""
 
     name = "swucb"
@@ -126,12 +129,12 @@ class SlidingWindowUCB(Algorithm):
     def __init__(
         self, n_arms: int, seed: int | None = None, c: float = 0.25, window: int = 1000
     ) -> None:
-        super().__init__(n_arms, seed)
-        self.c = c
+        super().__init__(n_arms, seed, c=c)
         self.window = window
         self.hist: deque[tuple[int, tuple[tuple[int, float], ...]]] = deque()
-        self.cnt = [0.0] * n_arms
-        self.sum = [0.0] * n_arms
+
+    def _horizon(self) -> float:
+        return min(self.t, self.window) + 1.0
 
     def update(self, chosen: int, rewards: Sequence[tuple[int, float]]) -> None:
         self.t += 1
@@ -146,29 +149,14 @@ class SlidingWindowUCB(Algorithm):
                 self.cnt[arm] -= 1.0
                 self.sum[arm] -= r
 
-    def choose(self) -> int:
-        log_t = 2.0 * math.log(max(2, min(self.t, self.window) + 1))
-        best, best_i = -math.inf, 0
-        for i in range(self.n):
-            n = self.cnt[i]
-            if n < 0.5:
-                return i
-            v = self.sum[i] / n + self.c * math.sqrt(log_t / n)
-            if v > best:
-                best, best_i = v, i
-        return best_i
-
     def values(self) -> list[float]:
         return [s / c if c > 0.5 else math.nan for s, c in zip(self.sum, self.cnt)]
-
-    def counts(self) -> list[float]:
-        return list(self.cnt)
 
     def state(self) -> dict[str, Any]:
         return {"t": self.t, "hist": [[t, [list(o) for o in obs]] for t, obs in self.hist]}
 
     def load(self, state: dict[str, Any]) -> None:
-        self.__init__(self.n, None, self.c, self.window)  # type: ignore[misc]
+        self.cnt, self.sum, self.hist = [0.0] * self.n, [0.0] * self.n, deque()
         for t, obs in state["hist"]:
             self.t = int(t) - 1
             self.update(0, [(int(a), float(r)) for a, r in obs])

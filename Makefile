@@ -5,10 +5,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgekit-installed
 
-.PHONY: demo test lint typecheck fmt setup system-deps clean
+PKG := build/fmnist.edgepkg
 
+.PHONY: demo test bench lint typecheck fmt setup system-deps clean
+
+# Convert Fashion-MNIST with the defaults, then run the package under the bandit.
 demo: setup
-	$(BIN)/edgekit convert --dataset fashion-mnist --out build/fmnist.edgepkg --force
+	$(BIN)/edgekit convert --dataset fashion-mnist --out $(PKG) --force
+	$(BIN)/edgekit eval $(PKG) --dataset fashion-mnist --policy bandit --plots build/fmnist-eval
+
+# The runtime benchmark (ratios against their targets); converts first if needed.
+bench: setup $(PKG)/manifest.json
+	$(BIN)/python -m benchmarks.runtime --package $(PKG) --out build/bench
+
+$(PKG)/manifest.json: | setup
+	$(BIN)/edgekit convert --dataset fashion-mnist --out $(PKG) --force
 
 test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -125,22 +125,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res, indent=2))
     else:
-        full = res["full_model"]
-        print(f"{res['policy']} on {res['inputs']} inputs ({res['backend']}):")
+        full, orc, lat = res["full_model"], res["oracle"], res["latency_ms"]
+        print(f"{res['inputs']} test inputs, one at a time, {res['backend']}:")
+        print(f"  {'':<16} {'accuracy':>9} {'cost':>7} {'mean ms':>9}")
         print(
-            f"  accuracy {res['accuracy']:.4f} (full model {full['accuracy']:.4f}, "
-            f"oracle {res['oracle']['accuracy']:.4f})"
+            f"  {res['policy']:<16} {res['accuracy']:>9.4f} {res['mean_cost_fraction']:>7.3f} "
+            f"{lat['mean']:>9.4f}   (MACs {res['mean_macs_fraction']:.3f}, p50 "
+            f"{lat['p50']:.4f} ms, p99 {lat['p99']:.4f} ms)"
         )
         print(
-            f"  mean cost {res['mean_cost_fraction']:.3f} of the full model's latency, "
-            f"{res['mean_macs_fraction']:.3f} of its MACs"
+            f"  {'full model':<16} {full['accuracy']:>9.4f} {1.0:>7.3f} "
+            f"{full['mean_latency_ms']:>9.4f}   (all stages)"
         )
-        lat = res["latency_ms"]
         print(
-            f"  latency ms: mean {lat['mean']:.4f}  p50 {lat['p50']:.4f}  p95 {lat['p95']:.4f}"
-            f"  p99 {lat['p99']:.4f}"
+            f"  {'oracle':<16} {orc['accuracy']:>9.4f} {orc['mean_cost_fraction']:>7.3f} "
+            f"{orc['mean_latency_ms']:>9.4f}   (earliest exit agreeing with the last)"
         )
-        print(f"  exits: {res['exit_histogram']}")
+        print(f"  exits taken: {res['exit_histogram']}")
     return 0
 
 

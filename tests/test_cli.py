@@ -57,3 +57,44 @@ def test_missing_dataset_hint(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "dataset-fashion-mnist" in res.stderr
     assert not (tmp_path / "x.edgepkg").exists()
+
+
+@pytest.mark.slow
+def test_eval_simulate_bench(digits_pkg: Path, tmp_path: Path) -> None:
+    rec = tmp_path / "rec.npz"
+    res = _edgekit(
+        "eval",
+        str(digits_pkg),
+        "--dataset",
+        "digits",
+        "--policy",
+        "bandit",
+        "--record",
+        str(rec),
+        "--plots",
+        str(tmp_path / "plots"),
+        "--json",
+    )
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["inputs"] == 359 and 0.8 < out["accuracy"] <= 1.0
+    assert out["mean_cost_fraction"] < 1.0
+    assert set(out["latency_ms"]) == {"mean", "p50", "p95", "p99"}
+    assert sum(out["exit_histogram"]) == 359
+    assert (tmp_path / "plots" / "accuracy_vs_cost.png").is_file()
+    res = _edgekit(
+        "simulate", str(rec), "--repeat", "5", "--plots", str(tmp_path / "plots"), "--json"
+    )
+    assert res.returncode == 0, res.stderr
+    sim = json.loads(res.stdout)
+    assert [p["policy"] for p in sim["policies"]] == [
+        "bandit:ucb",
+        "bandit:thompson",
+        "threshold:0.9",
+    ]
+    assert (tmp_path / "plots" / "regret.png").is_file()
+    res = _edgekit("bench", str(digits_pkg), "--dataset", "digits", "-n", "200", "--json")
+    assert res.returncode == 0, res.stderr
+    b = json.loads(res.stdout)
+    assert len(b["stage_latency_ms"]) == 4
+    assert b["raw_int8_full_ms"] > 0 and b["raw_float_full_ms"] > 0

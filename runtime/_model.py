@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from ._prediction import Prediction
 from ._stats import Stats
 
 __all__ = ["EdgeModel", "load"]
+
+_log = logging.getLogger("edgekit")
 
 
 def load(
@@ -46,6 +49,8 @@ def load(
     manifest = read_manifest(root, verify=verify)
     name = backends.auto(manifest.formats) if backend == "auto" else backend
     mod = backends.get(name)
+    if backend == "auto":
+        _log.info("edgekit: %s runs on %s (%s)", manifest.name, name, mod.describe())
     if mod.FORMAT not in manifest.formats:
         raise PackageError(
             f"backend {name!r} runs {mod.FORMAT} models, which this package does not have "

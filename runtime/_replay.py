@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._policies import NEVER, Policy, parse_policy
+from ._policies import NEVER, BanditPolicy, Policy, parse_policy
 
 __all__ = ["Recording", "ReplayResult", "fixed_threshold_sweep", "oracle_point", "replay"]
 
@@ -170,6 +170,7 @@ def replay(
     costs_l = rec.exit_costs(cost).tolist()
     cum_ms = np.cumsum(base_ms).tolist()
     last = n_exits - 1
+    budget = pol.adapt_budget if isinstance(pol, BanditPolicy) else None
     start = time.perf_counter()
     for i in range(n):
         if stage_ms_schedule is not None:
@@ -187,6 +188,8 @@ def replay(
             while k < last and c[k] < th[k]:
                 k += 1
         pol.observe(k if not pol.needs_all_exits else last, c, costs_l)
+        if budget is not None:
+            budget(cum_ms[k])
         exits[i] = k
         paid[i] = costs_l[k]
         lat[i] = cum_ms[k]

@@ -108,3 +108,23 @@ def test_confidence_matches_float_softmax(measure: str) -> None:
     for i in range(5):
         t, c = conf.one(q[i])
         assert t == top[i] and c == pytest.approx(got[i])
+
+
+def test_latency_budget_moves_lambda_until_it_is_met() -> None:
+    from edgekit.runtime._replay import Recording, replay
+
+    rng = np.random.default_rng(0)
+    n = 6000
+    confs = np.clip(rng.beta(5, 2, (n, 3)).cumsum(1) / np.array([1.6, 2.2, 2.5]), 0, 1)
+    labels = np.zeros((n, 3), np.int64)
+    rec = Recording(
+        labels,
+        confs,
+        np.zeros(n, np.int64),
+        np.array([1.0, 1.0, 1.0]),
+        np.array([1 / 3, 2 / 3, 1.0]),
+    )
+    free = replay(rec, "bandit", lam=0.0)
+    budget = replay(rec, "bandit", lam=0.0, budget_ms=1.5)
+    assert free.latency_ms[-2000:].mean() > 2.0  # without a budget it runs deep
+    assert budget.latency_ms[-2000:].mean() < 1.8  # the budget pulls it toward 1.5 ms

@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     # 1. INT8 vs float, and edgekit's overhead over one raw invoke of the unsplit model.
     b = bench(pkg, x, backend="litert", threads=1, n=len(x), verbose=False)
     result["bench"] = b
+    print(
+        f"  cpu: {b['cpu'].get('model', '?')}; int8-relevant features: "
+        f"{b['cpu'].get('int8_features')}"
+    )
     rows.append(
         _row(
             "INT8 full model speed-up over float TFLite",

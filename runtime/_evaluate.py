@@ -14,7 +14,7 @@ from ._model import EdgeModel, load
 from ._policies import NEVER
 from ._replay import Recording, fixed_threshold_sweep, oracle_point
 
-__all__ = ["bench", "evaluate", "measure_stage_ms", "record"]
+__all__ = ["bench", "cpu_info", "evaluate", "measure_stage_ms", "record"]
 
 
 def measure_stage_ms(model: EdgeModel, xs: np.ndarray, n: int = 300) -> np.ndarray:
@@ -109,6 +109,7 @@ def bench(
         "backend": backend,
         "threads": threads,
         "inputs": len(xs),
+        "cpu": cpu_info(),
     }
     with load(root, backend=backend, policy="full", threads=threads) as m:
         out["stage_latency_ms"] = measure_stage_ms(m, xs).tolist()
@@ -134,6 +135,27 @@ def bench(
     if raw.get("int8"):
         out["overhead_full_vs_raw"] = out["edgekit_full_ms"] / raw["int8"]
     return out
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model and the instruction sets that decide int8 speed (VNNI, dot product)."""
+    import platform
+
+    info: dict[str, Any] = {"machine": platform.machine()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Model", "Hardware") and "model" not in info:
+            info["model"] = val.strip()
+        if key in ("flags", "Features") and "int8_features" not in info:
+            have = set(val.split())
+            wanted = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}
+            info["int8_features"] = sorted(have & wanted)
+    return info
 
 
 def _raw_latency(

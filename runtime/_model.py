@@ -110,6 +110,12 @@ class EdgeModel:
         self.stats_ = Stats(n, [e.macs_fraction for e in manifest.exits])
         self._cost_mode = getattr(getattr(policy, "config", None), "cost", "latency")
         self._full = full
+        self._needs_all = policy.needs_all_exits
+        self._budget = (
+            policy.adapt_budget
+            if isinstance(policy, BanditPolicy) and policy.config.budget_ms is not None
+            else None
+        )
         self._run_all = tuple([NEVER] * n)
         self._all_confs = not isinstance(policy, FullPolicy)
         self._confs = [0.0] * n
@@ -128,7 +134,7 @@ class EdgeModel:
         h: Any = self._quant.one(np.asarray(x))
         runners, conf, confs, labels = self._runners, self._conf, self._confs, self._labels
         last = self._last
-        run_all = self.policy.needs_all_exits
+        run_all = self._needs_all
         marks = self.stats_.marks
         k = 0
         while True:
@@ -143,8 +149,8 @@ class EdgeModel:
         exit_k = self._oracle_exit(k) if run_all else k
         costs = self.stats_.record(t0, k, exit_k, self._cost_mode)
         self.policy.observe(k, confs, costs)
-        if isinstance(self.policy, BanditPolicy):
-            self.policy.adapt_budget(latency * 1e3)
+        if self._budget is not None:
+            self._budget(latency * 1e3)
         lab = labels[exit_k]
         return Prediction(
             lab,
@@ -167,11 +173,11 @@ class EdgeModel:
         else:
             labels[last], confs[last] = conf[last].one(self._full.final(h))
         t1 = perf_counter()
-        exit_k = self._oracle_exit(last) if self.policy.needs_all_exits else last
+        exit_k = self._oracle_exit(last) if self._needs_all else last
         costs = self.stats_.record_unsplit(t1 - t0, exit_k, self._cost_mode)
         self.policy.observe(last, confs, costs)
-        if isinstance(self.policy, BanditPolicy):
-            self.policy.adapt_budget((t1 - t0) * 1e3)
+        if self._budget is not None:
+            self._budget((t1 - t0) * 1e3)
         lab = labels[exit_k]
         names = self._labels_names
         return Prediction(

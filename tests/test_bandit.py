@@ -128,3 +128,17 @@ def test_latency_budget_moves_lambda_until_it_is_met() -> None:
     budget = replay(rec, "bandit", lam=0.0, budget_ms=1.5)
     assert free.latency_ms[-2000:].mean() > 2.0  # without a budget it runs deep
     assert budget.latency_ms[-2000:].mean() < 1.8  # the budget pulls it toward 1.5 ms
+
+
+def test_feedback_penalises_an_early_exit_that_was_wrong() -> None:
+    pol = BanditPolicy(arms=(0.5, NEVER), lam=0.0)
+    pol.bind(2, [0.3, 1.0])
+    pol.chosen = 0
+    pol.observe(0, [0.9, 0.0], [0.3, 1.0])
+    assert pol.algo.values()[0] == pytest.approx(0.9)
+    pol.feedback(correct=False, exit_taken=0)
+    assert pol.algo.counts()[0] == 2.0
+    assert pol.algo.values()[0] == pytest.approx(0.45)
+    pol.feedback(correct=True, exit_taken=0)  # a right answer changes nothing
+    pol.feedback(correct=False, exit_taken=1)  # nor does a wrong final answer
+    assert pol.algo.counts()[0] == 2.0

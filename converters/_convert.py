@@ -26,6 +26,7 @@ from edgekit._package import (
 )
 from edgekit._progress import say
 from edgekit.data import Dataset, load_dataset
+from edgekit.runtime.backends import litert, onnxruntime
 
 from ._exits import attach_exits, head_macs, submodel
 from ._graph import CutPoint, model_macs, pick_cuts
@@ -40,7 +41,7 @@ from ._quantize import (
 )
 from ._report import format_table, write_report
 from ._train import TrainConfig, evaluate_exits, train_exits
-from ._validate import quantize, run_onnx_chain, run_onnx_full, run_tflite_chain, run_tflite_full
+from ._validate import quantize, run_chain, run_full
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert"]
 
@@ -508,8 +509,9 @@ class _Conversion:
         self._say(f"validating on {len(data.x_test)} test images")
         y = data.y_test
         x_q = quantize(data.x_test, tfl["quant"][0]["input"])
-        chain = run_tflite_chain(tfl["stages"], x_q)
-        full = run_tflite_full(tfl["full"], x_q, n_exits)
+        tdir = self.root / "tflite"
+        chain = run_chain(litert, [tdir / f"stage_{k}.tflite" for k in range(n_exits)], x_q)
+        full = run_full(litert, tdir / "full.tflite", x_q, n_exits)
         acc: list[dict[str, float]] = [
             {
                 "tflite_int8": float((c.argmax(1) == y).mean()),
@@ -525,8 +527,8 @@ class _Conversion:
         }
         if onnx is not None:
             xo = x_q.view(np.uint8) ^ np.uint8(0x80) if onnx["act"] == "uint8" else x_q
-            ochain = run_onnx_chain(onnx["stages"], xo)
-            ofull = run_onnx_full(onnx["full"], xo, n_exits)
+            ochain = run_chain(onnxruntime, onnx["stages"], xo)
+            ofull = run_full(onnxruntime, onnx["full"], xo, n_exits)
             for i, (c, f) in enumerate(zip(ochain, ofull)):
                 acc[i]["onnx_int8"] = float((c.argmax(1) == y).mean())
                 acc[i]["onnx_int8_unsplit"] = float((f.argmax(1) == y).mean())

@@ -10,32 +10,18 @@ import numpy as np
 __all__ = ["TFLiteStage"]
 
 
-class TFLiteStage:
-    """A stage in a TFLite ``Interpreter``, with tensors addressed by index.
+class _Signature:
+    """An interpreter addressed by tensor index through its signature, allocated for
+    batch 1 and resized only when the batch size changes: per call, the work is
+    set_tensor, invoke and get_tensor."""
 
-    The interpreter is allocated for batch 1 and resized only when the batch size
-    changes, so the per-call work is set_tensor, invoke and get_tensor.
-    """
-
-    __slots__ = (
-        "_batch",
-        "_feat",
-        "_get",
-        "_in",
-        "_invoke",
-        "_logits",
-        "_set",
-        "input_dtype",
-        "interpreter",
-    )
+    __slots__ = ("_batch", "_get", "_in", "_invoke", "_set", "input_dtype", "interpreter", "outs")
 
     def __init__(self, interpreter: Any) -> None:
         self.interpreter = interpreter
-        sigs = interpreter._get_full_signature_list()
-        sig = next(iter(sigs.values()))
+        sig = next(iter(interpreter._get_full_signature_list().values()))
         self._in = sig["inputs"]["input"]
-        self._feat = sig["outputs"].get("ek_features")
-        self._logits = sig["outputs"]["ek_logits"]
+        self.outs: dict[str, int] = dict(sig["outputs"])
         self._batch = 1
         interpreter.resize_tensor_input(self._in, self._shape(1))
         interpreter.allocate_tensors()
@@ -50,48 +36,49 @@ class TFLiteStage:
                 return [batch, *(int(v) for v in d["shape_signature"][1:])]
         raise KeyError(self._in)
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    def _invoke_on(self, x: np.ndarray) -> None:
         if x.shape[0] != self._batch:
             self._batch = x.shape[0]
             self.interpreter.resize_tensor_input(self._in, self._shape(self._batch))
             self.interpreter.allocate_tensors()
         self._set(self._in, x)
         self._invoke()
+
+    def close(self) -> None:
+        self.interpreter = None
+
+
+class TFLiteStage(_Signature):
+    """A stage: 8-bit input -> (8-bit features, or None for the last stage; 8-bit logits)."""
+
+    __slots__ = ("_feat", "_logits")
+
+    def __init__(self, interpreter: Any) -> None:
+        super().__init__(interpreter)
+        self._feat = self.outs.get("ek_features")
+        self._logits = self.outs["ek_logits"]
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        self._invoke_on(x)
         return (None if self._feat is None else self._get(self._feat)), self._get(self._logits)
 
-    def close(self) -> None:
-        self.interpreter = None
 
-
-class TFLiteFull:
+class TFLiteFull(_Signature):
     """The unsplit model: one invoke returns every exit's logits (``exit_0..exit_N``)."""
 
-    __slots__ = ("_get", "_in", "_invoke", "_outs", "_set", "interpreter")
+    __slots__ = ("_exits",)
 
     def __init__(self, interpreter: Any, n_exits: int) -> None:
-        self.interpreter = interpreter
-        sig = next(iter(interpreter._get_full_signature_list().values()))
-        self._in = sig["inputs"]["input"]
-        self._outs = [sig["outputs"][f"exit_{k}"] for k in range(n_exits)]
-        interpreter.allocate_tensors()
-        self._set, self._invoke, self._get = (
-            interpreter.set_tensor,
-            interpreter.invoke,
-            interpreter.get_tensor,
-        )
+        super().__init__(interpreter)
+        self._exits = [self.outs[f"exit_{k}"] for k in range(n_exits)]
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        self._set(self._in, x)
-        self._invoke()
-        return [self._get(i) for i in self._outs]
+        self._invoke_on(x)
+        return [self._get(i) for i in self._exits]
 
     def final(self, x: np.ndarray) -> np.ndarray:
-        self._set(self._in, x)
-        self._invoke()
-        return self._get(self._outs[-1])
-
-    def close(self) -> None:
-        self.interpreter = None
+        self._invoke_on(x)
+        return self._get(self._exits[-1])
 
 
 def open_with(interpreter_cls: Any, path: Path, threads: int | None, **kwargs: Any) -> TFLiteStage:

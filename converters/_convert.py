@@ -30,6 +30,7 @@ from edgekit.runtime.backends import litert, onnxruntime
 
 from ._exits import attach_exits, head_macs, submodel
 from ._graph import CutPoint, model_macs, pick_cuts
+from ._keras import keras
 from ._models import builtin_cnn, load_model
 from ._quantize import (
     QATUnsupportedError,
@@ -187,6 +188,8 @@ class _Conversion:
         start = time.monotonic()
         o = self.opts
         data = self._data()
+        # Same seed, same initial weights and batches: a conversion can be reproduced.
+        keras().utils.set_random_seed(o.seed)
         backbone, source = self._model(data)
         fractions = None
         layers = None

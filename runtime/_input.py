@@ -21,7 +21,7 @@ class Quantizer:
     float images must already be scaled as the model expects (``raw * input.scale``).
     """
 
-    __slots__ = ("_buf", "_lut", "dtype", "q", "shape", "spec")
+    __slots__ = ("_buf", "_fbuf", "_inv", "_lo", "_lut", "dtype", "hi", "q", "shape", "spec")
 
     def __init__(self, spec: InputSpec, q: QuantParams) -> None:
         self.spec = spec
@@ -32,6 +32,10 @@ class Quantizer:
         real = np.arange(256, dtype=np.float64) * spec.scale + spec.offset
         self._lut = np.clip(np.round(real / q.scale) + q.zero_point, lo, hi).astype(self.dtype)
         self._buf = np.empty((1, *self.shape), self.dtype)
+        # float inputs: x / scale + zp, rounded and clipped, in one reused float buffer
+        self._fbuf = np.empty(self.shape, np.float32)
+        self._inv = np.float32(1.0 / q.scale)
+        self._lo, self.hi = np.float32(lo), np.float32(hi)
 
     def _expected(self) -> str:
         h, w, c = self.shape
@@ -71,8 +75,12 @@ class Quantizer:
         if x.dtype == np.uint8:
             np.take(self._lut, x, out=out)
         elif x.dtype.kind == "f":
-            lo, hi = (-128, 127) if self.dtype == np.int8 else (0, 255)
-            out[...] = np.clip(np.rint(x / self.q.scale) + self.q.zero_point, lo, hi)
+            f = self._fbuf if x.shape == self._fbuf.shape else np.empty(x.shape, np.float32)
+            np.multiply(x, self._inv, out=f, casting="unsafe")
+            np.rint(f, out=f)
+            f += self.q.zero_point
+            np.clip(f, self._lo, self.hi, out=f)
+            out[...] = f
         else:
             raise InputError(
                 f"input has dtype {x.dtype}; expected uint8 pixels or float32 scaled like the "

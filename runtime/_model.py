@@ -121,7 +121,12 @@ class EdgeModel:
         self._confs = [0.0] * n
         self._labels = [0] * n
         self._last = n - 1
-        self._labels_names = manifest.labels
+        # A name per class id (None past the manifest's labels), so lookups never branch.
+        n_classes = manifest.stages[-1].logits.shape[-1]
+        self._names = [
+            manifest.labels[i] if i < len(manifest.labels) else None
+            for i in range(max(n_classes, len(manifest.labels)))
+        ]
 
     # -- inference ----------------------------------------------------------------------
 
@@ -133,8 +138,7 @@ class EdgeModel:
         t0 = perf_counter()
         h: Any = self._quant.one(np.asarray(x))
         runners, conf, confs, labels = self._runners, self._conf, self._confs, self._labels
-        last = self._last
-        run_all = self._needs_all
+        last, run_all = self._last, self._needs_all
         marks = self.stats_.marks
         k = 0
         while True:
@@ -145,22 +149,9 @@ class EdgeModel:
                 break
             h = feats
             k += 1
-        latency = marks[k] - t0
-        exit_k = self._oracle_exit(k) if run_all else k
+        exit_k = self._exit(k)
         costs = self.stats_.record(t0, k, exit_k, self._cost_mode)
-        self.policy.observe(k, confs, costs)
-        if self._budget is not None:
-            self._budget(latency * 1e3)
-        lab = labels[exit_k]
-        return Prediction(
-            lab,
-            confs[exit_k],
-            exit_k,
-            k + 1,
-            latency * 1e3,
-            False,
-            self._labels_names[lab] if lab < len(self._labels_names) else None,
-        )
+        return self._finish(k, exit_k, costs, marks[k] - t0)
 
     def _predict_unsplit(self, x: np.ndarray) -> Prediction:
         """When every stage will run anyway, one call of the unsplit model is cheaper."""
@@ -172,27 +163,28 @@ class EdgeModel:
                 labels[k], confs[k] = conf[k].one(lg)
         else:
             labels[last], confs[last] = conf[last].one(self._full.final(h))
-        t1 = perf_counter()
-        exit_k = self._oracle_exit(last) if self._needs_all else last
-        costs = self.stats_.record_unsplit(t1 - t0, exit_k, self._cost_mode)
-        self.policy.observe(last, confs, costs)
-        if self._budget is not None:
-            self._budget((t1 - t0) * 1e3)
-        lab = labels[exit_k]
-        names = self._labels_names
-        return Prediction(
-            lab,
-            confs[exit_k],
-            exit_k,
-            last + 1,
-            (t1 - t0) * 1e3,
-            False,
-            names[lab] if lab < len(names) else None,
-        )
+        seconds = perf_counter() - t0
+        exit_k = self._exit(last)
+        costs = self.stats_.record_unsplit(seconds, exit_k, self._cost_mode)
+        return self._finish(last, exit_k, costs, seconds)
 
-    def _oracle_exit(self, k: int) -> int:
+    def _exit(self, k: int) -> int:
+        """The exit credited after running up to exit ``k``: ``k`` itself, or for the
+        oracle the earliest exit that agrees with the last one run."""
+        if not self._needs_all:
+            return k
         final = self._labels[k]
         return next(i for i in range(k + 1) if self._labels[i] == final)
+
+    def _finish(self, k: int, exit_k: int, costs: list[float], seconds: float) -> Prediction:
+        """Tell the policy what happened and build the record (shared by both paths)."""
+        self.policy.observe(k, self._confs, costs)
+        if self._budget is not None:
+            self._budget(seconds * 1e3)
+        lab = self._labels[exit_k]
+        return Prediction(
+            lab, self._confs[exit_k], exit_k, k + 1, seconds * 1e3, False, self._names[lab]
+        )
 
     def predict_batch(self, xs: np.ndarray | Iterable[np.ndarray]) -> list[Prediction]:
         """Classify a batch, one input at a time (the policy learns as it goes)."""

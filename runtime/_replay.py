@@ -59,9 +59,6 @@ class Recording:
         with np.load(path) as z:
             return cls(z["labels"], z["confs"], z["y"], z["stage_ms"], z["macs"])
 
-    def with_costs(self, stage_ms: Sequence[float]) -> Recording:
-        return Recording(self.labels, self.confs, self.y, np.asarray(stage_ms, float), self.macs)
-
     def subset(self, idx: np.ndarray) -> Recording:
         return Recording(self.labels[idx], self.confs[idx], self.y[idx], self.stage_ms, self.macs)
 

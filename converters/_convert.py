@@ -26,6 +26,7 @@ from edgekit._package import (
 )
 from edgekit._progress import say
 from edgekit.data import Dataset, load_dataset
+from edgekit.runtime._input import Quantizer
 from edgekit.runtime.backends import litert, onnxruntime
 
 from ._exits import attach_exits, head_macs, submodel
@@ -42,7 +43,7 @@ from ._quantize import (
 )
 from ._report import format_table, write_report
 from ._train import TrainConfig, evaluate_exits, train_exits
-from ._validate import quantize, run_chain, run_full
+from ._validate import run_chain, run_full
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert"]
 
@@ -511,7 +512,9 @@ class _Conversion:
     ) -> tuple[list[dict[str, float]], dict[str, Any]]:
         self._say(f"validating on {len(data.x_test)} test images")
         y = data.y_test
-        x_q = quantize(data.x_test, tfl["quant"][0]["input"])
+        x_q = Quantizer(InputSpec(tuple(data.input_shape)), tfl["quant"][0]["input"]).batch(
+            data.x_test
+        )
         tdir = self.root / "tflite"
         chain = run_chain(litert, [tdir / f"stage_{k}.tflite" for k in range(n_exits)], x_q)
         full = run_full(litert, tdir / "full.tflite", x_q, n_exits)

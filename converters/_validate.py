@@ -10,17 +10,9 @@ from types import ModuleType
 
 import numpy as np
 
-from edgekit._package import QuantParams
-
-__all__ = ["quantize", "run_chain", "run_full"]
+__all__ = ["run_chain", "run_full"]
 
 _CHUNK = 1000
-
-
-def quantize(x: np.ndarray, q: QuantParams) -> np.ndarray:
-    """Float -> 8-bit with ``q`` (round half to even, saturating)."""
-    lo, hi = (-128, 127) if q.dtype == "int8" else (0, 255)
-    return np.clip(np.round(x / q.scale) + q.zero_point, lo, hi).astype(q.dtype)
 
 
 def run_chain(backend: ModuleType, paths: Sequence[Path], x_q: np.ndarray) -> list[np.ndarray]:

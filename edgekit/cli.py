@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,8 @@ from typing import Any
 from ._errors import EdgekitError
 
 __all__ = ["main"]
+
+_PLUGINS = ("edgekit.serve._cli", "edgekit.devices._cli")
 
 
 def _parse_exits(text: str | None) -> tuple[float, ...] | tuple[str, ...] | None:
@@ -320,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check every file of a package against its sha256")
     v.add_argument("package")
     v.set_defaults(func=_cmd_verify)
+
+    # Commands that live with their component register themselves (serve, device, push...).
+    # Each module imports only argparse at the top; heavy imports stay in the handlers.
+    for name in _PLUGINS:
+        importlib.import_module(name).register(sub)
     return p
 
 

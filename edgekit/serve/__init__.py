@@ -1,0 +1,1 @@
+"""Serve a package's tail stages over the Open Inference Protocol (KServe v2)."""

@@ -1,9 +1,263 @@
-"""``edgekit device``, ``push``, ``run``, ``rollback`` and remote ``bench``."""
+"""``edgekit device``, ``push``, ``run``, ``rollback`` (and ``bench PKG TARGET``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["register", "remote_bench"]
+
+
+def _ssh_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SSH")
+    g.add_argument(
+        "--accept-new-host-key",
+        action="store_true",
+        help="trust and record a host key known_hosts does not have yet",
+    )
+    g.add_argument("--ssh-config", help="ssh config file (default: ~/.ssh/config)")
+    g.add_argument("--known-hosts", help="known_hosts file (default: from ssh config or ~/.ssh)")
+    g.add_argument("--root", default="/opt/edgekit", help="where edgekit lives on the device")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _options(args: argparse.Namespace, **extra: Any) -> Any:
+    from ._push import PushOptions
+
+    return PushOptions(
+        root=args.root,
+        ssh_config=args.ssh_config,
+        accept_new_host_key=args.accept_new_host_key,
+        known_hosts=args.known_hosts,
+        verbose=not args.quiet,
+        **extra,
+    )
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgekit._errors import EdgekitError
+
+    from ._ops import probe_device
+
+    opts = _options(args)
+
+    def one(t: str) -> dict[str, Any]:
+        try:
+            return probe_device(t, opts).to_json()
+        except EdgekitError as exc:
+            return {"target": t, "error": exc.message, "hint": exc.hint}
+
+    with ThreadPoolExecutor(max_workers=min(8, len(args.targets))) as pool:
+        results = dict(zip(args.targets, pool.map(one, args.targets), strict=True))
+    if args.json:
+        out = results[args.targets[0]] if len(args.targets) == 1 else results
+        print(json.dumps(out, indent=2))
+    else:
+        from ._probe import DeviceInfo
+
+        for t, r in results.items():
+            if "error" in r:
+                print(f"{t}: error: {r['error']}" + (f"\n  hint: {r['hint']}" if r["hint"] else ""))
+                continue
+            fields = {k: v for k, v in r.items() if k in DeviceInfo.__dataclass_fields__}
+            info = DeviceInfo(**{**fields, "cpu_features": tuple(r["cpu_features"])})
+            prof = r["profile"]
+            print(f"{t}: {info.summary()}")
+            print(
+                f"  profile {prof['name']}: backend {prof['backend']}, "
+                f"{prof['threads']} threads, {prof['format']} models"
+            )
+    return 0 if all("error" not in r for r in results.values()) else 1
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from ._push import push
+
+    results = push(
+        args.package,
+        args.targets,
+        _options(args, backend=args.backend, threads=args.threads),
+        jobs=args.jobs,
+    )
+    if args.json:
+        print(json.dumps({t: r.to_json() for t, r in results.items()}, indent=2, default=str))
+    else:
+        width = max(len(t) for t in results)
+        for t, r in results.items():
+            print(f"{t:<{width}}  {r.summary()}")
+            if not r.ok and r.error is not None and r.error.hint:
+                print(f"{'':<{width}}  hint: {r.error.hint}")
+    return 0 if all(r.ok for r in results.values()) else 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ._ops import run_on_device
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise ValueError("nothing to run: edgekit run TARGET -- COMMAND")
+    import shlex
+
+    res = run_on_device(
+        args.target,
+        " ".join(shlex.quote(c) for c in cmd) if len(cmd) > 1 else cmd[0],
+        package=args.package,
+        options=_options(args),
+        timeout=args.timeout,
+    )
+    if res.stderr:
+        sys.stderr.write(res.stderr)
+    return res.exit_code
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from ._ops import rollback
+
+    d = rollback(args.target, args.package, args.to, _options(args))
+    print(f"{args.target}: {d.package} -> {d.deploy}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from ._ops import deployments
+
+    deps = deployments(args.target, args.package, _options(args))
+    if args.json:
+        print(json.dumps([{**d.info, "current": d.current} for d in deps], indent=2))
+    for d in deps:
+        mark = "*" if d.current else " "
+        print(f"{mark} {d.deploy}  {d.info.get('backend')}  pushed {d.info.get('pushed_at')}")
+    return 0
+
+
+def _load_inputs(path: str) -> Any:
+    import numpy as np
+
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    from PIL import Image
+
+    return np.asarray(Image.open(path))[None]
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ._ops import predict_on_device
+
+    out = predict_on_device(
+        args.target,
+        _load_inputs(args.input),
+        package=args.package,
+        policy=args.policy,
+        options=_options(args),
+    )
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for i, (lab, name, score, ex) in enumerate(
+            zip(out["labels"], out["names"], out["scores"], out["exits"], strict=True)
+        ):
+            print(f"{i:5d}  {name or lab:<14} {score:.3f}  exit {ex}")
+    return 0
+
+
+def remote_bench(args: argparse.Namespace, xs: Any) -> int:
+    """``edgekit bench PKG TARGET...``: the runtime benchmark run on each device."""
+    from edgekit._errors import EdgekitError
+
+    from ._ops import bench_on_device
+
+    opts = _options(args, backend=None if args.backend == "auto" else args.backend)
+    results: dict[str, Any] = {}
+    for t in args.targets:
+        try:
+            results[t] = bench_on_device(args.package, t, xs, options=opts)
+        except EdgekitError as exc:
+            results[t] = {"target": t, "error": exc.message, "hint": exc.hint}
+    if args.json:
+        print(json.dumps(results[args.targets[0]] if len(results) == 1 else results, indent=2))
+    else:
+        for t, r in results.items():
+            if "error" in r:
+                print(f"{t}: error: {r['error']}")
+                continue
+            print(f"{t}: {r['backend']}, {r['threads']} threads, {r['inputs']} inputs")
+            stages = ", ".join(f"{v:.2f}" for v in r["stage_latency_ms"])
+            print(f"  stage latency (ms): {stages}")
+            for name, p in r["policies"].items():
+                print(
+                    f"  {name:<16} mean {p['mean_ms']:.2f} ms  p95 {p['p95_ms']:.2f} ms  "
+                    f"MACs {p['mean_macs_fraction']:.2f}  x{p.get('latency_vs_full', 1):.2f}"
+                )
+            print(f"  peak RSS {r['peak_rss_mb']} MiB")
+    return 0 if all("error" not in r for r in results.values()) else 1
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this component's commands to the ``edgekit`` parser."""
+    d = sub.add_parser("device", help="probe, inspect and emulate devices")
+    dsub = d.add_subparsers(dest="device_command", required=True)
+    p = dsub.add_parser("probe", help="architecture, OS, Python, CPU, memory, accelerators")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="user@host[:port] or ssh alias")
+    p.add_argument("--json", action="store_true")
+    _ssh_args(p)
+    p.set_defaults(func=_cmd_probe)
+
+    ls = dsub.add_parser("list", help="the versions of a package kept on the device")
+    ls.add_argument("target")
+    ls.add_argument("--package", help="package name (default: the one pushed last)")
+    ls.add_argument("--json", action="store_true")
+    _ssh_args(ls)
+    ls.set_defaults(func=_cmd_list)
+
+    pr = dsub.add_parser("predict", help="classify images (.npy or an image file) on the device")
+    pr.add_argument("target")
+    pr.add_argument("input", help=".npy of images, or one image file")
+    pr.add_argument("--package", help="package name (default: the one pushed last)")
+    pr.add_argument("--policy", default="full")
+    pr.add_argument("--json", action="store_true")
+    _ssh_args(pr)
+    pr.set_defaults(func=_cmd_predict)
+    # `device emulate` (the virtual Raspberry Pi) registers itself here.
+    from ._emulator_cli import register as register_emulate
+
+    register_emulate(dsub)
+
+    u = sub.add_parser(
+        "push",
+        help="install the runtime and a package on devices over SSH",
+        description="Probe each device, install edgekit and an interpreter from a "
+        "wheelhouse built here (the device needs no internet), copy the package "
+        "with checksums verified on the device, smoke-test it, then switch "
+        "`current`. On any failure the previous version stays current.",
+    )
+    u.add_argument("package")
+    u.add_argument("targets", nargs="+", metavar="TARGET", help="user@host[:port] or ssh alias")
+    u.add_argument(
+        "--backend", help="litert, tflite_runtime, onnxruntime, edgetpu (default: profile)"
+    )
+    u.add_argument("--threads", type=int, help="interpreter threads (default: profile)")
+    u.add_argument("--jobs", type=int, help="targets pushed at once (default: all, up to 8)")
+    u.add_argument("--json", action="store_true")
+    _ssh_args(u)
+    u.set_defaults(func=_cmd_push)
+
+    r = sub.add_parser("run", help="run a command on a device in its current deployment")
+    r.add_argument("target")
+    r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    r.add_argument("--package", help="package name (default: the one pushed last)")
+    r.add_argument("--timeout", type=float)
+    _ssh_args(r)
+    r.set_defaults(func=_cmd_run)
+
+    rb = sub.add_parser("rollback", help="make the previous version current again")
+    rb.add_argument("target")
+    rb.add_argument("--package", help="package name (default: the one pushed last)")
+    rb.add_argument("--to", help="a kept deploy id (see `edgekit device list`)")
+    _ssh_args(rb)
+    rb.set_defaults(func=_cmd_rollback)

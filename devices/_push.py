@@ -1,0 +1,540 @@
+"""``push``: install the runtime and a package on devices, switching versions atomically.
+
+Per target: probe; build (once per platform) a wheelhouse on the host; send the wheels the
+device lacks and make its environment (offline, ``pip install --no-index``); send the
+package files the device lacks into ``RID.partial``, copying the ones it already has;
+verify every checksum on the device; smoke-test with the new environment; then switch
+``current``. Until that last rename, the previous version stays current, whatever fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from edgekit._errors import EdgekitError
+from edgekit._package import MANIFEST, Manifest, read_manifest
+from edgekit._progress import Progress, say
+
+from ._connection import Connection
+from ._errors import (
+    ConnectionLostError,
+    DiskFullError,
+    PushError,
+    UnsupportedDeviceError,
+)
+from ._probe import PROBE_SCRIPT, DeviceInfo, Profile, parse_probe
+from ._remote import DEFAULT_ROOT, Layout, q
+from ._wheelhouse import Wheelhouse, build_wheelhouse
+
+__all__ = ["PushOptions", "PushResult", "push", "push_one"]
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """How to push: backend and threads (default: from the device's profile), where on
+    the device, SSH settings."""
+
+    backend: str | None = None
+    threads: int | None = None
+    root: str = DEFAULT_ROOT
+    ssh_config: str | None = None
+    accept_new_host_key: bool = False
+    known_hosts: str | None = None
+    verbose: bool = True
+    smoke_timeout: float = 600.0
+    install_timeout: float = 1800.0
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did on one target; ``error`` is set when it failed."""
+
+    target: str
+    ok: bool
+    deploy: str | None = None
+    previous: str | None = None
+    changed: bool = False
+    files_sent: int = 0
+    files_reused: int = 0
+    bytes_sent: int = 0
+    wheels_sent: int = 0
+    env_created: bool = False
+    repaired: tuple[str, ...] = ()
+    smoke: dict[str, Any] = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: EdgekitError | None = None
+
+    def summary(self) -> str:
+        if not self.ok:
+            msg = self.error.message if self.error is not None else "failed"
+            return f"FAILED: {msg}"
+        what = "now current" if self.changed else "already current"
+        sent = f"{self.files_sent} files / {self.bytes_sent / 1e6:.2f} MB sent"
+        extra = f", {self.wheels_sent} wheels sent" if self.wheels_sent else ""
+        fixed = f", repaired {len(self.repaired)} corrupt files" if self.repaired else ""
+        return f"{self.deploy} {what} ({sent}, {self.files_reused} reused{extra}{fixed})"
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "error"}
+        out["repaired"] = list(self.repaired)
+        if self.error is not None:
+            out["error"] = self.error.message
+            out["hint"] = self.error.hint
+        return out
+
+
+def probe(conn: Connection, root: str = DEFAULT_ROOT) -> DeviceInfo:
+    """Run the probe script on a connected device."""
+    res = conn.run(f"sh -s -- {q(root)}", input=PROBE_SCRIPT.encode(), timeout=120)
+    return parse_probe(conn.name, res.stdout)
+
+
+def package_release_id(package: Path) -> str:
+    """A package's release id: the start of its manifest's sha256 (content addressed)."""
+    return hashlib.sha256((package / MANIFEST).read_bytes()).hexdigest()[:12]
+
+
+class _Push:
+    """One target's push, step by step (so an error can say which step failed)."""
+
+    def __init__(self, package: Path, manifest: Manifest, target: str, opts: PushOptions) -> None:
+        self.package, self.manifest, self.opts = package, manifest, opts
+        self.conn = Connection(
+            target,
+            ssh_config=opts.ssh_config,
+            accept_new_host_key=opts.accept_new_host_key,
+            known_hosts=opts.known_hosts,
+        )
+        self.name = target
+        self.layout = Layout(opts.root, manifest.name)
+        self.rid = package_release_id(package)
+        self.step = "connect"
+        self.stats: dict[str, Any] = {
+            "files_sent": 0,
+            "files_reused": 0,
+            "bytes_sent": 0,
+            "wheels_sent": 0,
+            "env_created": False,
+            "repaired": (),
+        }
+        self.previous: str | None = None
+
+    def log(self, msg: str) -> None:
+        if self.opts.verbose:
+            say(f"{self.name}: {msg}")
+
+    def sh(self, script: str, *, timeout: float = 300.0, check: bool = True) -> str:
+        return self.conn.run(f"sh -c {q(script)}", timeout=timeout, check=check).stdout
+
+    # -- steps -------------------------------------------------------------------------
+
+    def run(self) -> PushResult:
+        t0 = time.monotonic()
+        with self.conn:
+            self.step = "probe"
+            info = probe(self.conn, self.opts.root)
+            self.log(f"{info.summary()}")
+            self.info = info
+            self._check_python(info)
+            profile = info.profile(self.opts.backend)
+            if profile.format not in self.manifest.formats:
+                raise PushError(
+                    f"{self.name}: the {profile.backend} backend runs {profile.format} models, "
+                    f"which {self.package.name} lacks",
+                    hint="convert with --formats tflite,onnx, or pick --backend",
+                    target=self.name,
+                )
+            self.step = "state"
+            state = self._state()
+            self.previous = state.get("current") or None
+            self.step = "wheelhouse"
+            wh = build_wheelhouse(info, profile, verbose=self.opts.verbose)
+            deploy = f"{self.rid}-{wh.key}"
+            self._check_space(info, wh)
+            self.step = "environment"
+            self._ensure_env(wh, profile)
+            self.step = "package"
+            folder = self._ensure_release()
+            if deploy == self.previous and folder == self.layout.release(self.rid):
+                self.log(f"{deploy} is already current; nothing to switch")
+                return self._result(deploy, t0, changed=False, smoke={})
+            self.step = "smoke test"
+            smoke = self._smoke(wh, profile, folder)
+            self.step = "switch"
+            self._switch(deploy, wh, profile, folder)
+            self.log(f"current -> {deploy} (was {self.previous or 'nothing'})")
+            self.step = "prune"
+            self.sh(self.layout.prune_script(), check=False)
+            return self._result(deploy, t0, changed=True, smoke=smoke)
+
+    def _result(
+        self, deploy: str, t0: float, *, changed: bool, smoke: dict[str, Any]
+    ) -> PushResult:
+        return PushResult(
+            self.name,
+            True,
+            deploy,
+            self.previous,
+            changed,
+            smoke=smoke,
+            device=self.info.to_json(),
+            seconds=time.monotonic() - t0,
+            **self.stats,
+        )
+
+    def _check_python(self, info: DeviceInfo) -> None:
+        if not info.python_ok:
+            found = f"Python {info.python}" if info.python else "no python3"
+            raise UnsupportedDeviceError(
+                f"{self.name}: the device has {found}; edgekit needs Python 3.9 or newer "
+                "with venv on the device",
+                hint="install it on the device (Debian/Raspberry Pi OS: "
+                "apt install python3 python3-venv), then push again",
+                target=self.name,
+                python=info.python,
+            )
+        if not info.python_venv:
+            raise UnsupportedDeviceError(
+                f"{self.name}: Python {info.python} on the device has no venv/ensurepip",
+                hint="apt install python3-venv on the device, then push again",
+                target=self.name,
+            )
+
+    def _state(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in self.sh(self.layout.state_script()).splitlines():
+            k, _, v = line.partition("=")
+            out[k] = v if k == "current" else out.get(k, "") + v + "\n"
+        return out
+
+    def _check_space(self, info: DeviceInfo, wh: Wheelhouse) -> None:
+        """Refuse before sending anything when the device cannot hold it all."""
+        pkg_bytes = sum((self.package / rel).stat().st_size for rel in self.manifest.files)
+        need_mb = (pkg_bytes + wh.size * 4) / 1e6  # wheels, plus the environment unpacked
+        if info.disk_free_mb < need_mb:
+            raise DiskFullError(
+                f"{self.name}: {info.disk_free_mb:.0f} MB free under {info.disk_path}, but the "
+                f"push may need up to {need_mb:.0f} MB (package and environment); "
+                "nothing was changed",
+                hint=f"free space on the device (old versions live in {self.opts.root}) "
+                "or push with --root on a bigger disk",
+                target=self.name,
+                free_mb=info.disk_free_mb,
+                need_mb=need_mb,
+            )
+
+    # environment ---------------------------------------------------------------------
+
+    def _ensure_env(self, wh: Wheelhouse, profile: Profile) -> None:
+        env = self.layout.env(wh.key)
+        if self.sh(f"test -f {q(env)}/.edgekit-ok && echo ok || true").strip() == "ok":
+            self.log(f"environment {wh.key} is in place")
+            return
+        have = self._remote_sha256(f"{self.layout.wheels}/*.whl")
+        missing = [w for w in wh.wheels if have.get(w.name) != _sha256(w)]
+        if missing:
+            self.log(f"sending {len(missing)} of {len(wh.wheels)} wheels")
+            self.sh(f"mkdir -p {q(self.layout.wheels)}")
+            self._send([(w, f"{self.layout.wheels}/{w.name}") for w in missing], atomic=True)
+            self.stats["wheels_sent"] = len(missing)
+        else:
+            self.log(f"all {len(wh.wheels)} wheels are on the device already")
+        edgekit_pin = next(w.name.split("-")[1] for w in wh.wheels if w.name.startswith("edgekit-"))
+        reqs = " ".join(
+            q(r if r != "edgekit" else f"edgekit=={edgekit_pin}") for r in wh.requirements
+        )
+        module = {"litert": "ai_edge_litert", "edgetpu": "ai_edge_litert"}.get(
+            profile.backend, profile.backend
+        )
+        self.log(f"creating environment {wh.key} on the device (pip install --no-index)")
+        script = (
+            f"set -e; rm -rf {q(env)}; mkdir -p {q(self.layout.root)}/envs; "
+            f"{q(self.info.python_path)} -m venv {q(env)}; "
+            f"{q(env)}/bin/python -m pip install --no-index --find-links {q(self.layout.wheels)} "
+            f"--no-cache-dir --disable-pip-version-check -q {reqs}; "
+            f"{q(env)}/bin/python -c 'import edgekit.runtime, {module}'; "
+            f"touch {q(env)}/.edgekit-ok"
+        )
+        res = self.conn.run(f"sh -c {q(script)}", timeout=self.opts.install_timeout, check=False)
+        if not res.ok:
+            self.sh(f"rm -rf {q(env)}", check=False)
+            self._raise_disk_full_if(res.stderr + res.stdout, "creating the environment")
+            res.check()
+        self.stats["env_created"] = True
+
+    # package -------------------------------------------------------------------------
+
+    def _remote_sha256(self, pattern: str) -> dict[str, str]:
+        """``{relative path: sha256}`` of files matching a shell glob (or ``find`` root)."""
+        out = self.sh(f'for f in {pattern}; do [ -f "$f" ] && sha256sum "$f"; done; true')
+        got: dict[str, str] = {}
+        for line in out.splitlines():
+            digest, _, path = line.partition("  ")
+            got[PurePosixPath(path).name] = digest
+        return got
+
+    def _listing(self) -> dict[str, str]:
+        """``{path under releases/: sha256}`` of every file in every release on the device."""
+        out = self.sh(
+            f"cd {q(self.layout.releases)} 2>/dev/null || exit 0; "
+            "find . -type f -exec sha256sum {} +",
+            timeout=600,
+        )
+        got: dict[str, str] = {}
+        for line in out.splitlines():
+            digest, _, path = line.partition("  ")
+            got[path.removeprefix("./")] = digest
+        return got
+
+    def _ensure_release(self) -> str:
+        """Make sure a verified copy of the package exists; return its folder."""
+        final = self.layout.release(self.rid)
+        files = dict(self.manifest.files)
+        files[MANIFEST] = hashlib.sha256((self.package / MANIFEST).read_bytes()).hexdigest()
+        listing = self._listing()
+        in_final = {
+            k.split("/", 1)[1]: v for k, v in listing.items() if k.startswith(f"{self.rid}/")
+        }
+        bad = sorted(rel for rel, d in files.items() if rel in in_final and in_final[rel] != d)
+        absent = sorted(rel for rel in files if rel not in in_final)
+        if in_final and not bad and not absent:
+            self.log(f"release {self.rid} is on the device and verified")
+            return final
+        if bad:
+            self.log(
+                f"release {self.rid} on the device has {len(bad)} corrupt files: {', '.join(bad)}"
+            )
+            self.stats["repaired"] = tuple(bad)
+        partial = f"{final}.partial"
+        # Any file the device holds with the right content is copied there, not sent.
+        by_digest: dict[str, str] = {}
+        for path, digest in listing.items():
+            by_digest.setdefault(digest, path)
+        in_partial = {
+            k.split("/", 1)[1]: v
+            for k, v in listing.items()
+            if k.startswith(f"{self.rid}.partial/")
+        }
+        copies, sends = [], []
+        for rel, digest in sorted(files.items()):
+            if in_partial.get(rel) == digest:
+                continue
+            src = by_digest.get(digest)
+            if src is not None:
+                copies.append((src, rel))
+            else:
+                sends.append((self.package / rel, f"{partial}/{rel}"))
+        dirs = sorted({str(PurePosixPath(rel).parent) for rel in files} - {"."})
+        self.sh(
+            f"mkdir -p {q(partial)} "
+            + " ".join(q(f"{partial}/{d}") for d in dirs)
+            + "".join(
+                f"; cp -f {q(self.layout.releases + '/' + s)} {q(partial + '/' + r)}"
+                for s, r in copies
+            )
+        )
+        self.stats["files_reused"] = len(files) - len(sends)
+        if sends:
+            self._send(sends, atomic=False)
+        self.stats["files_sent"] = len(sends)
+        self._verify(partial, files)
+        return partial
+
+    def _verify(self, folder: str, files: dict[str, str]) -> None:
+        listing = "".join(f"{d}  {rel}\n" for rel, d in sorted(files.items()))
+        res = self.conn.run(
+            f"cd {q(folder)} && sha256sum -c --quiet -",
+            input=listing.encode(),
+            check=False,
+            timeout=600,
+        )
+        if res.ok:
+            self.log(f"{len(files)} files verified on the device (sha256)")
+            return
+        bad = [ln.split(":")[0] for ln in (res.stdout + res.stderr).splitlines() if "FAILED" in ln]
+        self.sh("cd " + q(folder) + " && rm -f " + " ".join(q(b) for b in bad), check=False)
+        raise PushError(
+            f"{self.name}: {len(bad)} files failed their sha256 check on the device after "
+            f"transfer ({', '.join(bad[:5])}); nothing was switched",
+            hint="push again: only those files are sent again",
+            target=self.name,
+            files=bad,
+        )
+
+    def _send(self, items: Sequence[tuple[Path, str]], *, atomic: bool) -> None:
+        total = sum(p.stat().st_size for p, _ in items)
+        done = 0
+        with Progress(
+            f"{self.name}: sending {len(items)} files",
+            total=max(1, total // 1024),
+            unit="KiB",
+            log_every=10.0,
+            enabled=self.opts.verbose,
+        ) as bar:
+            for local, remote in items:
+                base = done
+
+                def progress(sent: int, _size: int, base: int = base) -> None:
+                    bar.done = (base + sent) // 1024
+                    bar.update(0)
+
+                dest = f"{remote}.part" if atomic else remote
+                try:
+                    self.conn.put(local, dest, progress)
+                except ConnectionLostError:
+                    raise
+                except OSError as exc:
+                    self._raise_disk_full_if(str(exc), f"sending {local.name}", force_check=True)
+                    raise PushError(
+                        f"{self.name}: could not write {remote} on the device ({exc})",
+                        hint="check permissions under the push root (--root)",
+                        target=self.name,
+                    ) from None
+                if atomic:
+                    self.sh(f"mv -f {q(dest)} {q(remote)}")
+                done += local.stat().st_size
+                self.stats["bytes_sent"] += local.stat().st_size
+                bar.done = done // 1024
+
+    def _raise_disk_full_if(self, text: str, what: str, *, force_check: bool = False) -> None:
+        full = "No space left" in text or "Errno 28" in text
+        if not full and force_check:
+            out = self.sh(
+                f"df -Pk {q(self.opts.root)} 2>/dev/null | awk 'NR==2 {{print $4}}'", check=False
+            )
+            full = out.strip().isdigit() and int(out.strip()) < 1024
+        if full:
+            raise DiskFullError(
+                f"{self.name}: the device's disk filled up while {what}; "
+                f"{self.previous or 'the previous version'} is still current",
+                hint=f"free space on the device (old versions live in {self.opts.root}), "
+                "then push again",
+                target=self.name,
+            )
+
+    # smoke test and switch -----------------------------------------------------------
+
+    def _smoke(self, wh: Wheelhouse, profile: Profile, folder: str) -> dict[str, Any]:
+        threads = self.opts.threads or profile.threads
+        py = f"{self.layout.env(wh.key)}/bin/python"
+        res = self.conn.run(
+            f"{q(py)} -m edgekit.devices._agent smoke {q(folder)} "
+            f"--backend {q(profile.backend)} --threads {threads}",
+            timeout=self.opts.smoke_timeout,
+            check=False,
+        )
+        try:
+            out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            out = {"error": (res.stderr or res.stdout).strip()[-500:]}
+        if not res.ok or "error" in out:
+            raise PushError(
+                f"{self.name}: the smoke test failed on the device: {out.get('error')}; "
+                f"{self.previous or 'nothing'} stays current",
+                hint=out.get("hint") or "run `edgekit device probe` and check the backend",
+                target=self.name,
+            )
+        self.log(
+            f"smoke test passed ({out['backend']}, label {out['labels'][0]}, "
+            f"{out['latency_ms'][0]:.1f} ms, load {out['load_s']:.1f} s)"
+        )
+        return out
+
+    def _switch(self, deploy: str, wh: Wheelhouse, profile: Profile, folder: str) -> None:
+        final = self.layout.release(self.rid)
+        d = f"{self.layout.deploys}/{deploy}"
+        info = json.dumps(
+            {
+                "deploy": deploy,
+                "release": self.rid,
+                "env": wh.key,
+                "backend": profile.backend,
+                "threads": self.opts.threads or profile.threads,
+                "package": self.manifest.name,
+                "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+        move = (
+            f"rm -rf {q(final)}.old; [ -d {q(final)} ] && mv {q(final)} {q(final)}.old; "
+            f"mv {q(folder)} {q(final)}; rm -rf {q(final)}.old; "
+            if folder != final
+            else ""
+        )
+        self.sh(
+            f"set -e; {move}rm -rf {q(d)}; mkdir -p {q(d)}; "
+            f"ln -s ../../releases/{q(self.rid)} {q(d)}/package; "
+            f"ln -s ../../../envs/{q(wh.key)} {q(d)}/env; "
+            f"echo {q(info)} > {q(d)}/deploy.json; "
+            f"rm -rf {q(self.layout.releases)}/*.partial; " + self.layout.switch_script(deploy)
+        )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def push_one(
+    package: str | os.PathLike[str], target: str, options: PushOptions | None = None
+) -> PushResult:
+    """Push to one target; failures come back in the result, never half-switched."""
+    opts = options or PushOptions()
+    root = Path(package)
+    manifest = read_manifest(root, verify=True)
+    t0 = time.monotonic()
+    job: _Push | None = None
+    try:
+        job = _Push(root, manifest, target, opts)
+        return job.run()
+    except Exception as exc:  # each target's failure is reported in its result
+        err = (
+            exc
+            if isinstance(exc, EdgekitError)
+            else PushError(f"{target}: {type(exc).__name__}: {exc}", target=target)
+        )
+        step = job.step if job is not None else "connect"
+        previous = job.previous if job is not None else None
+        if isinstance(exc, ConnectionLostError):
+            err = PushError(
+                f"{target}: the SSH link dropped during the {step} step; "
+                f"{previous or 'the previous version'} is still current",
+                hint="push again when the link is back: what already reached the device "
+                "is not sent again",
+                target=target,
+                step=step,
+            )
+        if opts.verbose:
+            say(f"{target}: push failed during {step}: {err.message}")
+        return PushResult(
+            target, False, previous=previous, seconds=time.monotonic() - t0, error=err
+        )
+
+
+def push(
+    package: str | os.PathLike[str],
+    targets: Sequence[str],
+    options: PushOptions | None = None,
+    *,
+    jobs: int | None = None,
+) -> dict[str, PushResult]:
+    """Push to several targets in parallel; returns ``{target: PushResult}`` for every one.
+
+    One target failing never hides another's result.
+    """
+    opts = options or PushOptions()
+    read_manifest(Path(package), verify=True)  # a corrupt package fails here, before any device
+    with ThreadPoolExecutor(max_workers=jobs or min(8, max(1, len(targets)))) as pool:
+        futures = {t: pool.submit(push_one, package, t, opts) for t in targets}
+    return {t: f.result() for t, f in futures.items()}

@@ -1,0 +1,139 @@
+"""Device tooling without a device: targets, probe parsing, profiles, wheels, the
+on-device layout scripts (run by a real shell on a temporary folder)."""
+
+from __future__ import annotations
+
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from edgekit.devices._errors import UnsupportedDeviceError
+from edgekit.devices._probe import PROBE_SCRIPT, parse_probe
+from edgekit.devices._remote import Layout
+from edgekit.devices._target import parse_target
+from edgekit.devices._wheelhouse import edgekit_wheel, platform_tags
+
+
+def test_target_forms(tmp_path: Path) -> None:
+    t = parse_target("pi@10.0.0.5:2222", ssh_config=tmp_path / "none")
+    assert (t.user, t.host, t.port) == ("pi", "10.0.0.5", 2222)
+    assert t.known_hosts_key == "[10.0.0.5]:2222"
+    t = parse_target("root@[fe80::1]:22", ssh_config=tmp_path / "none")
+    assert (t.host, t.port, t.known_hosts_key) == ("fe80::1", 22, "fe80::1")
+    with pytest.raises(ValueError, match="not an SSH target"):
+        parse_target("a b", ssh_config=tmp_path / "none")
+
+
+def test_target_from_ssh_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        "Host pi0\n  HostName 10.77.0.2\n  User pi\n  Port 2200\n"
+        "  IdentityFile ~/keys/pi\n  ProxyJump gw\n  UserKnownHostsFile /tmp/kh\n"
+        "  ConnectTimeout 3\n"
+        "Host gw\n  HostName gw.example\n  User ops\n"
+    )
+    t = parse_target("pi0", ssh_config=cfg)
+    assert (t.host, t.user, t.port, t.proxy_jump) == ("10.77.0.2", "pi", 2200, "gw")
+    assert t.identity_files[0].endswith("/keys/pi") and "~" not in t.identity_files[0]
+    assert t.known_hosts == ("/tmp/kh",) and t.connect_timeout == 3
+    # What the user writes wins over the config.
+    t = parse_target("root@pi0:22", ssh_config=cfg)
+    assert (t.user, t.port, t.host) == ("root", 22, "10.77.0.2")
+
+
+def test_probe_script_runs_here() -> None:
+    out = subprocess.run(
+        ["sh", "-s", "/nonexistent/edgekit"], input=PROBE_SCRIPT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    info = parse_probe("local", out.stdout)
+    import platform
+
+    assert info.arch == platform.machine()
+    assert info.python_ok and info.cores >= 1 and info.mem_total_mb > 0
+    assert info.disk_path == "/" and info.disk_free_mb > 0
+    assert info.glibc_version >= (2, 17)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "backend", "fmt"),
+    [
+        ("arch=aarch64\npython=3.11.2\nglibc=2.36\nboard=Raspberry Pi 4 Model B Rev 1.4\ncores=4",
+         "rpi", "litert", "tflite"),
+        ("arch=armv7l\npython=3.11.2\nglibc=2.36\nboard=Raspberry Pi 3 Model B\ncores=4",
+         "rpi", "tflite_runtime", "tflite"),
+        ("arch=aarch64\npython=3.8.10\nglibc=2.31\njetson=# R35 (release), REVISION: 4.1\n"
+         "cuda=11.4.315\ntensorrt=8.5.2", "jetson", "onnxruntime", "onnx"),
+        ("arch=aarch64\npython=3.9.2\nglibc=2.31\nedgetpu_pcie=/dev/apex_0\n"
+         "libedgetpu=/usr/lib/aarch64-linux-gnu/libedgetpu.so.1", "coral", "edgetpu", "tflite"),
+        ("arch=x86_64\npython=3.11.7\nglibc=2.36\ncores=2", "generic", "litert", "tflite"),
+    ],
+)  # fmt: skip
+def test_profiles(text: str, kind: str, backend: str, fmt: str) -> None:
+    info = parse_probe("dev", text)
+    prof = info.profile()
+    assert (info.kind, prof.backend, prof.format) == (kind, backend, fmt)
+    assert prof.threads >= 1
+    if kind == "jetson":
+        assert info.accelerators["jetson"]["tensorrt"] == "8.5.2"
+        assert not info.python_ok  # 3.8: too old, and the push says so
+
+
+def test_python_too_old_or_missing() -> None:
+    assert not parse_probe("d", "arch=aarch64\npython=3.7.3").python_ok
+    assert not parse_probe("d", "arch=aarch64\n").python_ok
+    assert parse_probe("d", "arch=aarch64\npython=3.9.0").python_ok
+
+
+def test_platform_tags() -> None:
+    tags = platform_tags("aarch64", (2, 28))
+    assert tags[0] == "manylinux_2_28_aarch64" and "manylinux_2_27_aarch64" in tags
+    assert tags[-1] == "manylinux2014_aarch64" and "manylinux_2_29_aarch64" not in tags
+    assert platform_tags("arm64", (2, 17))[0] == "manylinux_2_17_aarch64"
+    with pytest.raises(UnsupportedDeviceError, match="glibc"):
+        platform_tags("aarch64", (2, 12))
+
+
+def test_edgekit_wheel_is_reproducible_and_complete(tmp_path: Path) -> None:
+    a = edgekit_wheel(tmp_path / "a")
+    b = edgekit_wheel(tmp_path / "b")
+    assert a.name == b.name and a.read_bytes() == b.read_bytes()
+    with zipfile.ZipFile(a) as z:
+        names = set(z.namelist())
+        assert z.testzip() is None
+        meta = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
+    for mod in (
+        "edgekit/_package.py",
+        "edgekit/runtime/_model.py",
+        "edgekit/runtime/backends/litert.py",
+        "edgekit/devices/_agent.py",
+    ):
+        assert mod in names
+    assert not any(n.startswith("edgekit/converters") for n in names)
+    assert "Requires-Dist: numpy" in meta and "+g" in a.name
+
+
+def _sh(script: str) -> str:
+    return subprocess.run(["sh", "-c", script], check=True, capture_output=True, text=True).stdout
+
+
+def test_switch_and_prune_scripts(tmp_path: Path) -> None:
+    lay = Layout(str(tmp_path), "pkg")
+    for i in range(5):
+        d = f"r{i}-env{i % 2}"
+        _sh(
+            f"mkdir -p {lay.releases}/r{i} {lay.deploys}/{d} {tmp_path}/envs/env{i % 2}; "
+            f"ln -s ../../releases/r{i} {lay.deploys}/{d}/package"
+        )
+        _sh(lay.switch_script(d))
+        assert Path(lay.current).resolve() == Path(lay.deploys, d).resolve()
+    assert (tmp_path / "current").resolve() == Path(lay.deploys, "r4-env0").resolve()
+    _sh(f"mkdir -p {tmp_path}/envs/stale {lay.releases}/r9.partial")
+    _sh(lay.prune_script())
+    assert sorted(p.name for p in Path(lay.deploys).iterdir()) == ["r2-env0", "r3-env1", "r4-env0"]
+    assert sorted(p.name for p in Path(lay.releases).iterdir()) == ["r2", "r3", "r4", "r9.partial"]
+    assert sorted(p.name for p in (tmp_path / "envs").iterdir()) == ["env0", "env1"]
+    state = _sh(lay.state_script())
+    assert "current=r4-env0" in state and "history=r0-env0" in state

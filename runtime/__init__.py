@@ -5,11 +5,15 @@ Imports numpy and, when a model is loaded, one interpreter; nothing else.
     import edgekit
     model = edgekit.load("fmnist.edgepkg", policy="bandit")
     pred = model.predict(image)
+
+Split computing: ``edgekit.load(pkg, offload="http://server:8000", policy="bandit")``
+learns online whether to answer here or send a stage's int8 input to ``edgekit serve``.
 """
 
 from ._bandit import ALGORITHMS
 from ._input import InputError
 from ._model import EdgeModel, load
+from ._offload import OffloadConfig
 from ._policies import (
     DEFAULT_ARMS,
     BanditConfig,
@@ -17,10 +21,12 @@ from ._policies import (
     FullPolicy,
     OraclePolicy,
     Policy,
+    SplitBanditPolicy,
+    SplitPolicy,
     ThresholdPolicy,
     parse_policy,
 )
-from ._prediction import Prediction
+from ._prediction import OffloadInfo, Prediction
 
 __all__ = [
     "ALGORITHMS",
@@ -30,9 +36,13 @@ __all__ = [
     "EdgeModel",
     "FullPolicy",
     "InputError",
+    "OffloadConfig",
+    "OffloadInfo",
     "OraclePolicy",
     "Policy",
     "Prediction",
+    "SplitBanditPolicy",
+    "SplitPolicy",
     "ThresholdPolicy",
     "load",
     "parse_policy",

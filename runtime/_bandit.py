@@ -27,7 +27,9 @@ class Algorithm:
         self.t = 0
         self.rng = random.Random(seed)
 
-    def choose(self) -> int:
+    def choose(self, limit: int | None = None) -> int:
+        """The arm to play; with ``limit``, only among arms ``0..limit-1`` (the others are
+        unavailable for now, e.g. offload arms while the server is unreachable)."""
         raise NotImplementedError
 
     def update(self, chosen: int, rewards: Sequence[tuple[int, float]]) -> None:
@@ -97,10 +99,10 @@ class UCB1(_Averages):
     def _horizon(self) -> float:
         return sum(self.cnt) if self.gamma < 1.0 else self.t + 1.0
 
-    def choose(self) -> int:
+    def choose(self, limit: int | None = None) -> int:
         log_t = 2.0 * math.log(max(2.0, self._horizon()))
         best, best_i = -math.inf, 0
-        for i in range(self.n):
+        for i in range(self.n if limit is None else limit):
             n = self.cnt[i]
             if n < 0.5:
                 return i
@@ -174,10 +176,10 @@ class Thompson(_Averages):
         super().__init__(n_arms, seed, gamma)
         self.sigma = sigma
 
-    def choose(self) -> int:
+    def choose(self, limit: int | None = None) -> int:
         gauss = self.rng.gauss
         best, best_i = -math.inf, 0
-        for i in range(self.n):
+        for i in range(self.n if limit is None else limit):
             n = self.cnt[i]
             mean = self.sum[i] / n if n > 0 else 0.5
             v = gauss(mean, self.sigma / math.sqrt(n + 1.0))
@@ -199,21 +201,22 @@ class EXP3(Algorithm):
         self.sum = [0.0] * n_arms
         self._p = [1.0 / n_arms] * n_arms
 
-    def _probs(self) -> list[float]:
-        m = max(self.logw)
-        w = [math.exp(x - m) for x in self.logw]
+    def _probs(self, limit: int | None = None) -> list[float]:
+        k = self.n if limit is None else limit
+        m = max(self.logw[:k])
+        w = [math.exp(x - m) for x in self.logw[:k]]
         s = sum(w)
         g = self.gamma
-        return [(1.0 - g) * x / s + g / self.n for x in w]
+        return [(1.0 - g) * x / s + g / k for x in w] + [0.0] * (self.n - k)
 
-    def choose(self) -> int:
-        self._p = self._probs()
+    def choose(self, limit: int | None = None) -> int:
+        self._p = self._probs(limit)
         u, acc = self.rng.random(), 0.0
         for i, p in enumerate(self._p):
             acc += p
             if u < acc:
                 return i
-        return self.n - 1
+        return (self.n if limit is None else limit) - 1
 
     def update(self, chosen: int, rewards: Sequence[tuple[int, float]]) -> None:
         self.t += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -12,13 +14,14 @@ from typing import Any
 import numpy as np
 
 from edgekit._errors import PackageError
-from edgekit._package import Manifest, read_manifest
+from edgekit._package import MANIFEST, Manifest, QuantParams, read_manifest
 
 from . import backends
 from ._confidence import Confidence
 from ._input import Quantizer
+from ._offload import OffloadClient, OffloadConfig, OffloadFailure
 from ._policies import NEVER, BanditPolicy, FullPolicy, Policy, parse_policy
-from ._prediction import Prediction
+from ._prediction import OffloadInfo, Prediction
 from ._stats import Stats
 
 __all__ = ["EdgeModel", "load"]
@@ -35,6 +38,10 @@ def load(
     confidence: str = "max_softmax",
     state: str | os.PathLike[str] | None = None,
     verify: bool = True,
+    offload: str | OffloadConfig | None = None,
+    offload_token: str | None = None,
+    offload_timeout_ms: float | None = None,
+    offload_ca: str | None = None,
     **policy_options: Any,
 ) -> EdgeModel:
     """Open an edge package for inference.
@@ -44,9 +51,17 @@ def load(
     ``threshold:T``, ``bandit[:ALGO]``, ``oracle`` or a :class:`Policy`. ``state``: where a
     bandit keeps what it learned (reloaded on the next start). ``verify`` checks every
     file's sha256 first.
+
+    ``offload``: the URL of an ``edgekit serve`` of the same package (or an
+    :class:`OffloadConfig`) for split computing: ``bandit`` then also learns where to send
+    inputs to the server (its arms become (split point, threshold) pairs), ``split:S``
+    always sends the input of stage ``S``. ``offload_token`` is the server's bearer token,
+    ``offload_timeout_ms`` the deadline of one request (default 1000), ``offload_ca`` a CA
+    file for https. When the server is down, slow or wrong, the device answers itself.
     """
     root = Path(package)
     manifest = read_manifest(root, verify=verify)
+    ocfg = _offload_config(offload, offload_token, offload_timeout_ms, offload_ca)
     name = backends.auto(manifest.formats) if backend == "auto" else backend
     mod = backends.get(name)
     if backend == "auto":
@@ -59,7 +74,17 @@ def load(
         )
     if isinstance(policy, str) and policy.startswith("bandit") and state is not None:
         policy_options.setdefault("state_path", str(state))
-    pol = parse_policy(policy, **policy_options) if isinstance(policy, str) else policy
+    if isinstance(policy, str):
+        pol = parse_policy(policy, offload=ocfg is not None, **policy_options)
+    else:
+        pol = policy
+    if pol.offloads and ocfg is None:
+        raise ValueError(f"policy {pol.describe()!r} offloads; pass offload='http://HOST:PORT'")
+    client = None
+    if ocfg is not None:
+        n_classes = manifest.stages[-1].logits.shape[-1]
+        sha = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
+        client = OffloadClient(ocfg, manifest.name, sha, n_classes)
     runners = []
     try:
         for s in manifest.stages:
@@ -72,7 +97,30 @@ def load(
     rel = manifest.full.get(mod.FORMAT)
     if rel is not None and hasattr(mod, "open_full"):
         full = mod.open_full(root / rel, len(manifest.stages), threads)
-    return EdgeModel(root, manifest, name, runners, pol, confidence, full)
+    return EdgeModel(root, manifest, name, runners, pol, confidence, full, client)
+
+
+def _offload_config(
+    offload: str | OffloadConfig | None,
+    token: str | None,
+    timeout_ms: float | None,
+    ca: str | None,
+) -> OffloadConfig | None:
+    if offload is None:
+        if token is not None or timeout_ms is not None or ca is not None:
+            raise ValueError("offload_token/offload_timeout_ms/offload_ca need offload=URL")
+        return None
+    cfg = offload if isinstance(offload, OffloadConfig) else OffloadConfig(str(offload))
+    changes: dict[str, Any] = {}
+    if token is not None:
+        changes["token"] = token
+    elif cfg.token is None and os.environ.get("EDGEKIT_OFFLOAD_TOKEN"):
+        changes["token"] = os.environ["EDGEKIT_OFFLOAD_TOKEN"]
+    if timeout_ms is not None:
+        changes["timeout_ms"] = float(timeout_ms)
+    if ca is not None:
+        changes["ca_file"] = ca
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 class EdgeModel:
@@ -87,6 +135,7 @@ class EdgeModel:
         policy: Policy,
         confidence: str = "max_softmax",
         full: Any = None,
+        client: OffloadClient | None = None,
     ) -> None:
         self.root = root
         self.manifest = manifest
@@ -121,6 +170,16 @@ class EdgeModel:
         self._confs = [0.0] * n
         self._labels = [0] * n
         self._last = n - 1
+        self._client = client
+        # Only a policy that may offload takes the split path; others run as without a server.
+        self._offloading = client is not None and policy.offloads
+        # The quantization of each stage's input, as this backend's tensors carry it.
+        self._stage_q: list[QuantParams] = []
+        for s in stages:
+            q = s.input.quant
+            if q is None:
+                raise PackageError(f"stage {s.index} has no input quantization in the manifest")
+            self._stage_q.append(q.as_dtype(act))
         # A name per class id (None past the manifest's labels), so lookups never branch.
         n_classes = manifest.stages[-1].logits.shape[-1]
         self._names = [
@@ -132,6 +191,8 @@ class EdgeModel:
 
     def predict(self, x: np.ndarray) -> Prediction:
         """Classify one image (uint8 pixels, or float scaled like the training data)."""
+        if self._offloading:
+            return self._predict_split(x)
         th = self.policy.select()
         if th == self._run_all and self._full is not None:
             return self._predict_unsplit(x)
@@ -167,6 +228,76 @@ class EdgeModel:
         exit_k = self._exit(last)
         costs = self.stats_.record_unsplit(seconds, exit_k, self._cost_mode)
         return self._finish(last, exit_k, costs, seconds)
+
+    def _predict_split(self, x: np.ndarray) -> Prediction:
+        """With a server: run stages here up to the policy's split point (stopping early
+        when confident), send the next stage's input, and finish here if that fails."""
+        pol, client = self.policy, self._client
+        assert client is not None
+        ready = client.ready()
+        pol.offload_ready = ready
+        th = pol.select()
+        s = pol.split
+        if s >= self.n_exits and th == self._run_all and self._full is not None:
+            return self._predict_unsplit(x)
+        t0 = perf_counter()
+        h: Any = self._quant.one(np.asarray(x))
+        runners, conf, confs, labels = self._runners, self._conf, self._confs, self._labels
+        last = self._last
+        stats = self.stats_
+        marks = stats.marks
+        mode = self._cost_mode
+        k = 0
+        while k < s:
+            feats, logits = runners[k](h)
+            labels[k], confs[k] = conf[k].one(logits)
+            marks[k] = perf_counter()
+            if k == last or confs[k] >= th[k]:
+                costs = stats.record(t0, k, k, mode)
+                return self._finish(k, k, costs, marks[k] - t0)
+            h = feats
+            k += 1
+        # Offload the input of stage s (k == s here).
+        t_send = perf_counter()
+        res = client.infer(s, h, self._stage_q[s]) if ready else None
+        if res is not None and not isinstance(res, OffloadFailure):
+            seconds = perf_counter() - t0
+            costs, paid = stats.record_offload(t0, s, seconds, s, res.bytes_sent, res.rtt_s, mode)
+            pol.observe_offload(s, confs, costs, res.confidence, paid)
+            if self._budget is not None:
+                self._budget(seconds * 1e3)
+            info = OffloadInfo(s, res.bytes_sent, res.rtt_s * 1e3)
+            return Prediction(
+                res.label,
+                res.confidence,
+                last,
+                s,
+                seconds * 1e3,
+                True,
+                self._names[res.label],
+                info,
+            )
+        # The server did not answer: carry on here from the features already computed.
+        if res is None:
+            client.skipped += 1
+            res = OffloadFailure("open", "the circuit breaker is open", 0, 0.0)
+        gap = perf_counter() - t_send
+        while True:
+            feats, logits = runners[k](h)
+            labels[k], confs[k] = conf[k].one(logits)
+            marks[k] = perf_counter()
+            if k == last or confs[k] >= th[k]:
+                break
+            h = feats
+            k += 1
+        costs, paid = stats.record_fallback(t0, k, k, s, gap, res.bytes_sent, mode)
+        pol.observe_fallback(s, k, confs, costs, paid)
+        seconds = marks[k] - t0
+        if self._budget is not None:
+            self._budget(seconds * 1e3)
+        lab = labels[k]
+        info = OffloadInfo(s, res.bytes_sent, res.rtt_s * 1e3, True, f"{res.kind}: {res.message}")
+        return Prediction(lab, confs[k], k, k + 1, seconds * 1e3, False, self._names[lab], info)
 
     def _exit(self, k: int) -> int:
         """The exit credited after running up to exit ``k``: ``k`` itself, or for the
@@ -218,6 +349,8 @@ class EdgeModel:
         arms = self.policy.arm_values()
         if arms:
             out["arms"] = arms
+        if self._client is not None:
+            out["offload"] = {**self.stats_.offload_summary(), **self._client.stats()}
         return out
 
     def feedback(self, prediction: Prediction, label: int) -> None:
@@ -227,6 +360,8 @@ class EdgeModel:
     def close(self) -> None:
         """Save the policy's state and release the interpreters."""
         self.policy.save()
+        if self._client is not None:
+            self._client.close()
         for r in self._runners:
             r.close()
         self._runners = []

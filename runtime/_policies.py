@@ -1,8 +1,14 @@
-"""Exit policies: where to stop, per input.
+"""Exit policies: where to stop, and where to offload, per input.
 
 A policy gives, before each input, a threshold per exit (``select``); the model stops at
 the first exit whose confidence reaches it. After the input it is told what happened
 (``observe``): the exit taken, the confidences seen and the cost of each exit so far.
+
+With a server (``load(..., offload=URL)``), a policy that ``offloads`` also sets ``split``
+in ``select``: the device runs stages ``0..split-1`` (stopping early as usual) and sends
+the input of stage ``split`` to the server; ``split == n_exits`` means "all on the device".
+Offloaded inputs are reported with ``observe_offload``, inputs that the device finished
+itself after a failed offload with ``observe_fallback``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ __all__ = [
     "FullPolicy",
     "OraclePolicy",
     "Policy",
+    "SplitBanditPolicy",
+    "SplitPolicy",
     "ThresholdPolicy",
     "parse_policy",
 ]
@@ -38,17 +46,39 @@ class Policy:
 
     name = "policy"
     needs_all_exits = False  # run every stage whatever the confidences (oracle)
+    offloads = False  # may choose a split point (needs a server)
+    split = 0  # set by ``bind`` and ``select``: the stage whose input goes to the server
+    offload_ready = True  # set by the model before ``select``: may the server be used now?
 
     def bind(self, n_exits: int, macs_fractions: Sequence[float]) -> None:
         """Called once by the model with the package's exits."""
         self.n_exits = n_exits
         self.macs_fractions = list(macs_fractions)
+        self.split = n_exits
 
     def select(self) -> Sequence[float]:
         raise NotImplementedError
 
     def observe(self, exit_taken: int, confs: Sequence[float], costs: Sequence[float]) -> None:
         """``confs[k]`` and ``costs[k]`` (fraction of the full model) for exits 0..exit_taken."""
+
+    def observe_offload(
+        self, split: int, confs: Sequence[float], costs: Sequence[float], conf: float, paid: float
+    ) -> None:
+        """The server answered an input sent at ``split``: ``confs``/``costs`` hold exits
+        ``0..split-1`` (run here), ``conf`` is the server's confidence (the last exit's) and
+        ``paid`` what the caller waited, as a fraction of the full model's local latency."""
+
+    def observe_fallback(
+        self,
+        split: int,
+        exit_taken: int,
+        confs: Sequence[float],
+        costs: Sequence[float],
+        paid: float,
+    ) -> None:
+        """The offload at ``split`` failed (or was skipped) and the device finished the input
+        itself at ``exit_taken``; ``paid`` includes the time lost on the attempt."""
 
     def feedback(self, correct: bool, exit_taken: int) -> None:
         """A label arrived for an earlier prediction (used by policies that can use it)."""
@@ -116,6 +146,48 @@ class OraclePolicy(Policy):
         return self._th
 
 
+class SplitPolicy(Policy):
+    """A fixed split point (for benchmarks and fixed deployments): run stages
+    ``0..split-1`` here, stopping early at the first of their exits whose confidence
+    reaches ``threshold`` (never, by default), then send the input of stage ``split`` to
+    the server. When the server cannot answer, the device finishes the input from where
+    it stopped, with the same threshold.
+    """
+
+    name = "split"
+    offloads = True
+
+    def __init__(self, split: int, threshold: float = NEVER) -> None:
+        if split < 0:
+            raise ValueError(f"split point {split} is negative")
+        self.at = int(split)
+        self.threshold = float(threshold)
+
+    def bind(self, n_exits: int, macs_fractions: Sequence[float]) -> None:
+        super().bind(n_exits, macs_fractions)
+        if self.at >= n_exits:
+            raise ValueError(
+                f"split point {self.at} is past the last stage; this package has stages "
+                f"0..{n_exits - 1} (split S sends the input of stage S)"
+            )
+        self._th = tuple([self.threshold] * (n_exits - 1) + [NEVER])
+        self.split = self.at
+
+    def select(self) -> Sequence[float]:
+        return self._th
+
+    def describe(self) -> str:
+        t = "" if self.threshold == NEVER else f":{self.threshold}"
+        return f"split:{self.at}{t}"
+
+
+def _reward(conf: float, cost: float, lam: float) -> float:
+    """Label-free reward in [0, 1]: confidence minus ``lam`` times the cost paid (a
+    fraction of the full local model; offloads over a slow link can cost more than 1)."""
+    r = (conf - lam * cost + lam) / (1.0 + lam)
+    return 0.0 if r < 0.0 else (1.0 if r > 1.0 else r)
+
+
 @dataclass
 class BanditConfig:
     """How the bandit learns.
@@ -123,6 +195,10 @@ class BanditConfig:
     ``lam`` trades confidence for cost: reward = confidence - lam * cost, cost being the
     fraction of the full model's latency (or MACs) paid. ``budget_ms`` instead adapts
     ``lam`` so that the mean latency meets the budget.
+
+    With a server, ``splits`` are the split points the bandit may offload at (default:
+    every stage, 0..N-1) and ``split_arms`` the thresholds of its offload arms (default:
+    ``arms``); see :class:`SplitBanditPolicy`.
     """
 
     algorithm: str = "ucb"
@@ -134,6 +210,8 @@ class BanditConfig:
     save_every: int = 500
     seed: int | None = 0
     options: dict[str, Any] = field(default_factory=dict)
+    splits: tuple[int, ...] | None = None
+    split_arms: tuple[float, ...] | None = None
 
 
 class BanditPolicy(Policy):
@@ -229,10 +307,13 @@ class BanditPolicy(Policy):
         return {
             "version": 1,
             "algorithm": self.algo.name,
-            "arms": [a if a != NEVER else None for a in self.arms],
+            "arms": self._encode_arms(),
             "lambda": self.lam,
             "algo": self.algo.state(),
         }
+
+    def _encode_arms(self) -> list[Any]:
+        return [a if a != NEVER else None for a in self.arms]
 
     def save(self) -> None:
         path = self.config.state_path
@@ -253,8 +334,7 @@ class BanditPolicy(Policy):
             return
         try:
             s = json.loads(p.read_text())
-            arms = tuple(NEVER if a is None else float(a) for a in s["arms"])
-            if s["algorithm"] != self.algo.name or arms != self.arms:
+            if s["algorithm"] != self.algo.name or s["arms"] != self._encode_arms():
                 raise ValueError("it was saved for other arms or another algorithm")
             self.algo.load(s["algo"])
             self.lam = float(s.get("lambda", self.lam))
@@ -269,22 +349,223 @@ class BanditPolicy(Policy):
             )
 
 
-def parse_policy(spec: str | Policy, **kwargs: Any) -> Policy:
-    """``"full"``, ``"oracle"``, ``"threshold:0.9"`` (or ``"threshold:0.8,0.9,0.95"``),
-    ``"bandit"`` or ``"bandit:ALGO"`` (ucb, thompson, ducb, swucb, exp3)."""
+class SplitBanditPolicy(BanditPolicy):
+    """The bandit with a server: arms are (split point, threshold) pairs.
+
+    Local arms (one per threshold in ``config.arms``) run everything here, stopping early
+    as :class:`BanditPolicy` does. An offload arm ``(s, t)`` runs stages ``0..s-1`` here,
+    stops at the first of their exits whose confidence reaches ``t``, and otherwise sends
+    the input of stage ``s`` to the server (``s = 0`` sends the input itself, so it has a
+    single arm). Its reward is the server's confidence minus ``lam`` times what the caller
+    waited (local stages, round trip, and local completion after a failure), as a fraction
+    of the full model's local latency: a slow link or a busy server lowers it.
+
+    Side observations, only where they are exact: an input reveals every arm that would
+    have stopped at an exit that was run here; an offload at ``s`` reveals every arm that
+    would have offloaded at ``s`` (same bytes, same round trip). Offload arms at other
+    split points learn only from their own round trips, so a stale round-trip estimate
+    never speaks for them. While the server is unavailable (``offload_ready`` false: the
+    circuit breaker is open) only local arms are chosen.
+    """
+
+    offloads = True
+
+    def __init__(self, config: BanditConfig | None = None, **kwargs: Any) -> None:
+        self.config = config or BanditConfig(**kwargs)
+        c = self.config
+        if c.cost not in ("latency", "macs"):
+            raise ValueError("cost must be 'latency' or 'macs'")
+        if c.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"unknown bandit algorithm {c.algorithm!r}; choose from {sorted(ALGORITHMS)}"
+            )
+        self.thresholds = tuple(sorted(c.arms))
+        self.split_thresholds = tuple(sorted(c.split_arms if c.split_arms else c.arms))
+        self.lam = c.lam
+        self.chosen = 0
+        self.history: list[int] = []
+        self._since_save = 0
+        self._mean_ms = 0.0
+        self.pairs: tuple[tuple[int, float], ...] = ()
+        # Until bind, a placeholder over the local arms (the split arms need the exits).
+        self.algo = make_algorithm(c.algorithm, len(self.thresholds), c.seed, **c.options)
+
+    def bind(self, n_exits: int, macs_fractions: Sequence[float]) -> None:
+        Policy.bind(self, n_exits, macs_fractions)
+        c = self.config
+        splits = sorted(set(range(n_exits) if c.splits is None else c.splits))
+        bad = [s for s in splits if not 0 <= s < n_exits]
+        if bad:
+            raise ValueError(
+                f"split points {bad} are out of range; this package has stages "
+                f"0..{n_exits - 1} (split S sends the input of stage S)"
+            )
+        pairs = [(n_exits, t) for t in self.thresholds]
+        for s in splits:
+            pairs += [(0, NEVER)] if s == 0 else [(s, t) for t in self.split_thresholds]
+        self.pairs = tuple(pairs)
+        self.arms = tuple(t for _, t in pairs)  # the threshold of each arm
+        self._n_local = len(self.thresholds)
+        self._all_t = sorted(set(self.thresholds) | set(self.split_thresholds))
+        self._arm_st = [(s, self._all_t.index(t)) for s, t in pairs]
+        self._split_of = [s for s, _ in pairs]
+        self._ths = [tuple([t] * (n_exits - 1) + [NEVER]) for _, t in pairs]
+        self.algo = make_algorithm(c.algorithm, len(pairs), c.seed, **c.options)
+        if c.state_path:
+            self._load(Path(c.state_path))
+
+    def select(self) -> Sequence[float]:
+        i = self.algo.choose(None if self.offload_ready else self._n_local)
+        self.chosen = i
+        self.split = self._split_of[i]
+        return self._ths[i]
+
+    def _first_exits(self, confs: Sequence[float], seen: int) -> list[int]:
+        """For each threshold, the first exit among those run (``0..seen``, never the last
+        one) whose confidence reaches it, or -1."""
+        lim = min(seen, self.n_exits - 2)
+        out = []
+        k = 0
+        for t in self._all_t:
+            while k <= lim and confs[k] < t:
+                k += 1
+            out.append(k if k <= lim else -1)
+        return out
+
+    def observe(self, exit_taken: int, confs: Sequence[float], costs: Sequence[float]) -> None:
+        self._observe(exit_taken, confs, costs, None)
+
+    def observe_fallback(
+        self,
+        split: int,
+        exit_taken: int,
+        confs: Sequence[float],
+        costs: Sequence[float],
+        paid: float,
+    ) -> None:
+        self._observe(
+            exit_taken, confs, costs, (self.chosen, _reward(confs[exit_taken], paid, self.lam))
+        )
+
+    def _observe(
+        self,
+        seen: int,
+        confs: Sequence[float],
+        costs: Sequence[float],
+        chosen: tuple[int, float] | None,
+    ) -> None:
+        """Every input run here up to exit ``seen`` (``chosen``: the chosen arm's own
+        reward when it differs from what the exits say, after a failed offload)."""
+        lam, n, last = self.lam, self.n_exits, self.n_exits - 1
+        r_exit = [_reward(confs[j], costs[j], lam) for j in range(seen + 1)]
+        first = self._first_exits(confs, seen)
+        rewards = []
+        for i, (s, ti) in enumerate(self._arm_st):
+            j = first[ti]
+            if 0 <= j < s:
+                rewards.append((i, r_exit[j]))
+            elif s == n and seen == last:
+                rewards.append((i, r_exit[last]))
+        if chosen is not None:
+            rewards = [r for r in rewards if r[0] != chosen[0]] + [chosen]
+        self._learn(rewards)
+
+    def observe_offload(
+        self, split: int, confs: Sequence[float], costs: Sequence[float], conf: float, paid: float
+    ) -> None:
+        lam, n, last = self.lam, self.n_exits, self.n_exits - 1
+        r_exit = [_reward(confs[j], costs[j], lam) for j in range(split)]
+        first = self._first_exits(confs, split - 1)
+        r_off = _reward(conf, paid, lam)
+        # Had everything run here, the last exit would have had the server's confidence.
+        r_local = _reward(conf, costs[last], lam) if split == last else -1.0
+        rewards = []
+        for i, (s, ti) in enumerate(self._arm_st):
+            j = first[ti]
+            if 0 <= j < s:
+                rewards.append((i, r_exit[j]))
+            elif s == split:
+                rewards.append((i, r_off))
+            elif s == n and r_local >= 0.0:
+                rewards.append((i, r_local))
+        self._learn(rewards)
+
+    def _learn(self, rewards: list[tuple[int, float]]) -> None:
+        self.algo.update(self.chosen, rewards)
+        self.history.append(self.chosen)
+        if self.config.save_every and self.config.state_path:
+            self._since_save += 1
+            if self._since_save >= self.config.save_every:
+                self.save()
+
+    def arm_values(self) -> dict[str, Any]:
+        vals = self.algo.values()
+        cnts = self.algo.counts()
+        n = self.n_exits
+
+        def key(i: int) -> dict[str, Any]:
+            s, t = self.pairs[i]
+            return {
+                "split": "local" if s == n else s,
+                "threshold": "never" if t == NEVER else t,
+            }
+
+        best = max(range(len(vals)), key=lambda i: -1 if math.isnan(vals[i]) else vals[i])
+        return {
+            "algorithm": self.algo.name,
+            "lambda": self.lam,
+            "arms": [
+                {**key(i), "value": v, "count": c} for i, (v, c) in enumerate(zip(vals, cnts))
+            ],
+            "best": key(best),
+        }
+
+    def describe(self) -> str:
+        return f"bandit:{self.algo.name}+offload"
+
+    def _encode_arms(self) -> list[Any]:
+        n = self.n_exits
+        return [[None if s == n else s, None if t == NEVER else t] for s, t in self.pairs]
+
+
+def parse_policy(spec: str | Policy, *, offload: bool = False, **kwargs: Any) -> Policy:
+    """``"full"`` (or ``"local"``), ``"oracle"``, ``"threshold:0.9"`` (or
+    ``"threshold:0.8,0.9,0.95"``, or ``"local:0.9"``), ``"bandit"`` or ``"bandit:ALGO"``
+    (ucb, thompson, ducb, swucb, exp3).
+
+    With ``offload`` (a server is configured), ``bandit`` learns over (split point,
+    threshold) pairs (:class:`SplitBanditPolicy`), and ``"split:S"`` (or ``"split:S:T"``)
+    always offloads at stage ``S`` (stopping early at threshold ``T`` before it)."""
     if isinstance(spec, Policy):
         return spec
     name, _, arg = spec.partition(":")
-    if name == "full":
+    if name in ("full", "local") and not arg:
         return FullPolicy()
     if name == "oracle":
         return OraclePolicy()
-    if name == "threshold":
+    if name in ("threshold", "local"):
         vals = [float(v) for v in arg.split(",")] if arg else [0.9]
         return ThresholdPolicy(vals[0] if len(vals) == 1 else vals)
     if name == "bandit":
         algo = arg or "ucb"
         if algo not in ALGORITHMS:
             raise ValueError(f"unknown bandit algorithm {algo!r}; choose from {sorted(ALGORITHMS)}")
-        return BanditPolicy(BanditConfig(algorithm=algo, **kwargs))
-    raise ValueError(f"unknown policy {spec!r}; use full, threshold:T, bandit[:ALGO] or oracle")
+        cfg = BanditConfig(algorithm=algo, **kwargs)
+        return SplitBanditPolicy(cfg) if offload else BanditPolicy(cfg)
+    if name == "split":
+        if not offload:
+            raise ValueError(
+                f"policy {spec!r} sends inputs to a server; pass offload='http://HOST:PORT'"
+            )
+        at, _, th = arg.partition(":")
+        try:
+            return SplitPolicy(int(at), float(th) if th else NEVER)
+        except ValueError:
+            raise ValueError(
+                f"bad split policy {spec!r}; use split:S or split:S:T (S a stage index, "
+                "T a confidence threshold)"
+            ) from None
+    raise ValueError(
+        f"unknown policy {spec!r}; use full, threshold:T, bandit[:ALGO], oracle, "
+        "or with a server split:S[:T]"
+    )

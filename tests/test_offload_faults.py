@@ -1,0 +1,265 @@
+"""Offload failures, with a raw-socket stand-in for the server (unit-level fault injection).
+
+The stand-in answers the way a broken or slow server would: garbage bytes, HTTP 500,
+a 4xx with a JSON error, a body of the wrong shape, NaN, a hang past the deadline, or a
+dropped connection. The happy path against the real ``edgekit serve`` is in
+test_offload.py; here every input must still be answered, on the device, exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit.data import load_digits
+from edgekit.runtime import OffloadConfig
+from edgekit.runtime import _kserve as kserve
+
+pytestmark = pytest.mark.slow
+
+
+class FakeServer:
+    """Speaks just enough HTTP/1.1 keep-alive to answer infer requests as ``mode`` says."""
+
+    def __init__(self, mode: str = "ok", delay: float = 0.0, n_classes: int = 10) -> None:
+        self.mode = mode
+        self.delay = delay
+        self.n_classes = n_classes
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    @staticmethod
+    def _read(conn: socket.socket) -> tuple[str, dict[str, str], bytes] | None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
+        head, _, body = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip()] = v.strip()
+        n = int(headers.get("Content-Length", "0"))
+        while len(body) < n:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            body += chunk
+        return lines[0].split()[1], headers, body
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            while not self._stop:
+                try:
+                    req = self._read(conn)
+                except OSError:
+                    return
+                if req is None:
+                    return
+                self.requests.append(req)
+                if not self._answer(conn, *req):
+                    return
+
+    def _answer(self, conn: socket.socket, path: str, headers: dict[str, str], body: bytes) -> bool:
+        mode = self.mode
+        if self.delay:
+            time.sleep(self.delay)
+        if mode == "drop":
+            return False
+        if mode == "garbage":
+            conn.sendall(b"\x00\x17 this is not HTTP\r\n\r\n")
+            return False
+        if mode in ("500", "401"):
+            status = {"500": "500 Internal Server Error", "401": "401 Unauthorized"}[mode]
+            msg = kserve.error_body("boom" if mode == "500" else "missing bearer token")
+            conn.sendall(
+                f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(msg)}\r\n\r\n".encode()
+                + msg
+            )
+            return True
+        req = kserve.decode_infer_request(body, headers)
+        n = self.n_classes if mode != "badshape" else 3
+        logits = np.zeros((1, n), np.float32)
+        logits[0, 3 % n] = 5.0
+        if mode == "nan":
+            logits[0, 0] = np.nan
+        conf = np.array([0.9], np.float32)
+        out, hdrs = kserve.encode_infer_response(
+            "m", {"logits": logits, "confidence": conf}, binary=req.binary_output
+        )
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()).encode()
+            + b"\r\n"
+            + out
+        )
+        return True
+
+    def close(self) -> None:
+        self._stop = True
+        self._sock.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    s = FakeServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def xs() -> np.ndarray:
+    return load_digits().x_test[:60]
+
+
+def _local(pkg: Path, xs: np.ndarray) -> list[tuple[int, int]]:
+    with edgekit.load(pkg, policy="full") as m:
+        return [(p.label, p.exit) for p in m.predict_batch(xs)]
+
+
+def _cfg(url: str, **kw: object) -> OffloadConfig:
+    base: dict[str, object] = {"timeout_ms": 300.0, "backoff_ms": 50.0, "failures": 3}
+    base.update(kw)
+    return OffloadConfig(url, **base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "mode, kind",
+    [
+        ("garbage", "garbage"),
+        ("500", "http"),
+        ("401", "http"),
+        ("badshape", "garbage"),
+        ("nan", "garbage"),
+        ("drop", "network"),
+        ("slow", "timeout"),
+    ],
+)
+def test_a_bad_server_costs_nothing_but_time(
+    digits_pkg: Path,
+    xs: np.ndarray,
+    fake: FakeServer,
+    mode: str,
+    kind: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake.mode = mode
+    if mode == "slow":
+        fake.mode, fake.delay = "ok", 0.5  # past the 0.3 s deadline
+    want = _local(digits_pkg, xs)
+    caplog.set_level(logging.WARNING, logger="edgekit")
+    with edgekit.load(digits_pkg, policy="split:1", offload=_cfg(fake.url)) as m:
+        preds = [m.predict(x) for x in xs[:20]]
+        st = m.stats()
+    assert len(preds) == 20 and st["predictions"] == 20
+    assert [(p.label, p.exit) for p in preds] == want[:20]  # finished here, from stage 1 on
+    assert all(p.fallback and not p.offloaded and p.split == 1 for p in preds)
+    assert all(p.stages_run == 4 for p in preds)
+    assert preds[0].offload is not None and preds[0].offload.error.startswith(kind)
+    off = st["offload"]
+    assert off["failures"] == {kind: 3}  # three tries, then the breaker opened
+    assert off["breaker"]["opened"] >= 1 and off["skipped_while_open"] >= 1
+    assert off["fallbacks"] == 20 and off["offloaded"] == 0
+    assert "finishes the input" in caplog.text
+    if mode == "slow":
+        assert preds[0].rtt_ms >= 290  # it waited for the deadline, not for the server
+        assert preds[5].rtt_ms == 0  # the breaker spared the later inputs the wait
+
+
+def test_connection_refused(digits_pkg: Path, xs: np.ndarray) -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with edgekit.load(digits_pkg, policy="split:0", offload=_cfg(f"http://127.0.0.1:{port}")) as m:
+        preds = m.predict_batch(xs[:10])
+        st = m.stats()["offload"]
+    assert [(p.label, p.exit) for p in preds] == _local(digits_pkg, xs[:10])
+    assert st["failures"] == {"refused": 3} and st["fallbacks"] == 10
+
+
+def test_breaker_probes_after_backoff_and_closes_when_the_server_recovers(
+    digits_pkg: Path, xs: np.ndarray, fake: FakeServer
+) -> None:
+    fake.mode = "500"
+    with edgekit.load(digits_pkg, policy="split:2", offload=_cfg(fake.url)) as m:
+        for x in xs[:5]:
+            assert m.predict(x).fallback
+        assert m.stats()["offload"]["breaker"]["state"] == "open"
+        tried = len(fake.requests)
+        assert tried == 3
+        fake.mode = "ok"
+        time.sleep(0.08)  # past the 50 ms backoff (+-20%)
+        p = m.predict(xs[5])  # the probe
+        assert p.offloaded and p.label == 3 and p.split == 2 and p.bytes_sent > 0
+        assert m.stats()["offload"]["breaker"]["state"] == "closed"
+        assert all(m.predict(x).offloaded for x in xs[6:10])
+    assert len(fake.requests) == tried + 5
+
+
+def test_reconnects_when_the_server_closes_an_idle_connection(
+    digits_pkg: Path, xs: np.ndarray, fake: FakeServer
+) -> None:
+    with edgekit.load(digits_pkg, policy="split:0", offload=_cfg(fake.url)) as m:
+        assert m.predict(xs[0]).offloaded
+        fake.mode = "drop"  # the server closes the kept-alive connection on the next request
+        p = m.predict(xs[1])
+        assert p.fallback  # tried once more on a new connection, which was dropped too
+        fake.mode = "ok"
+        assert m.predict(xs[2]).offloaded
+        st = m.stats()["offload"]
+    assert st["failures"] == {"network": 1}
+    assert st["connections"] >= 2
+
+
+def test_request_carries_the_contract(digits_pkg: Path, xs: np.ndarray, fake: FakeServer) -> None:
+    with edgekit.load(digits_pkg, policy="split:1", offload=fake.url, offload_token="s3cret") as m:
+        p = m.predict(xs[0])
+        q = m.manifest.stages[1].input.quant
+    assert p.offloaded
+    path, headers, body = fake.requests[0]
+    name = m.manifest.name
+    assert path == f"/v2/models/{name}-split1/infer"
+    assert headers["Authorization"] == "Bearer s3cret"
+    req = kserve.decode_infer_request(body, headers)
+    t = req.input("input")
+    assert t.datatype in ("INT8", "UINT8") and t.data.shape[0] == 1
+    assert t.data.shape[1:] == tuple(m.manifest.stages[1].input.shape[1:])
+    assert q is not None and t.parameters["scale"] == pytest.approx(q.scale)
+    assert req.parameters["package_sha256"] == kserve.package_sha256(digits_pkg)
+    assert req.binary_output
+    # bytes_sent is what went on the wire: request line, headers, body
+    raw = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    assert p.bytes_sent == len(raw) + 2 + len(body)

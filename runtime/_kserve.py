@@ -465,12 +465,14 @@ def encode_split_request(
     split: int | None = None,
     request_id: str | None = None,
     binary: bool = True,
+    binary_outputs: bool | None = None,
     compress: str | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """An edgekit split request: the 8-bit tensor ``x`` (batch first) with its quantization.
 
     POST it to :func:`infer_path` of :func:`model_name` ``(package, s)``; ``split`` is only
-    for the model named after the package itself.
+    for the model named after the package itself. Outputs come back binary when
+    ``binary_outputs`` (default: like the request).
     """
     x = np.asarray(x)
     if x.dtype not in (np.int8, np.uint8):
@@ -482,7 +484,12 @@ def encode_split_request(
         params["split"] = int(split)
     t = Tensor(INPUT, x, {"scale": float(scale), "zero_point": int(zero_point)})
     return encode_infer_request(
-        [t], params=params, binary=binary, compress=compress, request_id=request_id
+        [t],
+        params=params,
+        binary=binary,
+        binary_outputs=binary if binary_outputs is None else binary_outputs,
+        compress=compress,
+        request_id=request_id,
     )
 
 

@@ -59,6 +59,9 @@ class Tail:
         self.n_classes = 0
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(x) > self.max_batch:  # one large request, or stages that cannot batch
+            parts = [self(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         h: Any = x
         logits: Any = None
         for run in self._runners:

@@ -154,6 +154,10 @@ def _config(
         f"  max_queue_delay_microseconds: {round(max_delay_ms * 1000)}",
         "}",
         "instance_group [ { kind: KIND_CPU, count: 1 } ]",
+        "# ORT's fused int8 kernels saturate on 8-bit weights on x86 CPUs without VNNI;",
+        "# basic graph optimizations keep the QDQ path (within one logits step of",
+        "# `edgekit serve`). Drop this block on VNNI CPUs or GPUs for the fused kernels.",
+        "optimization { graph: { level: -1 } }",
     ]
     for k, v in params.items():
         lines.append(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}')

@@ -23,11 +23,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _serving import Client, Local, softmax_max
 
-from edgekit._package import read_manifest
 from edgekit.data import load_digits
-from edgekit.runtime import backends
-from edgekit.runtime._input import Quantizer
 from edgekit.runtime._kserve import (
     HEADER_LENGTH,
     decode_infer_response,
@@ -42,92 +40,6 @@ pytest.importorskip("uvicorn")
 pytestmark = pytest.mark.slow
 
 TOKEN = "s3cret-token"
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-class Client:
-    """A keep-alive HTTP(S) client for one server (stdlib only)."""
-
-    def __init__(self, url: str, *, token: str | None = None, context: Any = None) -> None:
-        scheme, rest = url.split("://")
-        host, port = rest.rsplit(":", 1)
-        if scheme == "https":
-            self.conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, int(port), context=context, timeout=30
-            )
-        else:
-            self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        self.token = token
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
-        h = dict(headers or {})
-        if self.token:
-            h.setdefault("Authorization", f"Bearer {self.token}")
-        self.conn.request(method, path, body, h)
-        r = self.conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-
-    def json(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
-        status, hdrs, body = self.call(method, path, **kw)
-        assert hdrs["content-type"] == "application/json", (path, hdrs)
-        return status, json.loads(body)
-
-    def infer(self, model: str, body: bytes, headers: dict[str, str]) -> dict[str, np.ndarray]:
-        status, hdrs, out = self.call("POST", f"/v2/models/{model}/infer", body, headers)
-        assert status == 200, out[:500]
-        return decode_infer_response(out, hdrs)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class Local:
-    """The same stages run in-process through edgekit.runtime's onnxruntime backend."""
-
-    def __init__(self, pkg: Path) -> None:
-        self.m = read_manifest(pkg)
-        mod = backends.get("onnxruntime")
-        self.runners = [mod.open_stage(pkg / s.files["onnx"], 1) for s in self.m.stages]
-        self.dtype = np.dtype(self.runners[0].input_dtype)
-        q0 = self.m.stages[0].input.quant
-        assert q0 is not None
-        self.quant = Quantizer(self.m.input, q0.as_dtype(self.dtype.name))
-
-    def features(self, images: np.ndarray, split: int) -> np.ndarray:
-        """What the device sends at ``split``: stage ``split``'s 8-bit input."""
-        h = self.quant.batch(images)
-        for k in range(split):
-            h, _ = self.runners[k](h)
-        return h
-
-    def tail(self, x: np.ndarray, split: int) -> np.ndarray:
-        h, logits = x, None
-        for k in range(split, len(self.runners)):
-            h, logits = self.runners[k](h)
-        assert logits is not None
-        q = self.m.stages[-1].logits.quant
-        assert q is not None
-        zp = q.as_dtype(logits.dtype.name).zero_point
-        return (logits.astype(np.float32) - np.float32(zp)) * np.float32(q.scale)
-
-    def input_quant(self, split: int, dtype: str | None = None) -> tuple[float, int]:
-        q = self.m.stages[split].input.quant
-        assert q is not None
-        q = q.as_dtype(dtype or self.dtype.name)
-        return q.scale, q.zero_point
-
-
-def _softmax_max(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).max(axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +125,7 @@ def test_server_equals_local_stages(
     want = local.tail(x, split)
     np.testing.assert_array_equal(out["logits"], want)
     assert out["logits"].dtype == np.float32 and out["confidence"].shape == (len(images),)
-    np.testing.assert_allclose(out["confidence"], _softmax_max(want), rtol=1e-5)
+    np.testing.assert_allclose(out["confidence"], softmax_max(want), rtol=1e-5)
 
 
 def test_server_answers_like_the_runtime(
@@ -671,7 +583,7 @@ def test_tritonclient_metadata_and_binary_inference(
                 response_compression_algorithm=compression,
             )
             np.testing.assert_array_equal(res.as_numpy("logits"), want)
-            np.testing.assert_allclose(res.as_numpy("confidence"), _softmax_max(want), rtol=1e-5)
+            np.testing.assert_allclose(res.as_numpy("confidence"), softmax_max(want), rtol=1e-5)
             assert res.get_response()["id"] == "triton-1"
         # JSON tensors too, and the versioned route
         ii = httpclient.InferInput("input", list(x.shape), "UINT8")
@@ -744,7 +656,7 @@ def test_export_triton_repository(
         assert [o.name for o in sess.get_outputs()] == ["logits", "confidence"]
         logits, conf = sess.run(None, {"input": x})
         np.testing.assert_array_equal(logits, want)
-        np.testing.assert_allclose(conf, _softmax_max(logits), rtol=1e-5)
+        np.testing.assert_allclose(conf, softmax_max(logits), rtol=1e-5)
         assert conf.shape == (len(images),)
         # as Triton runs it (graph level -1 = basic): within one quantization step
         opts = ort.SessionOptions()

@@ -67,7 +67,7 @@ def test_ray_replica_answers_like_the_builtin_server(
             np.testing.assert_array_equal(out["logits"], want)  # exact, as the builtin engine
             np.testing.assert_allclose(out["confidence"], softmax_max(want), rtol=1e-5)
         # a bad request is still a 4xx JSON error through Ray's proxy
-        status, hdrs, raw = c.call("POST", "/v2/models/digits-split1/infer", b'{"inputs": 3}', {})
+        status, _, raw = c.call("POST", "/v2/models/digits-split1/infer", b'{"inputs": 3}', {})
         assert status == 400 and "non-empty 'inputs'" in json.loads(raw)["error"]
         status, _hdrs, raw = c.call(
             "POST", "/v2/models/digits-split1/infer", b"{}", {HEADER_LENGTH: "99"}

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The virtual arm64 device's fixtures (virtual_device, ssh_config...): tests/_devices_fixtures.py
+pytest_plugins = ["_devices_fixtures"]
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

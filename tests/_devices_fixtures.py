@@ -1,0 +1,165 @@
+"""Pytest fixtures for the virtual arm64 device (loaded by conftest.py's ``pytest_plugins``).
+
+``virtual_device`` and ``virtual_device2`` are two devices started once per session (the first
+one builds the cached rootfs: minutes, once per machine). The fault devices (no Python, an old
+Python, a tiny disk) start only for the modules that ask for them.
+
+Where the emulator cannot run (not root, no binfmt_misc/qemu, no debootstrap, no network
+namespaces) the tests that need it skip with the reason; in CI (``CI=true``) they fail instead.
+Every device started here is stopped and purged at the end, also when tests fail (fixture
+finalizers, and an atexit hook for a session that dies before they run).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgekit.devices import _emulator as emu
+from edgekit.devices._emulator import VirtualDevice
+
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+# Names distinct from what people start by hand (pi0...), so tests never stop theirs.
+DEVICE_NAMES = {
+    "virtual_device": "test-pi0",
+    "virtual_device2": "test-pi1",
+    "virtual_device_nopython": "test-nopy",
+    "virtual_device_oldpython": "test-oldpy",
+    "virtual_device_tinydisk": "test-disk",
+}
+#: Size of ``virtual_device_tinydisk``'s whole writable disk (``/`` including /opt/edgekit).
+TINY_DISK = "48M"
+
+_started: set[str] = set()
+
+
+def _stop_all_started() -> None:
+    for name in list(_started):
+        try:
+            emu.stop(name, purge=True)
+        except Exception as exc:  # atexit must try every device
+            print(f"edgekit tests: could not stop virtual device {name}: {exc}")
+        _started.discard(name)
+
+
+atexit.register(_stop_all_started)
+
+
+def unavailable(reason: str) -> None:
+    """Skip (or fail in CI, where the virtual device must run) with ``reason``."""
+    if IN_CI:
+        pytest.fail(f"virtual device unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(f"virtual device unavailable: {reason}")
+
+
+def require_emulator(*, loopback: bool = False) -> None:
+    """Skip/fail unless this machine can run a virtual device."""
+    problem = emu.host_problem(loopback=loopback)
+    if problem:
+        unavailable(problem)
+
+
+def start_device(name: str, key: Path, **options: object) -> VirtualDevice:
+    """Start a fresh device ``name`` (a stale one from a crashed session is purged first)."""
+    require_emulator(loopback=bool(options.get("loopback")))
+    emu.stop(name, purge=True)
+    _started.add(name)
+    try:
+        return emu.start(name, key=key, **options)  # type: ignore[arg-type]
+    except emu.HostNotSupported as exc:
+        unavailable(exc.message)
+        raise  # unreachable: unavailable() raises
+
+
+def stop_device(name: str) -> None:
+    emu.stop(name, purge=True)
+    _started.discard(name)
+
+
+@pytest.fixture(scope="session")
+def device_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test ED25519 key pair (private key path; the public key is beside it as .pub)."""
+    key = tmp_path_factory.mktemp("device-key") / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgekit-tests", "-f", str(key)],
+        check=True,
+    )
+    return key
+
+
+@pytest.fixture(scope="session")
+def virtual_device(device_key: Path) -> Iterator[VirtualDevice]:
+    """The virtual Raspberry Pi (arm64, Python 3.11) in its own netns, for the whole session."""
+    name = DEVICE_NAMES["virtual_device"]
+    yield start_device(name, device_key)
+    stop_device(name)
+
+
+@pytest.fixture(scope="session")
+def virtual_device2(device_key: Path) -> Iterator[VirtualDevice]:
+    """A second virtual device (fleet tests), with its own disk, netns and host key."""
+    name = DEVICE_NAMES["virtual_device2"]
+    yield start_device(name, device_key)
+    stop_device(name)
+
+
+@pytest.fixture(scope="session")
+def device_known_hosts(
+    tmp_path_factory: pytest.TempPathFactory,
+    virtual_device: VirtualDevice,
+    virtual_device2: VirtualDevice,
+) -> Path:
+    """A known_hosts file with both session devices' host keys."""
+    path = tmp_path_factory.mktemp("ssh") / "known_hosts"
+    path.write_text(f"{virtual_device.known_hosts_line}\n{virtual_device2.known_hosts_line}\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ssh_config(
+    device_known_hosts: Path, virtual_device: VirtualDevice, virtual_device2: VirtualDevice
+) -> Path:
+    """An ssh config file with aliases ``pi0`` and ``pi1`` for the two session devices."""
+    path = device_known_hosts.parent / "config"
+    for alias, dev in (("pi0", virtual_device), ("pi1", virtual_device2)):
+        dev.write_ssh_config(path, alias=alias)
+    text = path.read_text().replace(
+        f"UserKnownHostsFile {virtual_device.known_hosts_path}",
+        f"UserKnownHostsFile {device_known_hosts}",
+    )
+    text = text.replace(
+        f"UserKnownHostsFile {virtual_device2.known_hosts_path}",
+        f"UserKnownHostsFile {device_known_hosts}",
+    )
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def virtual_device_nopython(device_key: Path) -> Iterator[VirtualDevice]:
+    """A device without python3 (for the 'device without Python 3.9+' fault)."""
+    name = DEVICE_NAMES["virtual_device_nopython"]
+    yield start_device(name, device_key, python="none")
+    stop_device(name)
+
+
+@pytest.fixture(scope="module")
+def virtual_device_oldpython(device_key: Path) -> Iterator[VirtualDevice]:
+    """A device whose python3 reports 3.7.3 (``-V``, ``sys.version_info``, ``platform``)."""
+    name = DEVICE_NAMES["virtual_device_oldpython"]
+    yield start_device(name, device_key, python="old")
+    stop_device(name)
+
+
+@pytest.fixture(scope="module")
+def virtual_device_tinydisk(device_key: Path) -> Iterator[VirtualDevice]:
+    """A device whose whole writable disk is ``TINY_DISK`` (writes fail with ENOSPC beyond)."""
+    name = DEVICE_NAMES["virtual_device_tinydisk"]
+    yield start_device(name, device_key, disk_limit=TINY_DISK)
+    stop_device(name)

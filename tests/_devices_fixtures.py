@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +26,22 @@ from edgekit.devices._emulator import VirtualDevice
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
-# Names distinct from what people start by hand (pi0...), so tests never stop theirs.
+
+def device_name(suffix: str) -> str:
+    """This session's name for a test device: ``t<pid>-<suffix>``.
+
+    Distinct from what people start by hand (pi0...) and from another pytest session's devices
+    on the same machine, so neither is ever stopped by these tests.
+    """
+    return f"t{os.getpid()}-{suffix}"
+
+
 DEVICE_NAMES = {
-    "virtual_device": "test-pi0",
-    "virtual_device2": "test-pi1",
-    "virtual_device_nopython": "test-nopy",
-    "virtual_device_oldpython": "test-oldpy",
-    "virtual_device_tinydisk": "test-disk",
+    "virtual_device": device_name("p0"),
+    "virtual_device2": device_name("p1"),
+    "virtual_device_nopython": device_name("np"),
+    "virtual_device_oldpython": device_name("op"),
+    "virtual_device_tinydisk": device_name("dk"),
 }
 #: Size of ``virtual_device_tinydisk``'s whole writable disk (``/`` including /opt/edgekit).
 TINY_DISK = "48M"
@@ -65,9 +75,19 @@ def require_emulator(*, loopback: bool = False) -> None:
         unavailable(problem)
 
 
+def _purge_stale_sessions() -> None:
+    """Remove test devices left by pytest sessions that died without stopping them."""
+    for st in emu.list_devices(probe=False):
+        m = re.fullmatch(r"t(\d+)-\w+", st.name)
+        if m and int(m.group(1)) != os.getpid() and not Path(f"/proc/{m.group(1)}").exists():
+            emu.stop(st.name, purge=True)
+
+
 def start_device(name: str, key: Path, **options: object) -> VirtualDevice:
-    """Start a fresh device ``name`` (a stale one from a crashed session is purged first)."""
+    """Start a fresh device ``name`` (stale test devices of dead sessions are purged first)."""
     require_emulator(loopback=bool(options.get("loopback")))
+    if not _started:
+        _purge_stale_sessions()
     emu.stop(name, purge=True)
     _started.add(name)
     try:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _devices_fixtures import TINY_DISK, require_emulator, start_device, stop_device
+from _devices_fixtures import TINY_DISK, device_name, require_emulator, start_device, stop_device
 
 from edgekit.cli import main
 from edgekit.devices import _emulator as emu
@@ -175,7 +175,9 @@ def test_an_unknown_host_key_is_refused(virtual_device: VirtualDevice, tmp_path:
 
 
 @needs_ssh_client
-def test_ssh_config_aliases(ssh_config: Path, virtual_device2: VirtualDevice) -> None:
+def test_ssh_config_aliases(
+    ssh_config: Path, virtual_device: VirtualDevice, virtual_device2: VirtualDevice
+) -> None:
     for alias in ("pi0", "pi1"):
         res = subprocess.run(
             ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", alias, "uname -m; hostname"],
@@ -184,7 +186,7 @@ def test_ssh_config_aliases(ssh_config: Path, virtual_device2: VirtualDevice) ->
         assert res.returncode == 0, res.stderr
         arch, host = res.stdout.split()
         assert arch == "aarch64"
-        assert host == ("test-pi0" if alias == "pi0" else virtual_device2.name)
+        assert host == (virtual_device.name if alias == "pi0" else virtual_device2.name)
 
 
 @needs_ssh_client
@@ -318,7 +320,7 @@ def test_bandwidth_is_shaped_with_tbf(virtual_device2: VirtualDevice, tmp_path: 
 
 @needs_ssh_client
 def test_stop_cleans_up_and_restart_keeps_the_disk(device_key: Path) -> None:
-    name = "test-life"
+    name = device_name("lf")
     t0 = time.monotonic()
     dev = start_device(name, device_key, rate="50mbit")
     print(f"start (cached rootfs): {time.monotonic() - t0:.2f} s")
@@ -355,7 +357,7 @@ def test_loopback_mode(device_key: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    name = "test-lo"
+    name = device_name("lo")
     dev = start_device(name, device_key, loopback=True, port=port)
     try:
         assert dev.target == f"root@127.0.0.1:{port}" and dev.netns is None and dev.veth is None
@@ -410,7 +412,7 @@ def test_tiny_disk_fills_up(virtual_device_tinydisk: VirtualDevice) -> None:
 
 def test_conflicting_settings_need_a_purge(device_key: Path) -> None:
     require_emulator()
-    name = "test-conf"
+    name = device_name("cf")
     start_device(name, device_key)
     try:
         emu.stop(name)

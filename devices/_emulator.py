@@ -145,6 +145,8 @@ class VirtualDevice:
     """Where the limit applies: ``/`` (the whole device) or ``/opt/edgekit``."""
     rate: str | None = None
     """Bandwidth shaped with tbf in both directions, e.g. ``10mbit``."""
+    model: str | None = None
+    """Board model in the device tree (/sys/firmware/devicetree/base/model), if any."""
 
     @property
     def target(self) -> str:
@@ -217,8 +219,8 @@ class VirtualDevice:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VirtualDevice:
-        fields = dict(d)
-        fields.pop("target", None)
+        known = cls.__dataclass_fields__
+        fields = {k: v for k, v in d.items() if k in known}  # records of other versions
         for k in ("public_key_path", "known_hosts_path", "rootfs", "state_dir"):
             fields[k] = Path(fields[k])
         if fields.get("key_path"):
@@ -902,7 +904,7 @@ def _mount_root(sd: Path, lower: Path, disk_bytes: int | None, mode: str) -> tup
                 reason="overlay",
             )
     if not (sd / ".copy").exists():
-        say(f"copying the root filesystem for this device (no overlayfs here): {root}")
+        say(f"copying the root filesystem for this device (no overlay): {root}")
         tmp = sd / "root.tmp"
         _remove_tree(tmp)
         _run(["cp", "-a", "--reflink=auto", str(lower), str(tmp)], timeout=1800)
@@ -910,6 +912,16 @@ def _mount_root(sd: Path, lower: Path, disk_bytes: int | None, mode: str) -> tup
         os.rename(tmp, root)
         (sd / ".copy").write_text(str(lower) + "\n")
     return root, "copy"
+
+
+def _mount_board_model(root: Path, model: str) -> None:
+    """A device tree with just ``model`` at /sys/firmware/devicetree/base, as on a Pi."""
+    fw = root / "sys" / "firmware"
+    _run(["mount", "-t", "tmpfs", "-o", "mode=755,size=64k", "ek-fw", str(fw)])
+    base = fw / "devicetree" / "base"
+    base.mkdir(parents=True)
+    (base / "model").write_bytes(model.encode() + b"\0")
+    _run(["mount", "-o", "remount,ro", str(fw)])
 
 
 def _mount_dev(root: Path) -> None:
@@ -959,6 +971,10 @@ def _configure_root(root: Path, name: str, pubkey: str, loopback: bool, python: 
     have = auth.read_text().splitlines() if auth.exists() else []
     if pubkey not in have:
         _write_atomic(auth, "\n".join([*have, pubkey]) + "\n", mode=0o600)
+    # What a probe reads to tell a virtual device from hardware (one line).
+    (etc / "edgekit-virtual-device").write_text(
+        f"qemu-user {ARCH} (edgekit virtual device {name})\n"
+    )
     (etc / "hostname").write_text(name + "\n")
     (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost\n")
     # No index in the field: no resolver, no pip configuration. On loopback the device shares
@@ -1086,6 +1102,7 @@ def start(
     rate: str | None = None,
     python: str = "system",
     disk_limit: str | None = None,
+    model: str | None = None,
     rootfs_mode: str = "auto",
     timeout: float = 60.0,
     verbose: bool = True,
@@ -1103,6 +1120,8 @@ def start(
         python: ``system`` (3.11), ``none`` (python3 removed) or ``old`` (claims 3.7.3).
         disk_limit: size of the device's writable disk, e.g. ``64M``: writes anywhere on the
             device fail with ENOSPC beyond it (only under /opt/edgekit in copy mode).
+        model: a board model for the device tree (``/sys/firmware/devicetree/base/model``),
+            e.g. ``Raspberry Pi 4 Model B Rev 1.5``; None: no device tree (a generic board).
         rootfs_mode: ``auto`` (overlay, else a copy), ``overlay`` or ``copy``.
     """
     _check_name(name)
@@ -1111,6 +1130,8 @@ def start(
             f"python={python!r} is not one of {PYTHON_MODES}",
             hint="system: Python 3.11; none: no python3; old: a python3 claiming 3.7.3",
         )
+    if model is not None and ("\0" in model or "\n" in model or not model.strip()):
+        raise EmulatorError(f"invalid board model {model!r}", hint="give one line of text")
     if rootfs_mode not in ("auto", "overlay", "copy"):
         raise EmulatorError(f"rootfs_mode={rootfs_mode!r} is not auto, overlay or copy")
     disk_bytes = _size_bytes(disk_limit) if disk_limit else None
@@ -1171,6 +1192,8 @@ def start(
             root, mode = _mount_root(sd, lower, disk_bytes, rootfs_mode)
             _configure_root(root, name, pubkey, loopback, python)
             _mount_dev(root)
+            if model:
+                _mount_board_model(root, model)
             limit_path = None
             if disk_bytes:
                 limit_path = "/" if mode == "overlay" else DATA_DIR
@@ -1219,6 +1242,7 @@ def start(
                 python_version=pyver,
                 disk_limit=disk_limit,
                 disk_limit_path=limit_path,
+                model=model,
             )
             record = {
                 "index": index,

@@ -18,6 +18,8 @@ def _print_device(dev: Any, *, started: bool) -> None:
     print(f"virtual device {dev.name} {'started' if started else 'is already running'}")
     print(f"  target:       {dev.target}")
     print(f"  platform:     {dev.arch}, Debian bookworm, Python {dev.python_version or 'none'}")
+    if dev.model:
+        print(f"  board:        {dev.model}")
     print(f"  network:      {net}" + (f", shaped to {dev.rate}" if dev.rate else ""))
     if dev.disk_limit:
         print(f"  disk:         {dev.disk_limit} writable under {dev.disk_limit_path}")
@@ -46,6 +48,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         rate=args.rate,
         python=args.python,
         disk_limit=args.disk_limit,
+        model=args.model,
         verbose=not args.json,
     )
     if args.ssh_config:
@@ -144,6 +147,9 @@ def register(device_sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--without-python", dest="python", action="store_const", const="none", help="--python none"
     )
     s.add_argument("--disk-limit", metavar="SIZE", help="writable disk size, e.g. 64M (tmpfs)")
+    s.add_argument(
+        "--model", help="board model in the device tree, e.g. 'Raspberry Pi 4 Model B Rev 1.5'"
+    )
     s.add_argument("--ssh-config", metavar="FILE", help="also write the Host block into FILE")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_start)

@@ -156,6 +156,8 @@ def test_ssh_reaches_an_arm64_device_with_python311(virtual_device: VirtualDevic
     assert ok(dev, "python3 -V").strip().startswith("Python 3.11")
     assert ok(dev, "hostname").strip() == dev.name
     assert ok(dev, "cat /etc/debian_version").startswith("12")
+    assert "qemu-user aarch64" in ok(dev, "cat /etc/edgekit-virtual-device")
+    assert ok(dev, "test -e /sys/firmware/devicetree || echo none").strip() == "none"
     # the device's host key is the one the client checked, and the fingerprint start printed
     kh = subprocess.run(
         ["ssh-keygen", "-l", "-f", str(dev.known_hosts_path)], capture_output=True, text=True
@@ -322,9 +324,11 @@ def test_bandwidth_is_shaped_with_tbf(virtual_device2: VirtualDevice, tmp_path: 
 def test_stop_cleans_up_and_restart_keeps_the_disk(device_key: Path) -> None:
     name = device_name("lf")
     t0 = time.monotonic()
-    dev = start_device(name, device_key, rate="50mbit")
+    board = "Raspberry Pi 4 Model B Rev 1.5"
+    dev = start_device(name, device_key, rate="50mbit", model=board)
     print(f"start (cached rootfs): {time.monotonic() - t0:.2f} s")
     try:
+        assert ok(dev, "cat /sys/firmware/devicetree/base/model") == board + "\0"
         ok(dev, "echo kept > /root/kept; (nohup sleep 1000 >/dev/null 2>&1 &) ; true")
         pids = emu.status(name, probe=False).pids
         assert len(pids) >= 2  # sshd and the sleep a session left behind

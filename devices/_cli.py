@@ -7,10 +7,11 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["register", "remote_bench"]
+__all__ = ["register", "remote_bench", "ssh_arguments"]
 
 
-def _ssh_args(p: argparse.ArgumentParser) -> None:
+def ssh_arguments(p: argparse.ArgumentParser) -> None:
+    """The SSH options every device command shares."""
     g = p.add_argument_group("SSH")
     g.add_argument(
         "--accept-new-host-key",
@@ -19,6 +20,9 @@ def _ssh_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--ssh-config", help="ssh config file (default: ~/.ssh/config)")
     g.add_argument("--known-hosts", help="known_hosts file (default: from ssh config or ~/.ssh)")
+    g.add_argument(
+        "--ask-password", action="store_true", help="prompt for a login password (never stored)"
+    )
     g.add_argument("--root", default="/opt/edgekit", help="where edgekit lives on the device")
     g.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -26,7 +30,13 @@ def _ssh_args(p: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace, **extra: Any) -> Any:
     from ._push import PushOptions
 
+    password = None
+    if args.ask_password:
+        import getpass
+
+        password = getpass.getpass("edgekit: SSH password: ")
     return PushOptions(
+        password=password,
         root=args.root,
         ssh_config=args.ssh_config,
         accept_new_host_key=args.accept_new_host_key,
@@ -172,7 +182,8 @@ def remote_bench(args: argparse.Namespace, xs: Any) -> int:
 
     from ._ops import bench_on_device
 
-    opts = _options(args, backend=None if args.backend == "auto" else args.backend)
+    backend = None if args.backend in ("auto", "litert") else args.backend  # litert: host default
+    opts = _options(args, backend=backend, threads=args.threads if args.threads != 1 else None)
     results: dict[str, Any] = {}
     for t in args.targets:
         try:
@@ -205,14 +216,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = dsub.add_parser("probe", help="architecture, OS, Python, CPU, memory, accelerators")
     p.add_argument("targets", nargs="+", metavar="TARGET", help="user@host[:port] or ssh alias")
     p.add_argument("--json", action="store_true")
-    _ssh_args(p)
+    ssh_arguments(p)
     p.set_defaults(func=_cmd_probe)
 
     ls = dsub.add_parser("list", help="the versions of a package kept on the device")
     ls.add_argument("target")
     ls.add_argument("--package", help="package name (default: the one pushed last)")
     ls.add_argument("--json", action="store_true")
-    _ssh_args(ls)
+    ssh_arguments(ls)
     ls.set_defaults(func=_cmd_list)
 
     pr = dsub.add_parser("predict", help="classify images (.npy or an image file) on the device")
@@ -221,7 +232,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pr.add_argument("--package", help="package name (default: the one pushed last)")
     pr.add_argument("--policy", default="full")
     pr.add_argument("--json", action="store_true")
-    _ssh_args(pr)
+    ssh_arguments(pr)
     pr.set_defaults(func=_cmd_predict)
     # `device emulate` (the virtual Raspberry Pi) registers itself here.
     from ._emulator_cli import register as register_emulate
@@ -244,7 +255,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     u.add_argument("--threads", type=int, help="interpreter threads (default: profile)")
     u.add_argument("--jobs", type=int, help="targets pushed at once (default: all, up to 8)")
     u.add_argument("--json", action="store_true")
-    _ssh_args(u)
+    ssh_arguments(u)
     u.set_defaults(func=_cmd_push)
 
     r = sub.add_parser("run", help="run a command on a device in its current deployment")
@@ -252,12 +263,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     r.add_argument("--package", help="package name (default: the one pushed last)")
     r.add_argument("--timeout", type=float)
-    _ssh_args(r)
+    ssh_arguments(r)
     r.set_defaults(func=_cmd_run)
 
     rb = sub.add_parser("rollback", help="make the previous version current again")
     rb.add_argument("target")
     rb.add_argument("--package", help="package name (default: the one pushed last)")
     rb.add_argument("--to", help="a kept deploy id (see `edgekit device list`)")
-    _ssh_args(rb)
+    ssh_arguments(rb)
     rb.set_defaults(func=_cmd_rollback)

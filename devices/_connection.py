@@ -120,6 +120,11 @@ class Connection:
             self._client = self._connect()
         return self._client
 
+    def open(self) -> Connection:
+        """Connect now (normally the first command does)."""
+        _ = self.client
+        return self
+
     @property
     def alive(self) -> bool:
         t = self._client.get_transport() if self._client is not None else None

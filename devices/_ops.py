@@ -37,6 +37,7 @@ def _connect(target: str, opts: PushOptions) -> Connection:
         ssh_config=opts.ssh_config,
         accept_new_host_key=opts.accept_new_host_key,
         known_hosts=opts.known_hosts,
+        password=opts.password,
     )
 
 

@@ -51,6 +51,7 @@ class PushOptions:
     verbose: bool = True
     smoke_timeout: float = 600.0
     install_timeout: float = 1800.0
+    password: str | None = field(default=None, repr=False)  # for the login only; never saved
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class PushResult:
     files_reused: int = 0
     bytes_sent: int = 0
     wheels_sent: int = 0
+    wheel_bytes: int = 0
     env_created: bool = False
     repaired: tuple[str, ...] = ()
     smoke: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +81,11 @@ class PushResult:
             return f"FAILED: {msg}"
         what = "now current" if self.changed else "already current"
         sent = f"{self.files_sent} files / {self.bytes_sent / 1e6:.2f} MB sent"
-        extra = f", {self.wheels_sent} wheels sent" if self.wheels_sent else ""
+        extra = (
+            f", {self.wheels_sent} wheels / {self.wheel_bytes / 1e6:.1f} MB sent"
+            if self.wheels_sent
+            else ""
+        )
         fixed = f", repaired {len(self.repaired)} corrupt files" if self.repaired else ""
         return f"{self.deploy} {what} ({sent}, {self.files_reused} reused{extra}{fixed})"
 
@@ -113,6 +119,7 @@ class _Push:
             ssh_config=opts.ssh_config,
             accept_new_host_key=opts.accept_new_host_key,
             known_hosts=opts.known_hosts,
+            password=opts.password,
         )
         self.name = target
         self.layout = Layout(opts.root, manifest.name)
@@ -123,6 +130,7 @@ class _Push:
             "files_reused": 0,
             "bytes_sent": 0,
             "wheels_sent": 0,
+            "wheel_bytes": 0,
             "env_created": False,
             "repaired": (),
         }
@@ -140,6 +148,7 @@ class _Push:
     def run(self) -> PushResult:
         t0 = time.monotonic()
         with self.conn:
+            self.conn.open()  # connect (and check the host key) before anything else
             self.step = "probe"
             info = probe(self.conn, self.opts.root)
             self.log(f"{info.summary()}")
@@ -153,6 +162,8 @@ class _Push:
                     hint="convert with --formats tflite,onnx, or pick --backend",
                     target=self.name,
                 )
+            self.step = "lock"
+            self._lock()
             self.step = "state"
             state = self._state()
             self.previous = state.get("current") or None
@@ -190,6 +201,35 @@ class _Push:
             seconds=time.monotonic() - t0,
             **self.stats,
         )
+
+    def _lock(self, wait: float = 900.0) -> None:
+        """Hold ``ROOT/.lock`` (flock) for the rest of this connection, so two pushes to one
+        device (two aliases, two hosts) take turns. The lock is held by a ``cat`` reading
+        this session's stdin: when the push ends or the link drops, it is released."""
+        root = q(self.opts.root)
+        chan = self.conn.client.get_transport().open_session()
+        chan.exec_command(
+            f"mkdir -p {root} && command -v flock >/dev/null || {{ echo nolock; exit 0; }}; "
+            f"exec flock -w {int(wait)} {root}/.lock sh -c 'echo locked; exec cat'"
+        )
+        chan.settimeout(wait + 30)
+        buf = b""
+        while not buf.endswith(b"\n"):
+            data = chan.recv(64)
+            if not data:
+                break
+            buf += data
+        if buf.strip() == b"nolock":
+            self.log("no flock on the device; pushes to it are not serialised")
+            return
+        if buf.strip() != b"locked":
+            raise PushError(
+                f"{self.name}: another push to this device has held {self.opts.root}/.lock "
+                f"for more than {wait:.0f} s",
+                hint="wait for it to finish, then push again",
+                target=self.name,
+            )
+        self._lock_chan = chan  # released when the connection closes
 
     def _check_python(self, info: DeviceInfo) -> None:
         if not info.python_ok:
@@ -246,6 +286,8 @@ class _Push:
             self.sh(f"mkdir -p {q(self.layout.wheels)}")
             self._send([(w, f"{self.layout.wheels}/{w.name}") for w in missing], atomic=True)
             self.stats["wheels_sent"] = len(missing)
+            self.stats["wheel_bytes"] = self.stats["bytes_sent"]
+            self.stats["bytes_sent"] = 0
         else:
             self.log(f"all {len(wh.wheels)} wheels are on the device already")
         edgekit_pin = next(w.name.split("-")[1] for w in wh.wheels if w.name.startswith("edgekit-"))

@@ -90,14 +90,14 @@ def platform_tags(arch: str, glibc: tuple[int, int]) -> list[str]:
     return tags
 
 
-def edgekit_wheel(dest: Path) -> Path:
-    """A wheel of the edgekit modules this process runs (pure Python, reproducible).
+_sources: list[tuple[str, bytes]] = []
 
-    Built from the imported packages rather than a source tree, so an editable checkout
-    and an installed edgekit both work, and the version carries a hash of the code.
-    """
-    import edgekit
 
+def _edgekit_sources() -> list[tuple[str, bytes]]:
+    """The modules' sources, read once per process: every push of a run sends the same
+    code, even if the files change on disk meanwhile."""
+    if _sources:
+        return list(_sources)
     files: list[tuple[str, bytes]] = []
     for name in _PACKAGES:
         try:
@@ -109,6 +109,19 @@ def edgekit_wheel(dest: Path) -> Path:
         for f in sorted(folder.iterdir()):
             if f.is_file() and (f.suffix == ".py" or f.name == "py.typed"):
                 files.append((f"{prefix}/{f.name}", f.read_bytes()))
+    _sources.extend(files)
+    return files
+
+
+def edgekit_wheel(dest: Path) -> Path:
+    """A wheel of the edgekit modules this process runs (pure Python, reproducible).
+
+    Built from the imported packages rather than a source tree, so an editable checkout
+    and an installed edgekit both work, and the version carries a hash of the code.
+    """
+    import edgekit
+
+    files = _edgekit_sources()
     h = hashlib.sha256()
     for arc, data in files:
         h.update(arc.encode() + b"\0" + data)

@@ -195,6 +195,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.targets:
+        from edgekit.devices._cli import remote_bench
+
+        try:
+            xs, _ = _test_split(args.dataset, args.n)
+        except EdgekitError:
+            xs = None  # the device benchmarks on random images of the package's input shape
+        return remote_bench(args, xs)
     from edgekit.runtime._evaluate import bench
 
     x, _ = _test_split(args.dataset, args.n)
@@ -311,13 +319,22 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--json", action="store_true")
     sm.set_defaults(func=_cmd_simulate)
 
-    b = sub.add_parser("bench", help="stage latencies, INT8 vs float, runtime overhead")
+    b = sub.add_parser(
+        "bench",
+        help="stage latencies, INT8 vs float, runtime overhead (here, or on devices)",
+        description="Without TARGET: benchmark here. With TARGETs: push the package if "
+        "needed and benchmark on each device (stage latencies, policies, memory, probe).",
+    )
     b.add_argument("package")
+    b.add_argument("targets", nargs="*", metavar="TARGET", help="user@host[:port] or ssh alias")
     b.add_argument("--dataset", default="fashion-mnist")
     b.add_argument("--backend", default="litert")
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("-n", type=int, default=1000)
     b.add_argument("--json", action="store_true")
+    from edgekit.devices._cli import ssh_arguments
+
+    ssh_arguments(b)
     b.set_defaults(func=_cmd_bench)
 
     v = sub.add_parser("verify", help="check every file of a package against its sha256")

@@ -1,0 +1,148 @@
+"""Test helpers: a real OpenSSH server on loopback, and a TCP proxy that can cut the link."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip when ``condition`` is false, but fail under CI, where everything must run."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_banner(host: str, port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), 2) as s:
+                if s.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no SSH banner on {host}:{port}")
+        time.sleep(0.2)
+
+
+@dataclass
+class Sshd:
+    """The host's own sshd on 127.0.0.1:port, logging in as the current user with a key."""
+
+    port: int
+    key: Path
+    host_pub: str
+    known_hosts: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def target(self) -> str:
+        return f"root@127.0.0.1:{self.port}"
+
+    def known_line(self, host: str = "127.0.0.1", port: int | None = None) -> str:
+        name = f"[{host}]:{port or self.port}"
+        kind, b64 = self.host_pub.split()[:2]
+        return f"{name} {kind} {b64}\n"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def start_sshd(folder: Path) -> Sshd:
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    need(os.geteuid() == 0, "the loopback sshd tests log in as root and need root")
+    need(Path(sshd).exists(), "OpenSSH server (sshd) is not installed (apt install openssh-server)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("hostkey", "id"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / name)], check=True
+        )
+    (folder / "authorized_keys").write_text((folder / "id.pub").read_text())
+    Path("/run/sshd").mkdir(exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sshd, "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
+            "-h", str(folder / "hostkey"), "-o", f"AuthorizedKeysFile={folder}/authorized_keys",
+            "-o", "StrictModes=no", "-o", "PasswordAuthentication=no", "-o", "UsePAM=no",
+            "-o", "PidFile=none", "-o", "PermitRootLogin=prohibit-password",
+            "-o", "AllowTcpForwarding=yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(folder / "sshd.log", "wb"),  # noqa: SIM115 - lives as long as the server
+    )  # fmt: skip
+    wait_banner("127.0.0.1", port)
+    known = folder / "known_hosts"
+    s = Sshd(port, folder / "id", (folder / "hostkey.pub").read_text(), known, proc)
+    known.write_text(s.known_line())
+    return s
+
+
+class CutProxy:
+    """Forwards 127.0.0.1:port to ``upstream``; once ``cut_after`` bytes went upstream on a
+    connection, it drops that connection (a link that dies in the middle of a transfer)."""
+
+    def __init__(self, upstream: tuple[str, int], cut_after: int | None = None) -> None:
+        self.upstream, self.cut_after = upstream, cut_after
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = int(self.sock.getsockname()[1])
+        self.cuts = 0
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream)
+            sent = [0]
+            threading.Thread(target=self._pump, args=(client, up, sent), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, client, None), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, sent: list[int] | None) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if sent is not None:
+                    sent[0] += len(data)
+                    if self.cut_after is not None and sent[0] > self.cut_after:
+                        self.cuts += 1
+                        break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()

@@ -1,0 +1,281 @@
+"""Device operations against the host's own OpenSSH server on loopback (x86_64): host
+keys, ssh config, probe, push/run/rollback, and the faults a push must survive."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _sshd import CutProxy, Sshd, free_port, start_sshd
+
+from edgekit.devices._connection import Connection
+from edgekit.devices._errors import (
+    ConnectError,
+    DiskFullError,
+    HostKeyMismatchError,
+    RemoteCommandError,
+    UnknownHostKeyError,
+)
+from edgekit.devices._ops import deployments, predict_on_device, probe_device, rollback
+from edgekit.devices._push import PushOptions, push, push_one
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    s = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def ssh_config(sshd: Sshd, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = tmp_path_factory.mktemp("cfg") / "config"
+    cfg.write_text(
+        f"Host hostdev\n  HostName 127.0.0.1\n  User root\n  Port {sshd.port}\n"
+        f"  IdentityFile {sshd.key}\n  UserKnownHostsFile {sshd.known_hosts}\n"
+        f"Host jumped\n  HostName 127.0.0.1\n  User root\n  Port {sshd.port}\n"
+        f"  IdentityFile {sshd.key}\n  UserKnownHostsFile {sshd.known_hosts}\n"
+        "  ProxyJump hostdev\n"
+    )
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def device_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("device") / "edgekit"
+
+
+def _opts(cfg: Path, root: Path, **kw: object) -> PushOptions:
+    return PushOptions(root=str(root), ssh_config=str(cfg), verbose=False, **kw)  # type: ignore[arg-type]
+
+
+def _fingerprint(pub: str) -> str:
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", "-"], input=pub, capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()[1]
+
+
+def test_unknown_host_key_refused_then_accepted(sshd: Sshd, tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    c = Connection(sshd.target, known_hosts=kh, ssh_config=tmp_path / "none")
+    c.target = type(c.target)(**{**c.target.__dict__, "identity_files": (str(sshd.key),)})
+    with pytest.raises(UnknownHostKeyError) as err:
+        c.run("true")
+    assert _fingerprint(sshd.host_pub) in err.value.message
+    assert "--accept-new-host-key" in (err.value.hint or "")
+    assert not kh.exists()  # nothing recorded without consent
+    c.accept_new_host_key = True
+    assert c.run("echo hi").stdout == "hi\n"
+    c.close()
+    assert kh.read_text().startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
+    c.accept_new_host_key = False
+    assert c.run("echo again").stdout == "again\n"  # now known
+    c.close()
+
+
+def test_changed_host_key_refused(sshd: Sshd, tmp_path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")])
+    other = (tmp_path / "k.pub").read_text().split()
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
+    c = Connection(sshd.target, known_hosts=kh, accept_new_host_key=True)
+    with pytest.raises(HostKeyMismatchError, match=r"not the one"):
+        c.run("true")
+
+
+def test_unreachable_device() -> None:
+    with pytest.raises(ConnectError, match="cannot reach") as err:
+        Connection(f"root@127.0.0.1:{free_port()}", connect_timeout=3).run("true")
+    assert err.value.hint
+
+
+def test_ssh_config_alias_and_proxyjump(sshd: Sshd, ssh_config: Path) -> None:
+    with Connection("hostdev", ssh_config=ssh_config) as c:
+        assert c.run("echo $USER").stdout.strip() == "root"
+    with Connection("jumped", ssh_config=ssh_config) as c:
+        assert c.target.proxy_jump == "hostdev"
+        assert c.run("echo through").stdout == "through\n"
+        assert c._jump is not None and c._jump.alive
+
+
+def test_remote_command_failure_is_reported(ssh_config: Path) -> None:
+    with Connection("hostdev", ssh_config=ssh_config) as c:
+        res = c.run("echo oops >&2; exit 3", check=False)
+        assert (res.exit_code, res.stderr) == (3, "oops\n")
+        with pytest.raises(RemoteCommandError, match="exited with 3"):
+            c.run("exit 3")
+
+
+def test_probe_over_ssh(ssh_config: Path, device_root: Path) -> None:
+    import platform
+
+    info = probe_device("hostdev", _opts(ssh_config, device_root))
+    assert info.arch == platform.machine() and info.python_ok and info.python_venv
+    assert info.cores >= 1 and info.disk_free_mb > 0
+    out = subprocess.run(
+        [sys.executable, "-m", "edgekit", "device", "probe", "hostdev", "--json",
+         "--ssh-config", str(ssh_config)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    probe = json.loads(out.stdout)
+    assert probe["arch"] == platform.machine() and probe["profile"]["backend"] == "litert"
+
+
+def test_push_run_rollback(
+    ssh_config: Path, device_root: Path, digits_pkg: Path, digits_ptq_pkg: Path
+) -> None:
+    opts = _opts(ssh_config, device_root)
+    first = push_one(digits_pkg, "hostdev", opts)
+    assert first.ok, first.error
+    assert first.changed and first.files_sent > 0 and first.smoke["backend"] == "litert"
+    assert first.env_created and first.wheels_sent > 0
+    # The same package again: nothing is sent, nothing switches.
+    again = push_one(digits_pkg, "hostdev", opts)
+    assert again.ok and not again.changed and again.files_sent == 0 and again.wheels_sent == 0
+    # A second package becomes current; the environment is reused.
+    second = push_one(digits_ptq_pkg, "hostdev", opts)
+    assert second.ok and second.changed and not second.env_created and second.wheels_sent == 0
+    assert second.previous is None  # a different package name has its own history
+    out = predict_on_device("hostdev", _digits(8), options=opts)
+    assert len(out["labels"]) == 8 and out["backend"] == "litert"
+    # Run a command in the current deployment.
+    res = subprocess.run(
+        [sys.executable, "-m", "edgekit", "run", "--ssh-config", str(ssh_config),
+         "--root", str(device_root), "--quiet", "hostdev", "--", "python", "-c", _PRINT_NAME],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("digits-ptq")
+
+
+_PRINT_NAME = (
+    "import os, edgekit.runtime as r; print(r.load(os.environ['EDGEKIT_PACKAGE']).manifest.name)"
+)
+
+
+def _digits(n: int) -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    x = load_digits().images[:n]
+    return (x * (255 / 16)).astype(np.uint8)[..., None]
+
+
+def test_rollback_to_previous_version(
+    ssh_config: Path, tmp_path: Path, digits_pkg: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path / "edgekit"
+    opts = _opts(ssh_config, root)
+    # Two versions of the same package: the second differs by one file.
+    v2 = tmp_path / "v2" / digits_pkg.name
+    shutil.copytree(digits_pkg, v2)
+    _touch_report(v2)
+    assert push_one(digits_pkg, "hostdev", opts).ok
+    r2 = push_one(v2, "hostdev", opts)
+    assert r2.ok and r2.files_sent == 2  # report.json and manifest.json; the rest is copied
+    deps = deployments("hostdev", options=opts)
+    assert [d.current for d in deps] == [False, True]
+    back = rollback("hostdev", options=opts)
+    assert back.deploy == deps[0].deploy
+    assert [d.deploy for d in deployments("hostdev", options=opts) if d.current] == [back.deploy]
+    with pytest.raises(Exception, match=r"to roll back to"):
+        rollback("hostdev", options=opts, to="doesnotexist")
+
+
+def _touch_report(pkg: Path) -> None:
+    from edgekit._package import read_manifest, write_manifest
+
+    rep = json.loads((pkg / "report.json").read_text())
+    rep["note"] = "second build"
+    (pkg / "report.json").write_text(json.dumps(rep))
+    write_manifest(pkg, read_manifest(pkg, verify=False))
+
+
+def test_dropped_link_keeps_previous_and_next_push_resumes(
+    sshd: Sshd, ssh_config: Path, tmp_path: Path, digits_pkg: Path, digits_ptq_pkg: Path
+) -> None:
+    root = tmp_path / "edgekit"
+    opts = _opts(ssh_config, root)
+    assert push_one(digits_pkg, "hostdev", opts).ok
+    v2 = tmp_path / "v2" / digits_pkg.name
+    shutil.copytree(digits_pkg, v2)
+    big = v2 / "extra.bin"  # a file big enough to be cut in the middle of its transfer
+    big.write_bytes(np.random.default_rng(0).integers(0, 255, 3_000_000, np.uint8).tobytes())
+    _touch_report(v2)
+    before = [d.deploy for d in deployments("hostdev", options=opts) if d.current]
+
+    proxy = CutProxy(("127.0.0.1", sshd.port), cut_after=1_500_000)
+    kh = tmp_path / "kh"
+    kh.write_text(sshd.known_line(port=proxy.port))
+    cut_opts = PushOptions(root=str(root), known_hosts=str(kh), verbose=False)
+    target = f"root@127.0.0.1:{proxy.port}"
+    cfg = tmp_path / "cfg"
+    cfg.write_text(f"Host *\n  IdentityFile {sshd.key}\n")
+    cut_opts = PushOptions(root=str(root), known_hosts=str(kh), ssh_config=str(cfg), verbose=False)
+    res = push_one(v2, target, cut_opts)
+    proxy.close()
+    assert not res.ok and proxy.cuts == 1
+    assert res.error is not None and "dropped" in res.error.message
+    assert "still current" in res.error.message
+    # The previous version is still current and still runs.
+    assert [d.deploy for d in deployments("hostdev", options=opts) if d.current] == before
+    assert len(predict_on_device("hostdev", _digits(3), options=opts)["labels"]) == 3
+    # The next push completes, reusing what reached the device before the cut.
+    again = push_one(v2, "hostdev", opts)
+    assert again.ok and again.changed, again.error
+    assert again.bytes_sent < big.stat().st_size + 200_000
+
+
+def test_corrupt_file_on_device_is_refused_and_repaired(
+    ssh_config: Path, tmp_path: Path, digits_pkg: Path
+) -> None:
+    root = tmp_path / "edgekit"
+    opts = _opts(ssh_config, root)
+    first = push_one(digits_pkg, "hostdev", opts)
+    assert first.ok
+    stage = next((root / "digits" / "current" / "package" / "tflite").glob("stage_1*.tflite"))
+    data = bytearray(stage.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stage.write_bytes(bytes(data))
+    with pytest.raises(RemoteCommandError, match="sha256"):
+        predict_on_device("hostdev", _digits(2), options=opts)
+    fixed = push_one(digits_pkg, "hostdev", opts)
+    assert fixed.ok, fixed.error
+    assert fixed.repaired == (f"tflite/{stage.name}",) and fixed.files_sent == 1
+    assert len(predict_on_device("hostdev", _digits(2), options=opts)["labels"]) == 2
+
+
+def test_full_disk_refused_before_anything_changes(
+    ssh_config: Path, tmp_path: Path, digits_pkg: Path
+) -> None:
+    root = tmp_path / "small"
+    root.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)]
+    ).returncode
+    if mounted != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        res = push_one(digits_pkg, "hostdev", _opts(ssh_config, root))
+        assert not res.ok and isinstance(res.error, DiskFullError)
+        assert "MB free" in res.error.message and "nothing was changed" in res.error.message
+        assert list(root.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(root)])
+
+
+def test_fleet_push_reports_every_target(
+    ssh_config: Path, tmp_path: Path, digits_pkg: Path
+) -> None:
+    opts = _opts(ssh_config, tmp_path / "edgekit")
+    dead = f"root@127.0.0.1:{free_port()}"
+    results = push(digits_pkg, ["hostdev", dead, "jumped"], opts)
+    assert list(results) == ["hostdev", dead, "jumped"]
+    assert results["hostdev"].ok and results["jumped"].ok
+    assert not results[dead].ok and "cannot reach" in results[dead].error.message  # type: ignore[union-attr]

@@ -34,3 +34,13 @@ def digits_ptq_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "digits", out, fast=True, quant="ptq", exits=("block2_relu", "block5_relu"), verbose=False
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def fmnist_fast_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Fashion-MNIST package (--fast: a subset, short training) for the device tests."""
+    from edgekit.converters import convert
+
+    out = tmp_path_factory.mktemp("pkgs") / "fmnist.edgepkg"
+    convert("fashion-mnist", out, fast=True, verbose=False)
+    return out

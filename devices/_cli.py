@@ -108,8 +108,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ._ops import run_on_device
 
     cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
+    if "--" in cmd:  # options written after TARGET: `edgekit run pi0 --root X -- cmd`
+        cut = cmd.index("--")
+        _run_options().parse_args(cmd[:cut], namespace=args)
+        cmd = cmd[cut + 1 :]
     if not cmd:
         raise ValueError("nothing to run: edgekit run TARGET -- COMMAND")
     import shlex
@@ -124,6 +126,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if res.stderr:
         sys.stderr.write(res.stderr)
     return res.exit_code
+
+
+def _run_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgekit run TARGET", add_help=False)
+    _run_only(p)
+    ssh_arguments(p)
+    return p
+
+
+def _run_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--package", help="package name (default: the one pushed last)")
+    p.add_argument("--timeout", type=float)
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
@@ -159,20 +173,28 @@ def _load_inputs(path: str) -> Any:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ._ops import predict_on_device
 
+    truth = None
+    if args.input:
+        xs = _load_inputs(args.input)
+    else:
+        from edgekit.data import load_dataset
+
+        ds = load_dataset(args.dataset)
+        xs, truth = ds.x_test[: args.n], ds.y_test[: args.n]
     out = predict_on_device(
-        args.target,
-        _load_inputs(args.input),
-        package=args.package,
-        policy=args.policy,
-        options=_options(args),
+        args.target, xs, package=args.package, policy=args.policy, options=_options(args)
     )
+    if truth is not None:
+        out["accuracy"] = float(sum(int(a == b) for a, b in zip(out["labels"], truth)) / len(xs))
     if args.json:
         print(json.dumps(out, indent=2))
-    else:
-        for i, (lab, name, score, ex) in enumerate(
-            zip(out["labels"], out["names"], out["scores"], out["exits"], strict=True)
-        ):
-            print(f"{i:5d}  {name or lab:<14} {score:.3f}  exit {ex}")
+        return 0
+    rows = zip(out["labels"], out["names"], out["scores"], out["exits"], out["latency_ms"])
+    for i, (lab, name, score, ex, ms) in enumerate(rows):
+        want = f"  (true: {truth[i]})" if truth is not None and truth[i] != lab else ""
+        print(f"{i:5d}  {name or lab:<14} {score:.3f}  exit {ex}  {ms:7.2f} ms{want}")
+    acc = f", accuracy {out['accuracy']:.1%}" if "accuracy" in out else ""
+    print(f"{args.target}: {len(xs)} inputs on {out['backend']} ({out['policy']}){acc}")
     return 0
 
 
@@ -228,7 +250,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     pr = dsub.add_parser("predict", help="classify images (.npy or an image file) on the device")
     pr.add_argument("target")
-    pr.add_argument("input", help=".npy of images, or one image file")
+    pr.add_argument("input", nargs="?", help=".npy of images, or one image file")
+    pr.add_argument("--dataset", default="fashion-mnist", help="without INPUT: its test images")
+    pr.add_argument("-n", type=int, default=20, help="without INPUT: how many")
     pr.add_argument("--package", help="package name (default: the one pushed last)")
     pr.add_argument("--policy", default="full")
     pr.add_argument("--json", action="store_true")
@@ -261,8 +285,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser("run", help="run a command on a device in its current deployment")
     r.add_argument("target")
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND")
-    r.add_argument("--package", help="package name (default: the one pushed last)")
-    r.add_argument("--timeout", type=float)
+    _run_only(r)
     ssh_arguments(r)
     r.set_defaults(func=_cmd_run)
 

@@ -24,6 +24,7 @@ from ._config import ServeConfig, ServeError
 __all__ = ["RayServer", "package_files", "serve_ray"]
 
 _log = logging.getLogger("edgekit.serve")
+_HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
 
 
 def package_files(root: Path, backend: str) -> dict[str, bytes]:
@@ -70,21 +71,26 @@ class RayServer:
         self.replica_cpus = replica_cpus
         self.url = ""
         self.app_name = ""
+        self.proxy = "the cluster's"
         self._started_ray = False
 
     def start(self) -> RayServer:
         ray = require("ray", "ray", purpose="edgekit serve --engine ray")
         serve = require("ray.serve", "ray", purpose="edgekit serve --engine ray")
-        from ._ray_deployment import EdgekitTail
-
-        deployment: Any = EdgekitTail  # a Ray Serve Deployment once decorated
-
         cfg = self.config
         files = package_files(self.root, cfg.backend)
         manifest = read_manifest(self.root, verify=False)
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"logging_level": logging.WARNING, **self.ray_init}
+            local = address is None
+            # A local cluster gets Serve's HAProxy ingress (replicas answer HTTP
+            # themselves: about 10x the Python proxy's throughput here), except with TLS,
+            # which only the Python proxy terminates. A running cluster keeps its own.
+            ha = local and not cfg.tls and os.environ.get(_HA_PROXY, "1") == "1"
+            saved = os.environ.get(_HA_PROXY)
+            if local:
+                os.environ[_HA_PROXY] = "1" if ha else "0"
             try:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -92,30 +98,52 @@ class RayServer:
                     f"cannot reach the Ray cluster at {address}: {exc}",
                     hint="start it with `ray start --head` or check RAY_ADDRESS",
                 ) from exc
-            self._started_ray = address is None
+            finally:
+                if saved is None:
+                    os.environ.pop(_HA_PROXY, None)
+                else:
+                    os.environ[_HA_PROXY] = saved
+            self._started_ray = local
+            self.proxy = "haproxy" if ha else "python" if local else "the cluster's"
         port = cfg.port or _free_port(cfg.host)
         http: dict[str, Any] = {"host": cfg.host, "port": port}
         if cfg.tls:
             http.update(ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key)
         serve.start(http_options=http, logging_config={"log_level": "WARNING"})
         self.app_name = f"edgekit-{manifest.name}"
-        dep = deployment.options(
-            num_replicas=cfg.replicas,
-            # enough requests in flight per replica for its batcher to fill batches
-            max_ongoing_requests=max(64, 4 * cfg.max_batch),
-            ray_actor_options={"num_cpus": self.replica_cpus},
-        )
-        serve.run(
-            dep.bind(files, cfg),
-            name=self.app_name,
-            route_prefix="/",
-            logging_config={"log_level": "WARNING", "enable_access_log": False},
-        )
+        self._files = files
+        self._deploy(cfg.replicas)
         scheme = "https" if cfg.tls else "http"
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
         self.url = f"{scheme}://{host}:{port}"
         self.manifest = manifest
         return self
+
+    def _deploy(self, replicas: int) -> None:
+        from ray import serve
+
+        from ._ray_deployment import EdgekitTail
+
+        deployment: Any = EdgekitTail  # a Ray Serve Deployment once decorated
+        dep = deployment.options(
+            num_replicas=replicas,
+            # enough requests in flight per replica for its batcher to fill batches
+            max_ongoing_requests=max(64, 4 * self.config.max_batch),
+            ray_actor_options={"num_cpus": self.replica_cpus},
+        )
+        serve.run(
+            dep.bind(self._files, self.config),
+            name=self.app_name,
+            route_prefix="/",
+            logging_config={"log_level": "WARNING", "enable_access_log": False},
+        )
+
+    def scale(self, replicas: int) -> None:
+        """Redeploy with ``replicas`` copies (Serve replaces the running ones)."""
+        if replicas < 1:
+            raise ServeError(f"replicas must be at least 1, got {replicas}")
+        self.config = self.config.with_(replicas=replicas)
+        self._deploy(replicas)
 
     def stop(self) -> None:
         """Delete the application; shut Serve and Ray down if this process started them."""
@@ -154,7 +182,8 @@ def serve_ray(package: str | os.PathLike[str], config: ServeConfig) -> None:
         name = srv.manifest.name
         say(
             f"serving {name} on {srv.url}/v2 (Ray Serve, {config.replicas} replica(s) on "
-            f"{address}): {n} models {name}-split0 .. {name}-split{n - 1}, {config.backend}, "
+            f"{address}, {srv.proxy} proxy): {n} models {name}-split0 .. "
+            f"{name}-split{n - 1}, {config.backend}, "
             f"max batch {config.max_batch}, max delay {config.max_delay_ms:g} ms; auth: "
             f"{'bearer token' if config.token else 'OFF (no --token)'}; TLS: "
             f"{'on' if config.tls else 'off'}"

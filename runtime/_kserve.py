@@ -544,7 +544,7 @@ def _split_body(body: bytes, headers: Mapping[str, str] | None) -> tuple[Any, me
         head, rest = view[:n], view[n:]
     try:
         doc = json.loads(bytes(head))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         what = "JSON header" if raw is not None else "body"
         hint = None
         if raw is None and body[:1] == b"{":
@@ -571,7 +571,7 @@ def _params(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
 def _json_data(data: Any, dt: np.dtype, shape: list[int], where: str) -> np.ndarray:
     try:
         arr = np.asarray(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise ProtocolError(f"{where}: 'data' is not a (nested) list of numbers") from None
     kind = arr.dtype.kind
     if arr.size == 0 and kind == "f":

@@ -266,6 +266,16 @@ def test_bad_requests(body: bytes, headers: dict[str, str], match: str) -> None:
     assert e.value.status == 400
 
 
+def test_absurd_nesting_is_a_400_not_a_crash() -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        decode_infer_request(b'{"inputs": ' + deep + b"}")
+    data = "[" * 5000 + "1" + "]" * 5000
+    doc = '{"inputs": [{"name": "input", "datatype": "INT8", "shape": [1], "data": %s}]}'
+    with pytest.raises(ProtocolError):
+        decode_infer_request((doc % data).encode())
+
+
 def _binary(size: object, payload: bytes, **inp: object) -> tuple[bytes, dict[str, str]]:
     d = _inp(parameters={"binary_data_size": size}, **inp)
     del d["data"]

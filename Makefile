@@ -7,12 +7,28 @@ STAMP := $(VENV)/.edgekit-installed
 
 PKG := build/fmnist.edgepkg
 
-.PHONY: demo test bench lint typecheck fmt setup system-deps clean
+.PHONY: demo device-demo test bench lint typecheck fmt setup system-deps clean
 
 # Convert Fashion-MNIST with the defaults, then run the package under the bandit.
 demo: setup
 	$(BIN)/edgekit convert --dataset fashion-mnist --out $(PKG) --force
 	$(BIN)/edgekit eval $(PKG) --dataset fashion-mnist --policy bandit --plots build/fmnist-eval
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory device-demo; \
+	else echo "edgekit: not root: skipping the virtual Raspberry Pi (run 'make device-demo' as root)"; fi
+
+# Push the package to a virtual arm64 Raspberry Pi (qemu-user + sshd, root only), classify
+# test images there with LiteRT, and benchmark on it. The device stays up: `ssh -F
+# build/ssh_config demo-pi`; `edgekit device emulate stop --name demo-pi` ends it.
+DEVICE_SSH := --ssh-config build/ssh_config
+device-demo: setup $(PKG)/manifest.json
+	@mkdir -p build && rm -f build/ssh_config
+	$(BIN)/edgekit device emulate start --name demo-pi --key build/demo-key.pub --key-generate \
+		--ssh-config build/ssh_config
+	$(BIN)/edgekit device probe demo-pi $(DEVICE_SSH)
+	$(BIN)/edgekit push $(PKG) demo-pi $(DEVICE_SSH)
+	$(BIN)/edgekit device predict demo-pi --dataset fashion-mnist -n 20 $(DEVICE_SSH)
+	$(BIN)/edgekit bench $(PKG) demo-pi -n 200 $(DEVICE_SSH) --json > build/device-bench.json
+	@echo "edgekit: device benchmark in build/device-bench.json"
 
 # The runtime benchmark (ratios against their targets); converts first if needed.
 bench: setup $(PKG)/manifest.json

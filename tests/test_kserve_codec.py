@@ -57,7 +57,7 @@ def test_request_round_trip(binary: bool, encoding: str | None) -> None:
     req = decode_infer_request(body, headers)
     assert req.id == "r1"
     assert req.parameters["package_sha256"] == "ab" * 32
-    assert req.binary_output is True and req.outputs is None
+    assert req.binary_output is binary and req.outputs is None  # outputs like the inputs
     t = req.input("input")
     assert t.data.dtype == np.int8 and t.data.shape == x.shape
     np.testing.assert_array_equal(t.data, x)

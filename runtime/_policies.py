@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import warnings
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,8 +198,9 @@ class BanditConfig:
     ``lam`` so that the mean latency meets the budget.
 
     With a server, ``splits`` are the split points the bandit may offload at (default:
-    every stage, 0..N-1) and ``split_arms`` the thresholds of its offload arms (default:
-    ``arms``); see :class:`SplitBanditPolicy`.
+    every stage, 0..N-1), ``split_arms`` the thresholds of its offload arms (default:
+    ``arms``) and ``rtt_window`` how recent (in inputs) a measured round trip must be to
+    estimate the reward of offload arms not played; see :class:`SplitBanditPolicy`.
     """
 
     algorithm: str = "ucb"
@@ -212,6 +214,7 @@ class BanditConfig:
     options: dict[str, Any] = field(default_factory=dict)
     splits: tuple[int, ...] | None = None
     split_arms: tuple[float, ...] | None = None
+    rtt_window: int = 100
 
 
 class BanditPolicy(Policy):
@@ -360,12 +363,19 @@ class SplitBanditPolicy(BanditPolicy):
     waited (local stages, round trip, and local completion after a failure), as a fraction
     of the full model's local latency: a slow link or a busy server lowers it.
 
-    Side observations, only where they are exact: an input reveals every arm that would
-    have stopped at an exit that was run here; an offload at ``s`` reveals every arm that
-    would have offloaded at ``s`` (same bytes, same round trip). Offload arms at other
-    split points learn only from their own round trips, so a stale round-trip estimate
-    never speaks for them. While the server is unavailable (``offload_ready`` false: the
-    circuit breaker is open) only local arms are chosen.
+    Side observations. Exact ones: an input reveals every arm that would have stopped at
+    an exit that was run here, and an offload at ``s`` every arm that would have offloaded
+    at ``s`` (same bytes, same round trip). Estimated ones, for offload arms at other split
+    points, only when an input's last-exit confidence is known (it ran to the end here, or
+    the server answered): their round trip is the mean of the last few measured at that
+    split, and only if one was measured within the last ``rtt_window`` inputs (0: never
+    estimate). A round trip does not depend on the input, only on the link and the
+    server, so a fresh measurement speaks for them; a stale one is not used, and the arm
+    then learns from its own offloads again (as the discounted and sliding-window
+    algorithms explore it), which is what lets the choice follow a link that changes.
+
+    While the server is unavailable (``offload_ready`` false: the circuit breaker is
+    open) only local arms are chosen.
     """
 
     offloads = True
@@ -387,6 +397,10 @@ class SplitBanditPolicy(BanditPolicy):
         self._since_save = 0
         self._mean_ms = 0.0
         self.pairs: tuple[tuple[int, float], ...] = ()
+        self.rtt_window = int(c.rtt_window)
+        self._n = 0  # inputs seen
+        self._links: list[deque[float]] = []  # per split: recent link costs (fractions)
+        self._link_at: list[int] = []  # per split: input count of the newest
         # Until bind, a placeholder over the local arms (the split arms need the exits).
         self.algo = make_algorithm(c.algorithm, len(self.thresholds), c.seed, **c.options)
 
@@ -410,6 +424,8 @@ class SplitBanditPolicy(BanditPolicy):
         self._arm_st = [(s, self._all_t.index(t)) for s, t in pairs]
         self._split_of = [s for s, _ in pairs]
         self._ths = [tuple([t] * (n_exits - 1) + [NEVER]) for _, t in pairs]
+        self._links = [deque(maxlen=8) for _ in range(n_exits)]
+        self._link_at = [-(1 << 30)] * n_exits
         self.algo = make_algorithm(c.algorithm, len(pairs), c.seed, **c.options)
         if c.state_path:
             self._load(Path(c.state_path))
@@ -447,6 +463,15 @@ class SplitBanditPolicy(BanditPolicy):
             exit_taken, confs, costs, (self.chosen, _reward(confs[exit_taken], paid, self.lam))
         )
 
+    def _link_costs(self, upto: int) -> list[float]:
+        """Per split point below ``upto``: the recent mean link cost, or -1 if stale."""
+        out = []
+        for s in range(upto):
+            q = self._links[s]
+            fresh = q and self._n - self._link_at[s] <= self.rtt_window
+            out.append(sum(q) / len(q) if fresh else -1.0)
+        return out
+
     def _observe(
         self,
         seen: int,
@@ -459,26 +484,45 @@ class SplitBanditPolicy(BanditPolicy):
         lam, n, last = self.lam, self.n_exits, self.n_exits - 1
         r_exit = [_reward(confs[j], costs[j], lam) for j in range(seen + 1)]
         first = self._first_exits(confs, seen)
+        # Ran to the end: the offloads' answer is known; their round trips are estimated.
+        r_est = self._estimates(confs[last], costs, n) if seen == last else None
         rewards = []
         for i, (s, ti) in enumerate(self._arm_st):
             j = first[ti]
             if 0 <= j < s:
                 rewards.append((i, r_exit[j]))
-            elif s == n and seen == last:
-                rewards.append((i, r_exit[last]))
+            elif s == n:
+                if seen == last:
+                    rewards.append((i, r_exit[last]))
+            elif r_est is not None and r_est[s] >= 0.0:
+                rewards.append((i, r_est[s]))
         if chosen is not None:
             rewards = [r for r in rewards if r[0] != chosen[0]] + [chosen]
         self._learn(rewards)
+
+    def _estimates(self, conf: float, costs: Sequence[float], upto: int) -> list[float]:
+        """Estimated reward of offloading at each split below ``upto`` (-1: no estimate)."""
+        if not self.rtt_window:
+            return [-1.0] * upto
+        out = []
+        for s, link in enumerate(self._link_costs(upto)):
+            local = costs[s - 1] if s else 0.0
+            out.append(_reward(conf, local + link, self.lam) if link >= 0.0 else -1.0)
+        return out
 
     def observe_offload(
         self, split: int, confs: Sequence[float], costs: Sequence[float], conf: float, paid: float
     ) -> None:
         lam, n, last = self.lam, self.n_exits, self.n_exits - 1
+        local = costs[split - 1] if split else 0.0
+        self._links[split].append(max(0.0, paid - local))
+        self._link_at[split] = self._n
         r_exit = [_reward(confs[j], costs[j], lam) for j in range(split)]
         first = self._first_exits(confs, split - 1)
         r_off = _reward(conf, paid, lam)
         # Had everything run here, the last exit would have had the server's confidence.
         r_local = _reward(conf, costs[last], lam) if split == last else -1.0
+        r_est = self._estimates(conf, costs, split)  # earlier split points: estimated
         rewards = []
         for i, (s, ti) in enumerate(self._arm_st):
             j = first[ti]
@@ -486,11 +530,15 @@ class SplitBanditPolicy(BanditPolicy):
                 rewards.append((i, r_exit[j]))
             elif s == split:
                 rewards.append((i, r_off))
-            elif s == n and r_local >= 0.0:
-                rewards.append((i, r_local))
+            elif s == n:
+                if r_local >= 0.0:
+                    rewards.append((i, r_local))
+            elif s < split and r_est[s] >= 0.0:
+                rewards.append((i, r_est[s]))
         self._learn(rewards)
 
     def _learn(self, rewards: list[tuple[int, float]]) -> None:
+        self._n += 1
         self.algo.update(self.chosen, rewards)
         self.history.append(self.chosen)
         if self.config.save_every and self.config.state_path:

@@ -1,9 +1,14 @@
 """``edgekit serve --engine ray``: the same handler as a Ray Serve deployment, on a local
-Ray cluster (started once for the module: it takes tens of seconds on 2 cores)."""
+Ray cluster started by the command (once for the module: tens of seconds on 2 cores)."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,21 +27,46 @@ TOKEN = "ray-token"
 
 
 @pytest.fixture(scope="module")
-def ray_server(digits_pkg: Path) -> Iterator[object]:
-    from edgekit.serve import RayServer, ServeConfig
+def ray_server(digits_pkg: Path) -> Iterator[str]:
+    """`edgekit serve --engine ray` as a user starts it: a local Ray cluster, one replica.
 
-    cfg = ServeConfig(port=0, token=TOKEN, engine="ray", replicas=1, max_delay_ms=5)
-    srv = RayServer(
-        digits_pkg,
-        cfg,
-        ray_init={"num_cpus": 2, "include_dashboard": False},
-        replica_cpus=1,
-    )
-    srv.start()
+    Yields the server's URL; SIGTERM at the end must stop Serve and Ray cleanly.
+    """
+    cmd = [sys.executable, "-m", "edgekit", "serve", str(digits_pkg), "--engine", "ray"]
+    cmd += ["--replicas", "1", "--port", "0", "--token", TOKEN, "--max-delay-ms", "5"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    seen: list[str] = []
+    url = None
+    deadline = time.monotonic() + 240
+    for line in proc.stderr:
+        seen.append(line)
+        if "serving digits on" in line:
+            assert "Ray Serve, 1 replica(s)" in line and "auth: bearer token" in line
+            url = line.split(" on ", 1)[1].split("/v2", 1)[0]
+            break
+        if time.monotonic() > deadline:
+            break
+    if url is None:
+        proc.kill()
+        proc.wait()
+        pytest.fail("edgekit serve --engine ray did not start:\n" + "".join(seen[-40:]))
+    rest: list[str] = []
+    drain = threading.Thread(target=lambda: rest.extend(proc.stderr or []), daemon=True)
+    drain.start()
     try:
-        yield srv
+        yield url
     finally:
-        srv.stop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail("the Ray server did not stop on SIGTERM")
+        drain.join(10)
+        assert proc.returncode == 0, "".join(rest[-40:])
+        assert any("stopped serving" in line for line in rest), "".join(rest[-40:])
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +75,9 @@ def local(digits_pkg: Path) -> Local:
 
 
 def test_ray_replica_answers_like_the_builtin_server(
-    ray_server: object, local: Local, digits_pkg: Path
+    ray_server: str, local: Local, digits_pkg: Path
 ) -> None:
-    url: str = ray_server.url  # type: ignore[attr-defined]
+    url = ray_server
     c = Client(url, token=TOKEN)
     try:
         status, meta = c.json("GET", "/v2")
@@ -77,8 +107,8 @@ def test_ray_replica_answers_like_the_builtin_server(
         c.close()
 
 
-def test_ray_refuses_without_token_and_batches(ray_server: object, local: Local) -> None:
-    url: str = ray_server.url  # type: ignore[attr-defined]
+def test_ray_refuses_without_token_and_batches(ray_server: str, local: Local) -> None:
+    url = ray_server
     anon = Client(url)
     status, _hdrs, raw = anon.call("GET", "/v2/models/digits-split1")
     anon.close()

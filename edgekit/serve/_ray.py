@@ -174,9 +174,12 @@ def serve_ray(package: str | os.PathLike[str], config: ServeConfig) -> None:
 
     srv = RayServer(package, config)
     stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {}
     try:
         srv.start()
+        # after ray.init, which installs a SIGTERM handler that aborts the process
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
         address = os.environ.get("RAY_ADDRESS") or config.ray_address or "a local Ray cluster"
         n = len(srv.manifest.stages)
         name = srv.manifest.name

@@ -1,12 +1,14 @@
 """Load benchmark of ``edgekit serve``: many simulated devices against one server.
 
     python -m benchmarks.serve_load --package build/fmnist.edgepkg [--out build/bench]
-        [--devices 200] [--seconds 10] [--split 0] [--no-ray]
+        [--devices 200] [--seconds 10] [--splits 0,last] [--no-ray]
 
 Every device holds one keep-alive connection and sends one input at a time (binary
 KServe v2, its next request as soon as the answer arrives) for a bounded time. Measured
-side by side in one run: the built-in engine with dynamic batching and with
-``--max-batch 1``, then Ray Serve with 1 and 2 replicas. Every answer is checked against the
+side by side in one run, at split 0 (the device sends the input: the whole network on the
+server) and at the last split (only the last stage there): the built-in engine with
+dynamic batching and with ``--max-batch 1``, taking turns in rounds; then Ray Serve with 1
+and 2 replicas at the first split. Every answer is checked against the
 same stages run locally; a wrong or missing answer counts as failed. Prints throughput,
 p50/p99 latency and failures, and writes ``serve_load.json`` and ``serve_load.png``.
 """
@@ -87,10 +89,15 @@ def make_workload(pkg: Path, dataset: str, split: int, n_inputs: int, host: str)
 # -- the devices ---------------------------------------------------------------------------
 
 
+class StaleConnection(ConnectionError):
+    """The server closed the connection without a byte of response."""
+
+
 @dataclass
 class Tally:
     latencies: list[float] = field(default_factory=list)
     failed: int = 0
+    retries: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
     def fail(self, why: str) -> None:
@@ -101,7 +108,7 @@ class Tally:
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     status_line = await reader.readline()
     if not status_line:
-        raise ConnectionError("connection closed")
+        raise StaleConnection("connection closed before the response")
     status = int(status_line.split()[1])
     headers = {}
     while True:
@@ -141,11 +148,23 @@ async def _device(
     while time.perf_counter() < t_end:
         t0 = time.perf_counter()
         try:
-            if conn is None:
-                conn = await asyncio.open_connection(host, port)
-            reader, writer = conn
-            writer.write(req)
-            status, headers, body = await _read_response(reader)
+            for attempt in (0, 1):
+                reused = conn is not None
+                if conn is None:
+                    conn = await asyncio.open_connection(host, port)
+                reader, writer = conn
+                writer.write(req)
+                try:
+                    status, headers, body = await _read_response(reader)
+                    break
+                except StaleConnection:
+                    # A keep-alive connection the server (or a proxy reloading) closed
+                    # before answering: resend once on a new one, as HTTP clients do.
+                    writer.close()
+                    conn = None
+                    if not reused or attempt:
+                        raise
+                    tally.retries += 1
         except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
             if conn is not None:
                 conn[1].close()
@@ -204,6 +223,7 @@ def _merge(tallies: list[Tally]) -> Tally:
     for t in tallies:
         out.latencies += t.latencies
         out.failed += t.failed
+        out.retries += t.retries
         for k, v in t.errors.items():
             out.errors[k] = out.errors.get(k, 0) + v
     return out
@@ -219,6 +239,7 @@ def summarize(name: str, tally: Tally, seconds: float, stats: dict[str, Any]) ->
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
         "failed": tally.failed,
         "errors": tally.errors,
+        "stale_connection_retries": tally.retries,
         "mean_batch_rows": ms.get("mean_batch_rows"),
     }
     p50 = f"{res['p50_ms']:.1f}" if res["p50_ms"] is not None else "-"
@@ -226,7 +247,9 @@ def summarize(name: str, tally: Tally, seconds: float, stats: dict[str, Any]) ->
     mb = res["mean_batch_rows"]
     print(
         f"  {name:<26} {res['throughput_rps']:9.0f} req/s   p50 {p50:>7} ms   p99 {p99:>7} ms"
-        f"   failed {res['failed']}" + (f"   mean batch {mb:.1f}" if mb else ""),
+        f"   failed {res['failed']}"
+        + (f"   mean batch {mb:.1f}" if mb else "")
+        + (f"   (stale keep-alive resent: {tally.retries})" if tally.retries else ""),
         flush=True,
     )
     return res
@@ -275,6 +298,17 @@ class BuiltinProcess:
             self.proc.kill()
 
 
+def _splits(text: str, n_stages: int) -> list[int]:
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        s = n_stages - 1 if part == "last" else int(part)
+        if not 0 <= s < n_stages:
+            raise SystemExit(f"--splits: {s} is not a split point (0..{n_stages - 1})")
+        out.append(s)
+    return list(dict.fromkeys(out))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--package", default="build/fmnist.edgepkg")
@@ -284,7 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="measured window per setting")
     ap.add_argument("--rounds", type=int, default=5, help="alternate the builtin settings")
     ap.add_argument("--warmup", type=float, default=1.0, help="per round, not counted")
-    ap.add_argument("--split", type=int, default=0, help="split point the devices use")
+    ap.add_argument(
+        "--splits",
+        default="0,last",
+        help="split points the devices use (0: send the input; last: only the last stage "
+        "on the server); Ray runs on the first",
+    )
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray Serve settings")
@@ -295,14 +334,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     manifest = read_manifest(pkg)
     dataset = args.dataset or ("digits" if "digits" in manifest.name else "fashion-mnist")
+    splits = _splits(args.splits, len(manifest.stages))
     out.mkdir(parents=True, exist_ok=True)
-    work = make_workload(pkg, dataset, args.split, 64, "127.0.0.1")
     n = args.devices
     load0 = os.getloadavg()[0]
     print(
-        f"edgekit serve load: {pkg} split {args.split} ({work.model}), {n} devices, "
-        f"{args.seconds:g} s per setting, {os.cpu_count()} CPUs (load generator on the "
-        f"same machine; load average {load0:.1f})",
+        f"edgekit serve load: {pkg}, splits {splits}, {n} devices, {args.seconds:g} s per "
+        f"setting, {os.cpu_count()} CPUs (load generator on the same machine; load average "
+        f"{load0:.1f})",
         flush=True,
     )
     runs: dict[str, dict[str, Any]] = {}
@@ -312,61 +351,89 @@ def main(argv: list[str] | None = None) -> int:
         "builtin, --max-batch 1": ("--max-batch", "1"),
     }
     keys = list(settings)
+    rounds = max(1, args.rounds)
+    per_round = args.seconds / rounds
+    ratios: dict[str, dict[str, Any]] = {}
+    works = {s: make_workload(pkg, dataset, s, 64, "127.0.0.1") for s in splits}
     # Both servers run at once and take turns under load, in short rounds: on a shared
     # machine, whatever else runs then weighs on both alike. The ratio is the median of
     # the per-round ratios.
-    rounds = max(1, args.rounds)
-    per_round = args.seconds / rounds
-    tallies: dict[str, list[Tally]] = {k: [] for k in settings}
     with (
         BuiltinProcess(pkg, *settings[keys[0]]) as url_a,
         BuiltinProcess(pkg, *settings[keys[1]]) as url_b,
     ):
         urls = {keys[0]: url_a, keys[1]: url_b}
-        for _ in range(rounds):
+        for s in splits:
+            work = works[s]
+            tallies: dict[str, list[Tally]] = {k: [] for k in settings}
+            for _ in range(rounds):
+                for name in keys:
+                    tallies[name].append(run_load(urls[name], work, n, args.warmup, per_round))
             for name in keys:
-                tallies[name].append(run_load(urls[name], work, n, args.warmup, per_round))
-        for name in keys:
-            runs[name] = summarize(
-                name, _merge(tallies[name]), args.seconds, _stats(urls[name], work.model)
+                label = f"split {s}: {name}"
+                runs[label] = summarize(
+                    label, _merge(tallies[name]), args.seconds, _stats(urls[name], work.model)
+                )
+            per = [
+                len(a.latencies) / max(len(b.latencies), 1)
+                for a, b in zip(tallies[keys[0]], tallies[keys[1]])
+            ]
+            ratio = float(np.median(per))
+            ratios[f"split {s}"] = {"median": ratio, "per_round": per, "ok": ratio >= 2.0}
+            print(
+                f"  split {s}: dynamic batching vs batch 1: {ratio:.2f}x throughput (median "
+                f"of {rounds} rounds: {', '.join(f'{r:.2f}' for r in per)}; target >= 2x)",
+                flush=True,
             )
-    per = [
-        len(a.latencies) / max(len(b.latencies), 1)
-        for a, b in zip(tallies[keys[0]], tallies[keys[1]])
-    ]
-    ratio = float(np.median(per))
     result: dict[str, Any] = {
         "package": str(pkg),
-        "split": args.split,
-        "model": work.model,
+        "splits": splits,
         "devices": n,
         "seconds": args.seconds,
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "load_average_at_start": load0,
         "runs": runs,
-        "batching_vs_batch1": ratio,
-        "batching_vs_batch1_per_round": per,
+        "batching_vs_batch1": ratios,
     }
-    print(
-        f"  dynamic batching vs batch 1: {ratio:.2f}x throughput (median of {rounds} "
-        f"rounds: {', '.join(f'{r:.2f}' for r in per)}; target >= 2x)"
-    )
     if not args.no_ray:
-        runs.update(_ray_runs(pkg, work, args))
-        r1, r2 = runs.get("ray serve, 1 replica"), runs.get("ray serve, 2 replicas")
+        ray_runs = _ray_runs(pkg, works[splits[0]], args)
+        runs.update({f"split {splits[0]}: {k}": v for k, v in ray_runs.items()})
+        r1, r2 = ray_runs.get("ray serve, 1 replica"), ray_runs.get("ray serve, 2 replicas")
         if r1 and r2:
             result["ray_2_vs_1"] = r2["throughput_rps"] / max(r1["throughput_rps"], 1e-9)
             print(f"  Ray Serve 2 vs 1 replica: {result['ray_2_vs_1']:.2f}x")
     failed = sum(r["failed"] for r in runs.values())
     result["failed_total"] = failed
+    result["load_average_at_end"] = os.getloadavg()[0]
     (out / "serve_load.json").write_text(json.dumps(result, indent=2))
     _plot(out / "serve_load.png", result)
+    summary = ", ".join(f"{k} {v['median']:.2f}x" for k, v in ratios.items())
     print(
         f"wrote {out / 'serve_load.json'} and {out / 'serve_load.png'}; failed requests: "
-        f"{failed}; batching {ratio:.2f}x batch 1"
+        f"{failed}; batching vs batch 1: {summary}"
     )
     return 0 if failed == 0 else 1
+
+
+def _settle(url: str, seconds: float = 3.0) -> None:
+    """After a redeploy: wait until the server answers, then let the proxy settle."""
+    import http.client
+
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection(host, int(port), timeout=5)
+            c.request("GET", "/v2/health/ready", headers={"Authorization": f"Bearer {TOKEN}"})
+            ok = c.getresponse().status == 200
+            c.close()
+            if ok:
+                break
+        except OSError:
+            pass
+        time.sleep(0.5)
+    time.sleep(seconds)
 
 
 def _ray_runs(pkg: Path, work: Workload, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -394,6 +461,7 @@ def _ray_runs(pkg: Path, work: Workload, args: argparse.Namespace) -> dict[str, 
         for replicas in (1, 2):
             if replicas != srv.config.replicas:
                 srv.scale(replicas)
+                _settle(srv.url)
             name = f"ray serve, {replicas} replica" + ("s" if replicas > 1 else "")
             tally = run_load(srv.url, work, args.devices, args.warmup, args.seconds)
             runs[name] = summarize(name, tally, args.seconds, {})
@@ -410,22 +478,21 @@ def _plot(path: Path, result: dict[str, Any]) -> None:
 
     runs = result["runs"]
     names = list(runs)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    thr = [runs[k]["throughput_rps"] for k in names]
-    bars = a.bar(range(len(names)), thr, color=["C0", "C1", "C2", "C3"][: len(names)])
-    a.bar_label(bars, fmt="%.0f")
-    a.set_xticks(range(len(names)), [k.replace(", ", "\n") for k in names], fontsize=8)
+    labels = [k.replace(": ", "\n").replace(", ", "\n") for k in names]
+    colors = ["C0" if "batching" in k else "C1" if "max-batch 1" in k else "C2" for k in names]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bars = a.bar(range(len(names)), [runs[k]["throughput_rps"] for k in names], color=colors)
+    a.bar_label(bars, fmt="%.0f", fontsize=8)
+    a.set_xticks(range(len(names)), labels, fontsize=7)
     a.set_ylabel("requests / s")
-    a.set_title(
-        f"{result['devices']} devices, split {result['split']}: batching "
-        f"{result['batching_vs_batch1']:.1f}x batch 1"
-    )
+    ratios = "; ".join(f"{k}: {v['median']:.1f}x" for k, v in result["batching_vs_batch1"].items())
+    a.set_title(f"{result['devices']} devices; batching vs batch 1: {ratios}", fontsize=9)
     x = np.arange(len(names))
     b.bar(x - 0.2, [runs[k]["p50_ms"] or 0 for k in names], 0.4, label="p50")
     b.bar(x + 0.2, [runs[k]["p99_ms"] or 0 for k in names], 0.4, label="p99")
-    b.set_xticks(x, [k.replace(", ", "\n") for k in names], fontsize=8)
+    b.set_xticks(x, labels, fontsize=7)
     b.set_ylabel("latency (ms)")
-    b.set_title(f"latency per request (failed: {result['failed_total']})")
+    b.set_title(f"latency per request (failed: {result['failed_total']})", fontsize=9)
     b.legend()
     for ax in (a, b):
         ax.grid(axis="y", alpha=0.3)

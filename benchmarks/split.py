@@ -750,14 +750,32 @@ def demo(args: argparse.Namespace, pkg: Path, out: Path) -> int:
         cmd = _worker_cmd(a, url, "local,local-bandit,bandit-split,bandit", res)
         subprocess.run(cmd, check=True)
     p = json.loads(res.read_text())["policies"]
-    print(f"\n  {'policy':<14} {'mean ms':>9} {'accuracy':>9} {'B/input':>9}  choice")
-    for name in ("local", "local-bandit", "bandit-split", "bandit"):
+    labels = {
+        "local": "local only, full model",
+        "local-bandit": "local only, bandit (exits)",
+        "bandit-split": "bandit + server (splits)",
+        "bandit": "bandit + server (splits, exits)",
+    }
+    print(f"\n  {'policy':<32} {'mean ms':>8} {'accuracy':>9} {'B/input':>8}  where inputs went")
+    for name, label in labels.items():
         s = p[name]
-        best = s.get("best_arm", "-")
+        where = ", ".join(
+            [f"device {s['local'] / s['inputs']:.0%}"]
+            + [f"split {k} {c / s['inputs']:.0%}" for k, c in enumerate(s["by_split"]) if c]
+        )
         print(
-            f"  {name:<14} {s['mean_ms']:>9.3f} {s['accuracy']:>9.4f} "
-            f"{s['bytes_per_input']:>9.0f}  offloaded {s['offloaded']:.0%} by split "
-            f"{s['by_split']}; best arm {best}"
+            f"  {label:<32} {s['mean_ms']:>8.3f} {s['accuracy']:>9.4f} "
+            f"{s['bytes_per_input']:>8.0f}  {where}"
+        )
+        if "best_arm" in s and name != "local-bandit":
+            b = s["best_arm"]
+            print(f"  {'':<32} the bandit's choice: split {b['split']}, threshold {b['threshold']}")
+    b = p["bandit-split"]
+    if b["bytes_per_offload"]:
+        inp = _input_bytes(pkg)
+        print(
+            f"\n  bytes per offload {b['bytes_per_offload']:.0f} B on the wire (headers included; "
+            f"raw input {inp['raw_bytes']} B, as PNG {inp['png_bytes']:.0f} B)"
         )
     return 0
 

@@ -182,6 +182,11 @@ class SplitPolicy(Policy):
         return f"split:{self.at}{t}"
 
 
+# Each measured round trip allows this many estimated observations (so one measurement
+# never outweighs the arm's own evidence by more than that).
+_ESTIMATES = 10.0
+
+
 def _reward(conf: float, cost: float, lam: float) -> float:
     """Label-free reward in [0, 1]: confidence minus ``lam`` times the cost paid (a
     fraction of the full local model; offloads over a slow link can cost more than 1)."""
@@ -367,12 +372,13 @@ class SplitBanditPolicy(BanditPolicy):
     an exit that was run here, and an offload at ``s`` every arm that would have offloaded
     at ``s`` (same bytes, same round trip). Estimated ones, for offload arms at other split
     points, only when an input's last-exit confidence is known (it ran to the end here, or
-    the server answered): their round trip is the mean of the last few measured at that
-    split, and only if one was measured within the last ``rtt_window`` inputs (0: never
-    estimate). A round trip does not depend on the input, only on the link and the
-    server, so a fresh measurement speaks for them; a stale one is not used, and the arm
-    then learns from its own offloads again (as the discounted and sliding-window
-    algorithms explore it), which is what lets the choice follow a link that changes.
+    the server answered): their round trip is the median of the last (at least three)
+    measured at that split, only if the newest is within the last ``rtt_window`` inputs
+    (0: never estimate), and for at most ten estimates per measurement. A round trip
+    depends on the link and the server, not on the input, so a fresh measurement speaks
+    for the inputs around it; a stale one is not used, and the arm then learns from its
+    own offloads again (as the discounted and sliding-window algorithms explore it),
+    which is what lets the choice follow a link that changes.
 
     While the server is unavailable (``offload_ready`` false: the circuit breaker is
     open) only local arms are chosen.
@@ -401,6 +407,7 @@ class SplitBanditPolicy(BanditPolicy):
         self._n = 0  # inputs seen
         self._links: list[deque[float]] = []  # per split: recent link costs (fractions)
         self._link_at: list[int] = []  # per split: input count of the newest
+        self._quota: list[float] = []  # per split: estimates still allowed
         # Until bind, a placeholder over the local arms (the split arms need the exits).
         self.algo = make_algorithm(c.algorithm, len(self.thresholds), c.seed, **c.options)
 
@@ -426,6 +433,7 @@ class SplitBanditPolicy(BanditPolicy):
         self._ths = [tuple([t] * (n_exits - 1) + [NEVER]) for _, t in pairs]
         self._links = [deque(maxlen=8) for _ in range(n_exits)]
         self._link_at = [-(1 << 30)] * n_exits
+        self._quota = [0.0] * n_exits
         self.algo = make_algorithm(c.algorithm, len(pairs), c.seed, **c.options)
         if c.state_path:
             self._load(Path(c.state_path))
@@ -464,12 +472,17 @@ class SplitBanditPolicy(BanditPolicy):
         )
 
     def _link_costs(self, upto: int) -> list[float]:
-        """Per split point below ``upto``: the recent mean link cost, or -1 if stale."""
+        """Per split point below ``upto``: the link cost to assume for an estimate (the
+        median of the last few measured), or -1 when there is none to trust: fewer than
+        three measured, the newest older than ``rtt_window`` inputs, or this
+        measurement's share of estimates used up."""
         out = []
         for s in range(upto):
             q = self._links[s]
-            fresh = q and self._n - self._link_at[s] <= self.rtt_window
-            out.append(sum(q) / len(q) if fresh else -1.0)
+            if len(q) < 3 or self._n - self._link_at[s] > self.rtt_window or self._quota[s] < 1:
+                out.append(-1.0)
+            else:
+                out.append(sorted(q)[len(q) // 2])
         return out
 
     def _observe(
@@ -487,6 +500,7 @@ class SplitBanditPolicy(BanditPolicy):
         # Ran to the end: the offloads' answer is known; their round trips are estimated.
         r_est = self._estimates(confs[last], costs, n) if seen == last else None
         rewards = []
+        used: set[int] = set()
         for i, (s, ti) in enumerate(self._arm_st):
             j = first[ti]
             if 0 <= j < s:
@@ -496,8 +510,11 @@ class SplitBanditPolicy(BanditPolicy):
                     rewards.append((i, r_exit[last]))
             elif r_est is not None and r_est[s] >= 0.0:
                 rewards.append((i, r_est[s]))
+                used.add(s)
         if chosen is not None:
             rewards = [r for r in rewards if r[0] != chosen[0]] + [chosen]
+        for s in used:
+            self._spend(s)
         self._learn(rewards)
 
     def _estimates(self, conf: float, costs: Sequence[float], upto: int) -> list[float]:
@@ -510,6 +527,9 @@ class SplitBanditPolicy(BanditPolicy):
             out.append(_reward(conf, local + link, self.lam) if link >= 0.0 else -1.0)
         return out
 
+    def _spend(self, s: int) -> None:
+        self._quota[s] -= 1.0
+
     def observe_offload(
         self, split: int, confs: Sequence[float], costs: Sequence[float], conf: float, paid: float
     ) -> None:
@@ -517,6 +537,7 @@ class SplitBanditPolicy(BanditPolicy):
         local = costs[split - 1] if split else 0.0
         self._links[split].append(max(0.0, paid - local))
         self._link_at[split] = self._n
+        self._quota[split] = min(4.0 * _ESTIMATES, self._quota[split] + _ESTIMATES)
         r_exit = [_reward(confs[j], costs[j], lam) for j in range(split)]
         first = self._first_exits(confs, split - 1)
         r_off = _reward(conf, paid, lam)
@@ -524,6 +545,7 @@ class SplitBanditPolicy(BanditPolicy):
         r_local = _reward(conf, costs[last], lam) if split == last else -1.0
         r_est = self._estimates(conf, costs, split)  # earlier split points: estimated
         rewards = []
+        used: set[int] = set()
         for i, (s, ti) in enumerate(self._arm_st):
             j = first[ti]
             if 0 <= j < s:
@@ -535,6 +557,9 @@ class SplitBanditPolicy(BanditPolicy):
                     rewards.append((i, r_local))
             elif s < split and r_est[s] >= 0.0:
                 rewards.append((i, r_est[s]))
+                used.add(s)
+        for s in used:
+            self._spend(s)
         self._learn(rewards)
 
     def _learn(self, rewards: list[tuple[int, float]]) -> None:

@@ -127,38 +127,60 @@ def test_a_slow_round_trip_costs_more_than_running_locally() -> None:
     assert min(pol.algo.values()) >= 0.0
 
 
+def _counts(pol: SplitBanditPolicy) -> dict[tuple[int, float], float]:
+    return dict(zip(pol.pairs, pol.algo.counts()))
+
+
 def test_fresh_round_trips_estimate_offload_arms_that_were_not_played() -> None:
     lam = 0.5
     pol = _bandit(arms=(NEVER,), lam=lam, rtt_window=10)
+    full = [0.5, 0.6, 0.7, 0.8]
     pol.chosen = _arm(pol, 0, NEVER)
-    pol.observe_offload(0, [0.0] * 4, COSTS, 0.9, 0.3)  # link cost 0.3 measured at split 0
-    pol.chosen = _arm(pol, 1, NEVER)
-    pol.observe_offload(1, [0.5, 0, 0, 0], COSTS, 0.9, 0.1 + 0.5)  # 0.5 at split 1
-    cnt = lambda: dict(zip(pol.pairs, pol.algo.counts()))  # noqa: E731
-    assert cnt()[(0, NEVER)] == 2  # the offload at split 1 estimated split 0 as well
-    before = cnt()
+    for link in (0.3, 2.0):  # link costs measured at split 0 (2.0: a cold start)
+        pol.observe_offload(0, [0.0] * 4, COSTS, 0.9, link)
     pol.chosen = _arm(pol, None, NEVER)
-    pol.observe(3, [0.5, 0.6, 0.7, 0.8], COSTS)  # ran to the end here: last exit known
-    after = cnt()
-    assert after[(0, NEVER)] == before[(0, NEVER)] + 1
-    assert after[(1, NEVER)] == before[(1, NEVER)] + 1
-    assert after[(2, NEVER)] == after[(3, NEVER)] == 0  # no round trip measured there
+    pol.observe(3, full, COSTS)
+    assert _counts(pol)[(0, NEVER)] == 2  # two measurements are not enough to estimate
+    pol.chosen = _arm(pol, 0, NEVER)
+    pol.observe_offload(0, [0.0] * 4, COSTS, 0.9, 0.4)
+    pol.chosen = _arm(pol, None, NEVER)
+    pol.observe(3, full, COSTS)  # ran to the end here: the last exit's confidence is known
+    c = _counts(pol)
+    assert c[(0, NEVER)] == 4  # estimated with the median link cost, 0.4
+    assert c[(1, NEVER)] == c[(2, NEVER)] == c[(3, NEVER)] == 0  # never measured there
     v = dict(zip(pol.pairs, pol.algo.values()))
-    r1 = (0.9 - lam * 0.6 + lam) / (1 + lam)
-    r1_est = (0.8 - lam * (0.1 + 0.5) + lam) / (1 + lam)  # local stage 0 + split 1's link
-    assert v[(1, NEVER)] == pytest.approx((r1 + r1_est) / 2)
-    # after rtt_window inputs without a round trip at a split, it is not estimated any more
+    rewards = [(0.9 - lam * x + lam) / (1 + lam) for x in (0.3, 2.0, 0.4)]
+    rewards.append((0.8 - lam * 0.4 + lam) / (1 + lam))
+    assert v[(0, NEVER)] == pytest.approx(sum(max(0.0, r) for r in rewards) / 4)
+    # An offload at split 2 also estimates split 0 (exits before 2 ran here).
+    pol.chosen = _arm(pol, 2, NEVER)
+    pol.observe_offload(2, [0.5, 0.6, 0, 0], COSTS, 0.9, 0.4 + 0.2)
+    assert _counts(pol)[(0, NEVER)] == 5
+    # After rtt_window inputs without a round trip at a split, no more estimates.
     for _ in range(10):
+        pol.observe(3, full, COSTS)
+    stale = _counts(pol)
+    pol.observe(3, full, COSTS)
+    assert _counts(pol)[(0, NEVER)] == stale[(0, NEVER)]
+    assert _counts(pol)[(N, NEVER)] == stale[(N, NEVER)] + 1
+
+
+def test_one_measurement_licenses_a_bounded_number_of_estimates() -> None:
+    pol = _bandit(arms=(NEVER,), rtt_window=10_000)
+    pol.chosen = _arm(pol, 0, NEVER)
+    for _ in range(3):
+        pol.observe_offload(0, [0.0] * 4, COSTS, 0.9, 0.3)
+    pol.chosen = _arm(pol, None, NEVER)
+    for _ in range(100):
         pol.observe(3, [0.5, 0.6, 0.7, 0.8], COSTS)
-    stale = cnt()
-    pol.observe(3, [0.5, 0.6, 0.7, 0.8], COSTS)
-    assert cnt()[(0, NEVER)] == stale[(0, NEVER)] and cnt()[(N, NEVER)] == stale[(N, NEVER)] + 1
-    off = _bandit(arms=(NEVER,), rtt_window=0)
+    assert _counts(pol)[(0, NEVER)] == 3 + 30  # ten per measured round trip
+    off = _bandit(arms=(NEVER,), rtt_window=0)  # estimates off
     off.chosen = _arm(off, 0, NEVER)
-    off.observe_offload(0, [0.0] * 4, COSTS, 0.9, 0.3)
+    for _ in range(3):
+        off.observe_offload(0, [0.0] * 4, COSTS, 0.9, 0.3)
     off.chosen = _arm(off, None, NEVER)
     off.observe(3, [0.5, 0.6, 0.7, 0.8], COSTS)
-    assert dict(zip(off.pairs, off.algo.counts()))[(0, NEVER)] == 1  # only its own
+    assert _counts(off)[(0, NEVER)] == 3
 
 
 def test_fallback_charges_the_chosen_arm_what_was_paid() -> None:

@@ -758,6 +758,8 @@ def _sshd_alive(rec: dict[str, Any]) -> bool:
         return False
     try:
         return os.readlink(f"/proc/{pid}/root") == rec["device"]["rootfs"]
+    except PermissionError:
+        return True  # not root: cannot look inside, but the pid is alive
     except OSError:
         return False
 

@@ -273,9 +273,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     u.add_argument("package")
     u.add_argument("targets", nargs="+", metavar="TARGET", help="user@host[:port] or ssh alias")
-    u.add_argument(
-        "--backend", help="litert, tflite_runtime, onnxruntime, edgetpu (default: profile)"
-    )
+    u.add_argument("--backend", help="litert, tflite, onnxruntime, edgetpu (default: profile)")
     u.add_argument("--threads", type=int, help="interpreter threads (default: profile)")
     u.add_argument("--jobs", type=int, help="targets pushed at once (default: all, up to 8)")
     u.add_argument("--json", action="store_true")

@@ -80,7 +80,7 @@ class Profile:
     """How edgekit runs on a kind of device: backend, threads and artifact format."""
 
     name: str  # rpi, jetson, coral, generic
-    backend: str  # a runtime backend name (litert, tflite_runtime, onnxruntime, edgetpu)
+    backend: str  # a runtime backend name (litert, tflite, onnxruntime, edgetpu)
     threads: int
     format: str  # tflite or onnx
     requirements: tuple[str, ...]  # what the device's environment installs besides edgekit
@@ -151,18 +151,18 @@ class DeviceInfo:
             elif kind == "jetson":
                 backend = "onnxruntime"
             elif self.arch in ("armv7l", "armv6l"):
-                backend = "tflite_runtime"  # LiteRT has no 32-bit ARM wheel
+                backend = "tflite"  # tflite-runtime: LiteRT has no 32-bit ARM wheel
             else:
                 backend = "litert"
         reqs = {
             "litert": ("ai-edge-litert",),
             "edgetpu": ("ai-edge-litert",),
-            "tflite_runtime": ("tflite-runtime", "numpy<2"),
+            "tflite": ("tflite-runtime", "numpy<2"),
             "onnxruntime": ("onnxruntime",),
         }.get(backend)
         if reqs is None:
             raise ValueError(
-                f"unknown device backend {backend!r} (litert, tflite_runtime, onnxruntime, edgetpu)"
+                f"unknown device backend {backend!r} (litert, tflite, onnxruntime, edgetpu)"
             )
         fmt = "onnx" if backend == "onnxruntime" else "tflite"
         return Profile(kind, backend, threads, fmt, reqs)

@@ -294,9 +294,11 @@ class _Push:
         reqs = " ".join(
             q(r if r != "edgekit" else f"edgekit=={edgekit_pin}") for r in wh.requirements
         )
-        module = {"litert": "ai_edge_litert", "edgetpu": "ai_edge_litert"}.get(
-            profile.backend, profile.backend
-        )
+        module = {
+            "litert": "ai_edge_litert",
+            "edgetpu": "ai_edge_litert",
+            "tflite": "tflite_runtime",
+        }.get(profile.backend, profile.backend)
         self.log(f"creating environment {wh.key} on the device (pip install --no-index)")
         script = (
             f"set -e; rm -rf {q(env)}; mkdir -p {q(self.layout.root)}/envs; "

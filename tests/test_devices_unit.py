@@ -63,7 +63,7 @@ def test_probe_script_runs_here() -> None:
         ("arch=aarch64\npython=3.11.2\nglibc=2.36\nboard=Raspberry Pi 4 Model B Rev 1.4\ncores=4",
          "rpi", "litert", "tflite"),
         ("arch=armv7l\npython=3.11.2\nglibc=2.36\nboard=Raspberry Pi 3 Model B\ncores=4",
-         "rpi", "tflite_runtime", "tflite"),
+         "rpi", "tflite", "tflite"),
         ("arch=aarch64\npython=3.8.10\nglibc=2.31\njetson=# R35 (release), REVISION: 4.1\n"
          "cuda=11.4.315\ntensorrt=8.5.2", "jetson", "onnxruntime", "onnx"),
         ("arch=aarch64\npython=3.9.2\nglibc=2.31\nedgetpu_pcie=/dev/apex_0\n"
@@ -137,3 +137,15 @@ def test_switch_and_prune_scripts(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "envs").iterdir()) == ["env0", "env1"]
     state = _sh(lay.state_script())
     assert "current=r4-env0" in state and "history=r0-env0" in state
+
+
+def test_every_profile_backend_is_a_runtime_backend() -> None:
+    from edgekit.runtime import backends
+
+    for text in (
+        "arch=aarch64",
+        "arch=armv7l",
+        "arch=aarch64\njetson=R35",
+        "edgetpu_usb=1a6e:089a",
+    ):
+        assert parse_probe("d", text).profile().backend in backends.NAMES

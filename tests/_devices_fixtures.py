@@ -18,6 +18,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,7 +84,7 @@ def _purge_stale_sessions() -> None:
             emu.stop(st.name, purge=True)
 
 
-def start_device(name: str, key: Path, **options: object) -> VirtualDevice:
+def start_device(name: str, key: Path, **options: Any) -> VirtualDevice:
     """Start a fresh device ``name`` (stale test devices of dead sessions are purged first)."""
     require_emulator(loopback=bool(options.get("loopback")))
     if not _started:
@@ -91,7 +92,7 @@ def start_device(name: str, key: Path, **options: object) -> VirtualDevice:
     emu.stop(name, purge=True)
     _started.add(name)
     try:
-        return emu.start(name, key=key, **options)  # type: ignore[arg-type]
+        return emu.start(name, key=key, **options)
     except emu.HostNotSupported as exc:
         unavailable(exc.message)
         raise  # unreachable: unavailable() raises

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _devices_fixtures import TINY_DISK, device_name, require_emulator, start_device, stop_device
@@ -109,8 +110,8 @@ def test_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
     assert emu._fingerprint(pub.read_text()) == want
 
 
-def _fake_device(tmp_path: Path, **kw: object) -> VirtualDevice:
-    fields: dict[str, object] = {
+def _fake_device(tmp_path: Path, **kw: Any) -> VirtualDevice:
+    fields: dict[str, Any] = {
         "name": "pi0", "host": "10.77.1.2", "port": 22, "user": "root",
         "key_path": tmp_path / "id", "public_key_path": tmp_path / "id.pub",
         "known_hosts_path": tmp_path / "kh", "known_hosts_line": "10.77.1.2 ssh-ed25519 AAAA",
@@ -119,7 +120,7 @@ def _fake_device(tmp_path: Path, **kw: object) -> VirtualDevice:
         "sshd_pid": 1,
     }  # fmt: skip
     fields.update(kw)
-    return VirtualDevice(**fields)  # type: ignore[arg-type]
+    return VirtualDevice(**fields)
 
 
 def test_ssh_config_block_is_written_and_replaced(tmp_path: Path) -> None:
@@ -296,7 +297,8 @@ def test_bandwidth_is_shaped_with_tbf(virtual_device2: VirtualDevice, tmp_path: 
         inside = subprocess.run(["tc", "-n", dev.netns or "", "qdisc", "show", "dev", "eth0"],
                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
         assert "rate 2Mbit" in inside
-        assert emu.status(dev.name).device.rate == "2mbit"  # type: ignore[union-attr]
+        shaped = emu.status(dev.name).device
+        assert shaped is not None and shaped.rate == "2mbit"
         # 768 KiB at 2 Mbit/s takes >= 3.1 s each way; unshaped it takes a fraction of that
         blob = tmp_path / "blob"
         blob.write_bytes(os.urandom(768 << 10))

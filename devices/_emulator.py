@@ -463,6 +463,33 @@ def ensure_binfmt() -> None:
         )
 
 
+def qemu_version() -> tuple[int, int] | None:
+    """The version of the qemu that runs arm64 binaries here (None if unknown)."""
+    entry = _binfmt_entry()
+    if not entry.exists():
+        return None
+    m = re.search(r"^interpreter (\S+)", entry.read_text(), re.MULTILINE)
+    if m is None:
+        return None
+    try:
+        out = subprocess.run([m.group(1), "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    v = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(v.group(1)), int(v.group(2))) if v else None
+
+
+def warn_old_qemu() -> None:
+    """LiteRT's aarch64 interpreter segfaults under qemu 7.x (bookworm's); say so up front."""
+    v = qemu_version()
+    if v is not None and v < (8, 0):
+        say(
+            f"warning: qemu {v[0]}.{v[1]} runs this device; LiteRT crashes under qemu < 8 "
+            "(install qemu-user-static from bookworm-backports: `make system-deps` does, then "
+            "update-binfmts --disable qemu-aarch64 && update-binfmts --enable qemu-aarch64)"
+        )
+
+
 def _netns_works() -> str | None:
     if not shutil.which("ip"):
         return "iproute2 (the ip command) is not installed"
@@ -1185,6 +1212,8 @@ def start(
                 "--purge, or choose another --name",
             )
         lower = build_rootfs(cache, verbose=verbose)
+        if verbose:
+            warn_old_qemu()
         t0 = time.monotonic()
         sd = _state_dir(name)
         sd.mkdir(parents=True, exist_ok=True)

@@ -471,8 +471,10 @@ def qemu_version() -> tuple[int, int] | None:
     m = re.search(r"^interpreter (\S+)", entry.read_text(), re.MULTILINE)
     if m is None:
         return None
+    # Debian's handler (aarch64-binfmt-P) refuses to run by hand: ask what it points to.
+    exe = os.path.realpath(m.group(1))
     try:
-        out = subprocess.run([m.group(1), "--version"], capture_output=True, text=True).stdout
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
     except OSError:
         return None
     v = re.search(r"version (\d+)\.(\d+)", out)

@@ -146,20 +146,21 @@ class RayServer:
         self._deploy(replicas)
 
     def stop(self) -> None:
-        """Delete the application; shut Serve and Ray down if this process started them."""
+        """Shut the local cluster down if this process started it (at once: Serve's own
+        shutdown drains for 30 s); on a cluster that was already running, delete only
+        this application (Serve drains it)."""
         ray = require("ray", "ray")
         from ray import serve
 
         if not ray.is_initialized():
             return
-        if self.app_name:
+        if self._started_ray:
+            ray.shutdown()  # stops every process of the local cluster, HAProxy included
+        elif self.app_name:
             try:
                 serve.delete(self.app_name)
             except Exception as exc:  # the cluster may already be gone
                 _log.warning("edgekit: could not delete %s: %s", self.app_name, exc)
-        if self._started_ray:
-            serve.shutdown()
-            ray.shutdown()
 
     def __enter__(self) -> RayServer:
         return self.start()

@@ -105,6 +105,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         opts["lam"] = args.lam
     if args.budget_ms is not None:
         opts["budget_ms"] = args.budget_ms
+    if args.offload:
+        opts.update(offload=args.offload, offload_token=args.offload_token)
     with edgekit.load(
         args.package,
         backend=args.backend,
@@ -145,6 +147,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"{orc['mean_latency_ms']:>9.4f}   (earliest exit agreeing with the last)"
         )
         print(f"  exits taken: {res['exit_histogram']}")
+        off = res.get("offload")
+        if off:
+            print(f"  offload: {json.dumps(off)}")
     return 0
 
 
@@ -295,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lam", type=float, help="bandit: cost weight lambda")
     e.add_argument("--budget-ms", type=float, help="bandit: target mean latency")
     e.add_argument("--state", help="bandit state file (default: start fresh)")
+    e.add_argument("--offload", metavar="URL", help="edgekit serve URL: split computing")
+    e.add_argument("--offload-token", help="bearer token for --offload ($EDGEKIT_OFFLOAD_TOKEN)")
     e.add_argument("--record", help="save the per-exit recording (.npz) for `simulate`")
     e.add_argument("--plots", help="folder for accuracy_vs_cost.png and exit_histogram.png")
     e.add_argument("--json", action="store_true")

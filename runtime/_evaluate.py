@@ -82,6 +82,8 @@ def evaluate(
     }
     if "arms" in stats:
         out["arms"] = stats["arms"]
+    if "offload" in stats:
+        out["offload"] = stats["offload"]
     if with_recording:
         rec = record(model, xs, y)
         out["full_model"] = fixed_threshold_sweep(rec, [NEVER])[0]

@@ -456,6 +456,7 @@ def _ray_runs(pkg: Path, work: Workload, args: argparse.Namespace) -> dict[str, 
     t0 = time.perf_counter()
     srv = RayServer(pkg, cfg, ray_init={"num_cpus": os.cpu_count(), "include_dashboard": False})
     srv.start()
+    _settle(srv.url)
     print(f"  (Ray Serve up in {time.perf_counter() - t0:.0f} s)", flush=True)
     try:
         for replicas in (1, 2):

@@ -61,12 +61,12 @@ class Client:
 
 
 class Local:
-    """The same stages run in-process through edgekit.runtime's onnxruntime backend."""
+    """The same stages run in-process through one of edgekit.runtime's backends."""
 
-    def __init__(self, pkg: Path) -> None:
+    def __init__(self, pkg: Path, backend: str = "onnxruntime") -> None:
         self.m = read_manifest(pkg)
-        mod = backends.get("onnxruntime")
-        self.runners = [mod.open_stage(pkg / s.files["onnx"], 1) for s in self.m.stages]
+        mod = backends.get(backend)
+        self.runners = [mod.open_stage(pkg / s.files[mod.FORMAT], 1) for s in self.m.stages]
         self.dtype = np.dtype(self.runners[0].input_dtype)
         q0 = self.m.stages[0].input.quant
         assert q0 is not None

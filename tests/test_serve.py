@@ -232,6 +232,34 @@ def test_package_sha256_checked(
     assert status == 409 and "package mismatch" in err["error"]
 
 
+def test_litert_backend(digits_pkg: Path, local: Local, images: np.ndarray) -> None:
+    """TFLite stages resize to the batch; int8 interpreters take uint8 requests too."""
+    pytest.importorskip("ai_edge_litert")
+    lite = Local(digits_pkg, "litert")
+    assert lite.dtype == np.int8
+    with Server(digits_pkg, ServeConfig(port=0, backend="litert", max_delay_ms=0)) as srv:
+        c = Client(srv.url)
+        try:
+            status, md = c.json("GET", "/v2/models/digits-split1")
+            assert status == 200 and md["inputs"][0]["datatype"] == "INT8"
+            for split in (0, 2):
+                x = lite.features(images[:20], split)
+                want = lite.tail(x, split)
+                for dt in ("int8", "uint8"):  # the device may run ONNX with uint8
+                    scale, zp = lite.input_quant(split, dt)
+                    body, headers = encode_split_request(to_8bit(x, dt), scale=scale, zero_point=zp)
+                    out = c.infer(f"digits-split{split}", body, headers)
+                    np.testing.assert_array_equal(out["logits"], want)
+            # the ONNX device's features at split 2 give the same labels through TFLite
+            x = local.features(images, 2)
+            s2, z2 = local.input_quant(2)
+            out = c.infer("digits-split2", *encode_split_request(x, scale=s2, zero_point=z2))
+            agree = np.mean(out["logits"].argmax(1) == local.tail(x, 2).argmax(1))
+            assert agree >= 0.95
+        finally:
+            c.close()
+
+
 # -- bad requests -------------------------------------------------------------------------
 
 

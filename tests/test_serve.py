@@ -692,3 +692,33 @@ def test_export_triton_repository(
         logits, _ = ort.InferenceSession(model, opts).run(None, {"input": x})
         assert np.abs(logits - want).max() <= 1.001 * step
         assert np.mean(logits.argmax(1) == want.argmax(1)) >= 0.98
+
+
+def test_batcher_close_fails_queued_requests_and_refuses_new_ones() -> None:
+    """Shutdown: what is queued gets Closed (a 503), never a hang; new work is refused."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    from edgekit.serve._batcher import Batcher, Closed
+
+    gate = threading.Event()
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        gate.wait(5)
+        return x.astype(np.float32), x[:, 0].astype(np.float32)
+
+    async def main() -> list[object]:
+        with Pool(1) as pool:
+            b = Batcher(run, max_batch=2, max_delay=0.0, executor=pool)
+            tasks = [asyncio.create_task(b.submit(np.full((1, 3), i))) for i in range(5)]
+            await asyncio.sleep(0.05)  # the first batch is running, the rest queued
+            closing = asyncio.create_task(b.close())
+            await asyncio.sleep(0.05)
+            gate.set()
+            await closing
+            with pytest.raises(Closed):
+                await b.submit(np.zeros((1, 3)))
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, Closed) for r in results[2:]), results

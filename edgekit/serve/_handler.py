@@ -28,6 +28,7 @@ from edgekit.runtime._kserve import (
     INPUT,
     LOGITS,
     OUTPUTS,
+    InferRequest,
     ProtocolError,
     choose_encoding,
     decode_infer_request,
@@ -41,7 +42,7 @@ from edgekit.runtime._kserve import (
 
 from ._batcher import Batcher, Closed
 from ._config import ServeConfig
-from ._tail import Tail, open_tails
+from ._tail import Tail, TailInput, open_tails
 
 __all__ = ["Handler", "Reply", "load_handler"]
 
@@ -336,7 +337,7 @@ class Handler:
             )
         return value
 
-    def _check_input(self, req: Any, tail: Tail) -> np.ndarray:
+    def _check_input(self, req: InferRequest, tail: Tail) -> np.ndarray:
         if len(req.inputs) != 1:
             raise ProtocolError(
                 f"the model takes exactly one input named {INPUT!r}; the request has "
@@ -366,7 +367,7 @@ class Handler:
         self._check_quant(t.parameters, x.dtype, spec)
         return np.ascontiguousarray(to_8bit(x, spec.dtype))
 
-    def _check_quant(self, params: Mapping[str, Any], dtype: np.dtype, spec: Any) -> None:
+    def _check_quant(self, params: Mapping[str, Any], dtype: np.dtype, spec: TailInput) -> None:
         """The device's scale and zero point must be the stage's (any 8-bit type)."""
         scale = params.get("scale")
         zp = params.get("zero_point")

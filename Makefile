@@ -7,12 +7,13 @@ STAMP := $(VENV)/.edgekit-installed
 
 PKG := build/fmnist.edgepkg
 
-.PHONY: demo device-demo test bench lint typecheck fmt setup system-deps clean
+.PHONY: demo device-demo test bench bench-split lint typecheck fmt setup system-deps clean
 
 # Convert Fashion-MNIST with the defaults, then run the package under the bandit.
 demo: setup
 	$(BIN)/edgekit convert --dataset fashion-mnist --out $(PKG) --force
 	$(BIN)/edgekit eval $(PKG) --dataset fashion-mnist --policy bandit --plots build/fmnist-eval
+	$(BIN)/python -m benchmarks.split --package $(PKG) --out build/split-demo --demo
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory device-demo; \
 	else echo "edgekit: not root: skipping the virtual Raspberry Pi (run 'make device-demo' as root)"; fi
 
@@ -29,6 +30,10 @@ device-demo: setup $(PKG)/manifest.json
 	$(BIN)/edgekit device predict demo-pi --dataset fashion-mnist -n 20 $(DEVICE_SSH)
 	$(BIN)/edgekit bench $(PKG) demo-pi -n 200 $(DEVICE_SSH) --json > build/device-bench.json
 	@echo "edgekit: device benchmark in build/device-bench.json"
+
+# Split computing over shaped links (1/10/100 Mbit/s, tc tbf in a netns; root).
+bench-split: setup $(PKG)/manifest.json
+	$(BIN)/python -m benchmarks.split --package $(PKG) --out build/split
 
 # The runtime benchmark (ratios against their targets); converts first if needed.
 bench: setup $(PKG)/manifest.json

@@ -38,6 +38,7 @@ bench-split: setup $(PKG)/manifest.json
 # The runtime benchmark (ratios against their targets); converts first if needed.
 bench: setup $(PKG)/manifest.json
 	$(BIN)/python -m benchmarks.runtime --package $(PKG) --out build/bench
+	$(BIN)/python -m benchmarks.serve_load --package $(PKG) --out build/bench
 
 $(PKG)/manifest.json: | setup
 	$(BIN)/edgekit convert --dataset fashion-mnist --out $(PKG) --force

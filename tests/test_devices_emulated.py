@@ -182,7 +182,8 @@ def test_corrupt_file_on_device(
     with pytest.raises(RemoteCommandError, match="sha256"):
         predict_on_device("pi0", np.zeros((1, 28, 28, 1), np.uint8), options=opts)
     fixed = push_one(fmnist_fast_pkg, "pi0", opts)
-    assert fixed.ok and fixed.repaired == (rel,) and fixed.files_sent == 1, fixed.error
+    # Sent again, or copied from another release on the device that holds the same bytes.
+    assert fixed.ok and fixed.repaired == (rel,) and fixed.files_sent <= 1, fixed.error
     assert (
         len(predict_on_device("pi0", np.zeros((1, 28, 28, 1), np.uint8), options=opts)["labels"])
         == 1

@@ -87,7 +87,10 @@ class PushResult:
             else ""
         )
         fixed = f", repaired {len(self.repaired)} corrupt files" if self.repaired else ""
-        return f"{self.deploy} {what} ({sent}, {self.files_reused} reused{extra}{fixed})"
+        return (
+            f"{self.deploy} {what} ({sent}, {self.files_reused} reused{extra}{fixed}; "
+            f"{self.seconds:.0f} s)"
+        )
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "error"}

@@ -14,7 +14,7 @@ import os
 import shlex
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -307,36 +307,34 @@ class Connection:
             self._sftp = self.client.open_sftp()
         return self._sftp
 
+    @contextlib.contextmanager
+    def _file_op(self, what: str) -> Iterator[None]:
+        """A dropped link becomes ConnectionLostError; a file-level error (permission, no
+        space) on a live link is left for the caller to map."""
+        try:
+            yield
+        except (*_LINK_ERRORS, _paramiko().SSHException) as exc:
+            if isinstance(exc, OSError) and self.alive and not isinstance(exc, socket.timeout):
+                raise
+            self.close()
+            raise ConnectionLostError(
+                f"{self.name}: the SSH connection dropped while {what} ({exc})",
+                hint="run the command again: files already on the device are not sent twice",
+                target=self.name,
+            ) from None
+
     def put(
         self, local: str | os.PathLike[str], remote: str, progress: ProgressFn | None = None
     ) -> int:
         """Copy a file to the device; returns its size. Raises ConnectionLostError on a drop."""
-        try:
+        with self._file_op(f"sending {Path(local).name}"):
             self.sftp.put(os.fspath(local), remote, callback=progress, confirm=True)
-        except (*_LINK_ERRORS, _paramiko().SSHException) as exc:
-            if isinstance(exc, OSError) and self.alive and not isinstance(exc, socket.timeout):
-                raise  # a file-level error (permission, no space): the caller maps it
-            self.close()
-            raise ConnectionLostError(
-                f"{self.name}: the SSH connection dropped while sending {Path(local).name} ({exc})",
-                hint="run the command again: files already on the device are not sent twice",
-                target=self.name,
-            ) from None
         return Path(local).stat().st_size
 
     def put_bytes(self, data: bytes, remote: str) -> None:
         """Write ``data`` to a file on the device."""
-        try:
-            with self.sftp.open(remote, "wb") as f:
-                f.write(data)
-        except (*_LINK_ERRORS, _paramiko().SSHException) as exc:
-            if isinstance(exc, OSError) and self.alive:
-                raise
-            self.close()
-            raise ConnectionLostError(
-                f"{self.name}: the SSH connection dropped while writing {remote} ({exc})",
-                target=self.name,
-            ) from None
+        with self._file_op(f"writing {remote}"), self.sftp.open(remote, "wb") as f:
+            f.write(data)
 
     def get_bytes(self, remote: str) -> bytes:
         """Read a (small) file from the device."""

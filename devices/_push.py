@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgekit._errors import EdgekitError
-from edgekit._package import MANIFEST, Manifest, read_manifest
+from edgekit._package import MANIFEST, Manifest, file_sha256, read_manifest
 from edgekit._progress import Progress, say
 
 from ._connection import Connection
@@ -283,7 +283,7 @@ class _Push:
             self.log(f"environment {wh.key} is in place")
             return
         have = self._remote_sha256(f"{self.layout.wheels}/*.whl")
-        missing = [w for w in wh.wheels if have.get(w.name) != _sha256(w)]
+        missing = [w for w in wh.wheels if have.get(w.name) != file_sha256(w)]
         if missing:
             self.log(f"sending {len(missing)} of {len(wh.wheels)} wheels")
             self.sh(f"mkdir -p {q(self.layout.wheels)}")
@@ -523,14 +523,6 @@ class _Push:
             f"echo {q(info)} > {q(d)}/deploy.json; "
             f"rm -rf {q(self.layout.releases)}/*.partial; " + self.layout.switch_script(deploy)
         )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def push_one(

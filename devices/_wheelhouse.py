@@ -20,6 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit._package import file_sha256
 from edgekit._progress import say
 
 from ._errors import UnsupportedDeviceError
@@ -64,16 +65,8 @@ class Wheelhouse:
         h = hashlib.sha256(self.python.encode())
         for w in sorted(self.wheels, key=lambda p: p.name):
             h.update(w.name.encode())
-            h.update(_sha256(w).encode())
+            h.update(file_sha256(w).encode())
         return h.hexdigest()[:12]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def platform_tags(arch: str, glibc: tuple[int, int]) -> list[str]:

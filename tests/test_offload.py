@@ -316,7 +316,14 @@ def test_https_with_a_private_ca(digits_pkg: Path, digits: Any, tmp_path: Path) 
     cfg = ServeConfig(port=0, max_delay_ms=0.0, tls_cert=str(cert), tls_key=str(key))
     with Server(digits_pkg, cfg) as s:
         assert s.url.startswith("https://")
-        with edgekit.load(digits_pkg, policy="split:2", offload=s.url, offload_ca=str(cert)) as m:
+        # A generous deadline: the first request pays the TLS handshake on a busy CI box.
+        with edgekit.load(
+            digits_pkg,
+            policy="split:2",
+            offload=s.url,
+            offload_ca=str(cert),
+            offload_timeout_ms=10_000,
+        ) as m:
             assert all(p.offloaded for p in m.predict_batch(digits.x_test[:5]))
         with edgekit.load(digits_pkg, policy="split:2", offload=s.url) as m:  # untrusted
             p = m.predict(digits.x_test[0])

@@ -38,6 +38,7 @@ import hashlib
 import json
 import math
 import os
+import reprlib
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,20 @@ DATATYPES: dict[str, np.dtype] = {
 }
 _BY_DTYPE = {dt.newbyteorder("="): name for name, dt in DATATYPES.items()}
 _ENCODINGS = ("gzip", "deflate")
+MAX_DIMS = 16  # dimensions of one tensor
+MAX_DIM = (1 << 31) - 1  # size of one dimension
+_MAX_ENCODINGS = 2  # Content-Encoding layers undone (gzip over deflate at most)
+
+_repr = reprlib.Repr()
+_repr.maxlevel = 3
+_repr.maxlist = _repr.maxdict = 8
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlong = 40
+
+
+def _short(value: Any) -> str:
+    """A bounded repr of something that came off the wire (for error messages)."""
+    return _repr.repr(value)
 
 
 class ProtocolError(EdgekitError, ValueError):
@@ -152,7 +167,7 @@ class InferRequest:
                 return t
         raise ProtocolError(
             f"the request has no input named {name!r} (it has "
-            f"{', '.join(repr(t.name) for t in self.inputs) or 'none'})",
+            f"{', '.join(_short(t.name) for t in self.inputs[:8]) or 'none'})",
             expected=name,
         )
 
@@ -163,9 +178,9 @@ class InferRequest:
         for o in self.outputs:
             if o.name not in available:
                 raise ProtocolError(
-                    f"unknown output {o.name!r}; this model has {', '.join(available)}",
+                    f"unknown output {_short(o.name)}; this model has {', '.join(available)}",
                     expected=list(available),
-                    got=o.name,
+                    got=_short(o.name),
                 )
         return list(self.outputs)
 
@@ -202,8 +217,9 @@ def dtype_of(datatype: Any) -> np.dtype:
         return DATATYPES[datatype]
     except (KeyError, TypeError):
         raise ProtocolError(
-            f"unknown or unsupported datatype {datatype!r}; expected one of {', '.join(DATATYPES)}",
-            got=datatype,
+            f"unknown or unsupported datatype {_short(datatype)}; expected one of "
+            f"{', '.join(DATATYPES)}",
+            got=_short(datatype),
         ) from None
 
 
@@ -224,9 +240,10 @@ def parse_split_model(name: str, package: str) -> int | None:
     if name.startswith(prefix) and tail.isdigit() and tail.isascii() and len(tail) < 6:
         return int(tail)
     raise ProtocolError(
-        f"unknown model {name!r}; this server serves {package!r} as {prefix}0, {prefix}1, ...",
+        f"unknown model {_short(name)}; this server serves {package!r} as "
+        f"{prefix}0, {prefix}1, ...",
         status=404,
-        got=name,
+        got=_short(name),
     )
 
 
@@ -273,9 +290,9 @@ def _check_encoding(encoding: str) -> str:
         return "gzip"
     if enc not in (*_ENCODINGS, "identity", ""):
         raise ProtocolError(
-            f"unsupported Content-Encoding {encoding!r}; use gzip or deflate",
+            f"unsupported Content-Encoding {_short(encoding)}; use gzip or deflate",
             status=415,
-            got=encoding,
+            got=_short(encoding),
         )
     return enc
 
@@ -297,6 +314,12 @@ def decompress(data: bytes, encoding: str | None, *, limit: int | None = None) -
     if not encoding:
         return data
     encs = [_check_encoding(e) for e in encoding.split(",")]
+    if sum(e not in ("identity", "") for e in encs) > _MAX_ENCODINGS:
+        raise ProtocolError(
+            f"Content-Encoding has more than {_MAX_ENCODINGS} layers",
+            status=415,
+            hint="compress the body once, with gzip or deflate",
+        )
     for enc in reversed(encs):
         if enc in ("identity", ""):
             continue
@@ -544,12 +567,14 @@ def _split_body(body: bytes, headers: Mapping[str, str] | None) -> tuple[Any, me
         head, rest = view[:n], view[n:]
     try:
         doc = json.loads(bytes(head))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, bad JSON and an integer longer than Python converts
         what = "JSON header" if raw is not None else "body"
         hint = None
         if raw is None and body[:1] == b"{":
             hint = f"a binary request needs the {HEADER_LENGTH} header"
-        raise ProtocolError(f"the {what} is not valid JSON ({exc})", hint=hint) from None
+        why = "too deeply nested" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise ProtocolError(f"the {what} is not valid JSON ({why})", hint=hint) from None
     if not isinstance(doc, dict):
         raise ProtocolError("the JSON header must be an object")
     return doc, rest
@@ -566,6 +591,19 @@ def _params(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(p, dict):
         raise ProtocolError(f"{where}: 'parameters' must be an object")
     return p
+
+
+def _shape(shape: Any, where: str) -> list[int]:
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(_is_int(s) and 0 <= s <= MAX_DIM for s in shape)
+    ):
+        raise ProtocolError(
+            f"{where}: 'shape' must be a list of at most {MAX_DIMS} integers in 0..{MAX_DIM}, "
+            f"got {_short(shape)}"
+        )
+    return shape
 
 
 def _json_data(data: Any, dt: np.dtype, shape: list[int], where: str) -> np.ndarray:
@@ -601,17 +639,22 @@ def _json_data(data: Any, dt: np.dtype, shape: list[int], where: str) -> np.ndar
     return arr.astype(dt).reshape(shape)
 
 
-def _tensor(d: Any, where: str, rest: memoryview, offset: int) -> tuple[Tensor, int]:
+def _tensor(
+    d: Any, where: str, rest: memoryview, offset: int, max_rows: int | None = None
+) -> tuple[Tensor, int]:
     if not isinstance(d, dict):
         raise ProtocolError(f"{where} must be an object")
     name = d.get("name")
     if not isinstance(name, str) or not name:
         raise ProtocolError(f"{where} needs a 'name' (string)")
-    where = f"{where.split()[0]} {name!r}"
-    shape = d.get("shape")
-    if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+    where = f"{where.split()[0]} {_short(name)}"
+    shape = _shape(d.get("shape"), where)
+    if max_rows is not None and shape and shape[0] > max_rows:
         raise ProtocolError(
-            f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}"[:300]
+            f"{where} has {shape[0]} rows; this server takes at most {max_rows} per request",
+            status=413,
+            hint="split the batch into several requests",
+            limit=max_rows,
         )
     dt = dtype_of(d.get("datatype"))
     params = _params(d, where)
@@ -643,13 +686,23 @@ def _tensor(d: Any, where: str, rest: memoryview, offset: int) -> tuple[Tensor, 
 
 
 def decode_infer_request(
-    body: bytes, headers: Mapping[str, str] | None = None, *, limit: int | None = None
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    limit: int | None = None,
+    max_rows: int | None = None,
 ) -> InferRequest:
     """Parse an infer request (JSON or binary, possibly compressed).
 
     Raises :class:`ProtocolError` with the status to answer: 400 for a malformed request,
-    413 when the decompressed body exceeds ``limit``, 415 for an unknown encoding.
+    413 when the body (decompressed) exceeds ``limit`` bytes or an input's first dimension
+    exceeds ``max_rows`` (checked on the declared shape, before any tensor is built), 415 for
+    an unknown encoding. Nothing is allocated beyond a small multiple of ``limit``.
     """
+    if limit is not None and len(body) > limit:
+        raise ProtocolError(
+            f"the request body is larger than {limit} bytes", status=413, limit=limit
+        )
     body = decompress(body, _header(headers, "Content-Encoding"), limit=limit)
     doc, rest = _split_body(body, headers)
     rid = doc.get("id")
@@ -665,7 +718,7 @@ def decode_infer_request(
     tensors = []
     offset = 0
     for i, d in enumerate(ins):
-        t, offset = _tensor(d, f"input #{i}", rest, offset)
+        t, offset = _tensor(d, f"input #{i}", rest, offset, max_rows)
         tensors.append(t)
     if offset != len(rest):
         raise ProtocolError(
@@ -682,9 +735,10 @@ def decode_infer_request(
         for i, o in enumerate(outs):
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise ProtocolError(f"output #{i} needs a 'name' (string)")
-            b = _params(o, f"output {o['name']!r}").get("binary_data", binary_output)
+            oname = _short(o["name"])
+            b = _params(o, f"output {oname}").get("binary_data", binary_output)
             if not isinstance(b, bool):
-                raise ProtocolError(f"output {o['name']!r}: binary_data must be true or false")
+                raise ProtocolError(f"output {oname}: binary_data must be true or false")
             got.append(RequestedOutput(o["name"], b))
         outputs = tuple(got)
     return InferRequest(rid, params, tuple(tensors), outputs, binary_output)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +20,8 @@ from edgekit._package import (
     QuantParams,
     StageSpec,
     TensorSpec,
+    check_name,
+    check_package_path,
     write_manifest,
 )
 
@@ -98,3 +104,117 @@ def test_quant_params_switch_type() -> None:
     q = QuantParams(0.5, -128, "int8")
     assert q.as_dtype("uint8") == QuantParams(0.5, 0, "uint8")
     assert q.as_dtype("uint8").as_dtype("int8") == q
+
+
+# -- the package rule: names and paths ----------------------------------------------------
+
+
+def _edit(root: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    data = json.loads((root / "manifest.json").read_text())
+    change(data)
+    (root / "manifest.json").write_text(json.dumps(data))
+
+
+def _stage_path(data: dict[str, Any], rel: str) -> None:
+    data["stages"][0]["files"]["tflite"] = rel
+
+
+@pytest.mark.parametrize(
+    "rel", ["/etc/passwd", "../other.edgepkg/tflite/stage_0.tflite", "tflite/../../x", "a//b", ""]
+)
+def test_stage_path_outside_the_package_is_refused(tmp_path: Path, rel: str) -> None:
+    pkg = tmp_path / "p"
+    _tiny_package(pkg)
+    _edit(pkg, lambda d: _stage_path(d, rel))
+    with pytest.raises(PackageError, match=r"stages\[0\]\.files"):
+        read_manifest(pkg, verify=False)
+
+
+def test_full_model_path_outside_the_package_is_refused(tmp_path: Path) -> None:
+    pkg = tmp_path / "p"
+    _tiny_package(pkg)
+    _edit(pkg, lambda d: d["full"].update(tflite="/etc/passwd"))
+    with pytest.raises(PackageError, match=r"full\['tflite'\]"):
+        read_manifest(pkg)
+
+
+def test_stage_path_must_be_listed_with_its_sha256(tmp_path: Path) -> None:
+    # Another file that exists in the package, but was never checksummed.
+    pkg = tmp_path / "p"
+    _tiny_package(pkg)
+    (pkg / "tflite" / "other.tflite").write_bytes(b"unverified")
+    _edit(pkg, lambda d: _stage_path(d, "tflite/other.tflite"))
+    with pytest.raises(PackageError, match="not listed with its sha256"):
+        read_manifest(pkg)
+    _edit(pkg, lambda d: d["full"].update(onnx="onnx/full.onnx"))
+    with pytest.raises(PackageError, match="not listed"):
+        read_manifest(pkg)
+
+
+@pytest.mark.parametrize(
+    "key", ["../escaped.txt", "l/../../../escaped/pwned.txt", "/abs", "manifest.json", ".hidden"]
+)
+def test_bad_file_key_is_refused(tmp_path: Path, key: str) -> None:
+    pkg = tmp_path / "p"
+    _tiny_package(pkg)
+    _edit(pkg, lambda d: d["files"].update({key: "0" * 64}))
+    with pytest.raises(PackageError, match="files key"):
+        read_manifest(pkg, verify=False)
+
+
+def test_symlink_inside_the_package_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_bytes(b"model bytes")  # same bytes: the checksum alone would pass
+    pkg = tmp_path / "p"
+    _tiny_package(pkg)
+    stage = pkg / "tflite" / "stage_0.tflite"
+    stage.unlink()
+    stage.symlink_to(outside)
+    with pytest.raises(PackageError, match="symlink"):
+        read_manifest(pkg)
+    with pytest.raises(PackageError, match="symlink"):
+        read_manifest(pkg, verify=False)
+    # A linked folder on the way is refused too.
+    stage.unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "stage_0.tflite").write_bytes(b"model bytes")
+    (pkg / "tflite").rmdir()
+    (pkg / "tflite").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(PackageError, match="symlink"):
+        read_manifest(pkg)
+
+
+def test_write_manifest_refuses_symlinks(tmp_path: Path) -> None:
+    pkg = tmp_path / "p"
+    _tiny_package(pkg)
+    (pkg / "report.json").symlink_to("/etc/hostname")
+    with pytest.raises(PackageError, match="symlink"):
+        write_manifest(pkg, read_manifest(pkg, verify=False))
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "", "x" * 65, "naïve", "-x"])
+def test_bad_package_name_is_refused(tmp_path: Path, name: str) -> None:
+    pkg = tmp_path / "p"
+    _tiny_package(pkg)
+    _edit(pkg, lambda d: d.update(name=name))
+    with pytest.raises(PackageError, match="package name"):
+        read_manifest(pkg)
+    with pytest.raises(PackageError, match="package name"):
+        check_name(name)
+
+
+def test_good_names_and_paths_pass() -> None:
+    for name in ("digits", "fmnist-v2.1", "A_b.c-9", "x" * 64):
+        assert check_name(name) == name
+    for rel in ("report.json", "tflite/stage_0.tflite", "onnx/stage_0.onnx.data", "plots/a.png"):
+        assert check_package_path(rel) == rel
+
+
+def test_manifest_is_written_with_the_normal_mode(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        _tiny_package(tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "manifest.json").stat().st_mode) == 0o644
+    assert not list(tmp_path.glob(".manifest.*"))

@@ -1,0 +1,146 @@
+"""The MQTT 5 connection (paho-mqtt 2.x): session, last will, reconnects, acknowledgements.
+
+paho runs the network in its own thread. Everything here that the node's main thread needs
+crosses through thread-safe deques: received messages, and the message ids the broker
+acknowledged. (paho may call ``on_publish`` before ``publish()`` has returned the message
+id, so the main thread matches ids to outbox rows only when it drains the acks.)
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import ssl
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .config import Config
+
+__all__ = ["Link"]
+
+log = logging.getLogger("iot_node")
+
+
+class Link:
+    """One MQTT client for the node: subscribes to ``infer`` and ``cmd``, publishes the rest."""
+
+    def __init__(self, cfg: Config, receive_maximum: int = 32) -> None:
+        self.cfg = cfg
+        self.inbox: collections.deque[mqtt.MQTTMessage] = collections.deque()
+        self.acked: collections.deque[tuple[int, bool]] = collections.deque()
+        self.connected = threading.Event()
+        self.connects = 0
+        self.on_connected: list[Any] = []  # called (in paho's thread) after each CONNACK
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"edgekit-{cfg.device}",
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,  # requests are acknowledged once their event is committed
+        )
+        c.will_set(cfg.topic("status"), b"offline", qos=1, retain=True)
+        if cfg.username:
+            c.username_pw_set(cfg.username, cfg.secret() or None)
+        if cfg.tls:
+            c.tls_set(
+                ca_certs=cfg.tls_ca or None,
+                certfile=cfg.tls_cert or None,
+                keyfile=cfg.tls_key or None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.max_inflight_messages_set(cfg.max_inflight)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        self.client = c
+        self._receive_maximum = receive_maximum
+
+    def start(self) -> None:
+        """Connect in the background; paho retries with backoff (1 s doubling to 30 s)."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.ReceiveMaximum = self._receive_maximum  # bounds unacked requests held here
+        props.MaximumPacketSize = self.cfg.max_request_bytes + 65_536
+        self.client.connect_async(
+            self.cfg.broker,
+            self.cfg.broker_port,
+            keepalive=self.cfg.keepalive_s,
+            clean_start=False,
+            properties=props,
+        )
+        self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker %s refused the connection: %s", self.cfg.broker, reason)
+            return
+        self.connects += 1
+        log.info(
+            "connected to %s:%d (session %s)",
+            self.cfg.broker,
+            self.cfg.broker_port,
+            "resumed" if flags.session_present else "new",
+        )
+        client.subscribe([(self.cfg.topic("infer"), 1), (self.cfg.topic("cmd"), 1)])
+        client.publish(self.cfg.topic("status"), b"online", qos=1, retain=True)
+        for fn in self.on_connected:
+            fn()
+        self.connected.set()
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if self.connected.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting", reason)
+        self.connected.clear()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        # 0x10 "no matching subscribers" is a success: the broker has the message.
+        self.acked.append((mid, not reason.is_failure))
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self.inbox.append(msg)
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, props: Any = None
+    ) -> int | None:
+        """Hand one message to paho; its message id, or None when paho refused it."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.error("could not publish to %s: %s", topic, mqtt.error_string(info.rc))
+            return None
+        return int(info.mid)
+
+    def reply(self, request: mqtt.MQTTMessage, payload: dict[str, Any]) -> None:
+        """Answer an MQTT 5 request on its response topic, with its correlation data."""
+        rp = getattr(request.properties, "ResponseTopic", None)
+        if not rp:
+            return
+        props = Properties(PacketTypes.PUBLISH)
+        corr = getattr(request.properties, "CorrelationData", None)
+        if corr is not None:
+            props.CorrelationData = corr
+        props.ContentType = "application/json"
+        self.publish(rp, json.dumps(payload).encode(), qos=1, props=props)
+
+    def ack(self, msg: mqtt.MQTTMessage) -> None:
+        if msg.qos > 0:
+            self.client.ack(msg.mid, msg.qos)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Publish ``offline`` (retained), disconnect cleanly, stop the network thread."""
+        if self.connected.is_set():
+            info = self.client.publish(self.cfg.topic("status"), b"offline", qos=1, retain=True)
+            # If the connection goes down meanwhile, the last will says offline.
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout)
+        self.connected.clear()  # a disconnect we asked for: no "reconnecting" warning
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,409 @@
+"""The node: one loop that classifies inputs, commits events, and keeps the broker fed.
+
+Everything that touches the model or the outbox runs in this one thread; paho's network
+thread only fills deques (see link.py). Per batch: claim inputs, classify, commit their
+events (one transaction), then move the files and acknowledge the requests. Publishing keeps
+at most ``max_inflight`` outbox events with paho; each is deleted when its PUBACK arrives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import edgekit
+
+from .config import Config
+from .inputs import Claim, Inbox, InputProblem, decode
+from .link import Link
+from .outbox import Outbox
+from .systemd import Notifier
+
+__all__ = ["Deployment", "Node", "resolve"]
+
+log = logging.getLogger("iot_node")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Which package a path points at now: its folder, and an id that changes with it."""
+
+    package: Path
+    deploy_id: str
+    fingerprint: tuple[str, int]
+
+
+def resolve(path: str | Path) -> Deployment:
+    """``path`` is a package, a deploy folder (``package/`` inside, as ``edgekit push``
+    makes) or a ``current`` link to either; follow it to the package it means now."""
+    real = Path(os.path.realpath(path))
+    pkg = real
+    if not (pkg / "manifest.json").is_file() and (real / "package" / "manifest.json").is_file():
+        pkg = Path(os.path.realpath(real / "package"))
+    manifest = pkg / "manifest.json"
+    try:
+        st = manifest.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no edge package at {path} (no manifest.json there or in {path}/package): "
+            "push one with `edgekit push PKG DEVICE`, or point --package at NAME.edgepkg"
+        ) from None
+    if real is not pkg:  # a deploy: its folder name (RELEASE-ENV) is the deploy id
+        deploy_id = real.name
+    else:
+        deploy_id = hashlib.sha256(manifest.read_bytes()).hexdigest()[:12]
+    return Deployment(pkg, deploy_id, (str(pkg), st.st_mtime_ns))
+
+
+@dataclass
+class _Item:
+    """One input in a batch: what it was, and the event it produced."""
+
+    event_id: str
+    source: str
+    claim: Claim | None = None
+    request: Any = None  # the MQTT message of a request
+    seen_id: str | None = None
+    event: dict[str, Any] | None = None
+
+
+class Node:
+    """``Node(cfg).run()`` until SIGTERM/SIGINT (or ``stop()``)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        state = Path(cfg.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(state / "outbox.sqlite3", cfg.outbox_cap)
+        self.inbox = Inbox(cfg.inbox_dir)
+        self._ids: Iterator[str] = (
+            f"{cfg.device}-{self.outbox.boot}-{n}" for n in itertools.count(1)
+        )
+        self.policy = cfg.policy
+        self.deployment = resolve(cfg.package)
+        self.model = self._load(self.deployment)
+        self.link = Link(cfg)
+        self.link.on_connected.append(self._on_connected)
+        self.notify = Notifier()
+        self._stop = threading.Event()
+        self._inflight: dict[int, int] = {}  # paho message id -> outbox seq
+        self._handed = 0  # the highest outbox seq given to paho
+        self._rewind = threading.Event()  # set on connect: hand over the outbox from its start
+        self.counts = {"processed": 0, "failed": 0, "requests": 0, "commands": 0, "rejected": 0}
+        self.started = time.time()
+        self._next_stats = time.monotonic() + cfg.stats_s
+        self._next_watch = time.monotonic() + cfg.watch_s
+        self.deploy_error: str | None = None
+
+    # -- the model ---------------------------------------------------------------------------
+
+    def _load(self, dep: Deployment, policy: str | None = None) -> Any:
+        pol = policy or self.policy
+        state = None
+        if pol.startswith("bandit"):
+            name = dep.package.name.removesuffix(".edgepkg")
+            state = str(Path(self.cfg.state_dir) / f"bandit-{name}.json")
+        model = edgekit.load(dep.package, backend=self.cfg.backend, policy=pol, state=state)
+        log.info("model %s (deploy %s), policy %s", model.manifest.name, dep.deploy_id, pol)
+        return model
+
+    def _switch(self, dep: Deployment, policy: str | None = None) -> None:
+        """Load the new model first; only then retire the old one (between inputs)."""
+        new = self._load(dep, policy)
+        old, self.model, self.deployment = self.model, new, dep
+        if policy:
+            self.policy = policy
+        old.close()
+
+    def _watch(self) -> None:
+        """Follow ``edgekit push``: a new ``current`` deployment is loaded without a restart."""
+        try:
+            dep = resolve(self.cfg.package)
+            if dep.fingerprint != self.deployment.fingerprint:
+                log.info("deployment changed: %s -> %s", self.deployment.deploy_id, dep.deploy_id)
+                self._switch(dep)
+            self.deploy_error = None
+        except Exception as exc:  # a half-pushed or broken package: keep the running one
+            if str(exc) != self.deploy_error:
+                log.error("new deployment not loaded, staying on %s: %s", self.deployment, exc)
+            self.deploy_error = str(exc)
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def _classify(self, item: _Item, data: bytes) -> None:
+        ev: dict[str, Any] = {
+            "event_id": item.event_id,
+            "device": self.cfg.device,
+            "source": item.source,
+            "package": self.model.manifest.name,
+            "deploy": self.deployment.deploy_id,
+        }
+        try:
+            x = decode(data, tuple(self.model.manifest.input.shape), self.cfg.max_pixels)
+            p = self.model.predict(x)
+        except (InputProblem, edgekit.EdgekitError, ValueError) as exc:
+            ev.update(ok=False, error=str(exc))
+            self.counts["failed"] += 1
+        else:
+            ev.update(
+                ok=True,
+                label=p.label,
+                name=p.name,
+                score=round(p.score, 5),
+                exit=p.exit,
+                stages_run=p.stages_run,
+                latency_ms=round(p.latency_ms, 4),
+                offloaded=p.offloaded,
+            )
+            self.counts["processed"] += 1
+        ev["ts"] = round(time.time(), 3)
+        item.event = ev
+
+    def _read(self, claim: Claim) -> bytes:
+        size = claim.path.stat().st_size
+        if size > self.cfg.max_request_bytes:
+            raise InputProblem(f"{size} bytes, over max_request_bytes={self.cfg.max_request_bytes}")
+        return claim.path.read_bytes()
+
+    def _gather(self, recovered: list[Claim]) -> list[_Item]:
+        items: list[_Item] = []
+        while self.link.inbox and len(items) < self.cfg.batch:
+            msg = self.link.inbox.popleft()
+            if msg.topic == self.cfg.topic("cmd"):
+                self._command(msg)
+                continue
+            items.append(self._request_item(msg))
+        claims = recovered or self.inbox.claim(self._ids, self.cfg.batch - len(items))
+        for c in claims:
+            items.append(_Item(c.event_id, f"inbox:{c.name}", claim=c))
+        return [i for i in items if i.event_id]
+
+    def _request_item(self, msg: Any) -> _Item:
+        props = msg.properties
+        rid = None
+        for k, v in getattr(props, "UserProperty", None) or []:
+            if k == "request_id":
+                rid = v[:128]
+        corr = getattr(props, "CorrelationData", None)
+        if rid is None and corr:
+            rid = bytes(corr[:64]).hex()
+        seen = f"req:{rid}" if rid else None
+        if seen and self.outbox.seen(seen):
+            self.link.ack(msg)  # a redelivery of a request already answered
+            return _Item("", "")
+        self.counts["requests"] += 1
+        return _Item(next(self._ids), f"mqtt:{rid or '-'}", request=msg, seen_id=seen)
+
+    def _process(self, items: list[_Item]) -> None:
+        for it in items:
+            try:
+                data = self._read(it.claim) if it.claim else bytes(it.request.payload)
+            except (OSError, InputProblem) as exc:
+                it.event = {"event_id": it.event_id, "source": it.source, "ok": False}
+                it.event.update(error=str(exc), device=self.cfg.device, ts=round(time.time(), 3))
+                self.counts["failed"] += 1
+                continue
+            self._classify(it, data)
+        topic = self.cfg.topic("events")
+        rows = [(i.event_id, topic, json.dumps(i.event).encode()) for i in items]
+        dropped = self.outbox.add(
+            rows, handed=self._handed, seen=[i.seen_id for i in items if i.seen_id]
+        )
+        if dropped:
+            cap = self.cfg.outbox_cap
+            log.warning("outbox full (%d): dropped the %d oldest events", cap, dropped)
+        for it in items:  # committed: now the inputs can be let go of
+            if it.claim is not None:
+                self.inbox.finish(it.claim, bool(it.event and it.event.get("ok")))
+            else:
+                self.link.reply(it.request, it.event or {})
+                self.link.ack(it.request)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def _on_connected(self) -> None:
+        self._rewind.set()
+
+    def _pump(self) -> None:
+        """Match PUBACKs to outbox rows (delete them), then hand over more rows."""
+        done, retry = [], False
+        while self.link.acked:
+            mid, ok = self.link.acked.popleft()
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue  # status, stats, replies: not outbox events
+            if ok:
+                done.append(seq)
+            else:
+                self.counts["rejected"] += 1
+                retry = True
+        self.outbox.delete(done)
+        if retry:
+            log.error("the broker refused events (not authorized?); they stay in the outbox")
+        if self._rewind.is_set() and not self._inflight:
+            # A new connection with nothing of ours in flight: start from the outbox's oldest
+            # (rows paho still holds are resent by paho itself and stay in _inflight).
+            self._rewind.clear()
+            self._handed = 0
+        room = self.cfg.max_inflight - len(self._inflight)
+        if room <= 0 or not self.link.connected.is_set():
+            return
+        for seq, topic, payload in self.outbox.pending(self._handed, room):
+            mid = self.link.publish(topic, payload)
+            if mid is None:
+                break
+            self._inflight[mid] = seq
+            self._handed = seq
+
+    # -- commands and stats --------------------------------------------------------------
+
+    def _command(self, msg: Any) -> None:
+        """``{"id": ..., "cmd": "policy"|"stats"|"reload", "policy": ...}``, once per id."""
+        try:
+            if len(msg.payload) > 65_536:
+                raise ValueError("command over 64 KiB")
+            body = json.loads(msg.payload)
+            cid, cmd = body.get("id"), body.get("cmd")
+            if not isinstance(cid, str) or not 0 < len(cid) <= 128:
+                raise ValueError('a command needs an "id": a string of 1 to 128 characters')
+        except (ValueError, AttributeError) as exc:
+            self._cmd_result(msg, {"ok": False, "error": f"bad command: {exc}"})
+            return
+        result: dict[str, Any] = {"id": cid, "cmd": cmd}
+        if self.outbox.seen(f"cmd:{cid}"):
+            result.update(ok=True, duplicate=True)
+        else:
+            try:
+                result.update(ok=True, **self._apply(cmd, body))
+            except Exception as exc:  # a bad policy string, a broken package: say so, go on
+                result.update(ok=False, error=str(exc))
+            self.outbox.add([], handed=self._handed, seen=[f"cmd:{cid}"])
+            self.counts["commands"] += 1
+        self._cmd_result(msg, result)
+
+    def _apply(self, cmd: Any, body: dict[str, Any]) -> dict[str, Any]:
+        if cmd == "stats":
+            self._publish_stats()
+            return {}
+        if cmd == "reload":
+            self._switch(resolve(self.cfg.package))
+            return {"deploy": self.deployment.deploy_id}
+        if cmd == "policy":
+            pol = body.get("policy")
+            if not isinstance(pol, str) or not pol:
+                raise ValueError('"policy" needs a policy string, e.g. "threshold:0.9"')
+            self._switch(self.deployment, policy=pol)
+            return {"policy": pol}
+        raise ValueError(f"unknown cmd {cmd!r}: use policy, stats or reload")
+
+    def _cmd_result(self, msg: Any, result: dict[str, Any]) -> None:
+        self.link.publish(self.cfg.topic("cmd/result"), json.dumps(result).encode())
+        self.link.reply(msg, result)
+        self.link.ack(msg)
+
+    def stats(self) -> dict[str, Any]:
+        """What the node reports on ``.../stats``."""
+        return {
+            "device": self.cfg.device,
+            "ts": round(time.time(), 3),
+            "uptime_s": round(time.time() - self.started, 1),
+            "boot": self.outbox.boot,
+            "package": self.model.manifest.name,
+            "deploy": self.deployment.deploy_id,
+            "deploy_error": self.deploy_error,
+            **self.counts,
+            "outbox_depth": self.outbox.depth,
+            "dropped": self.outbox.dropped,
+            "connected": self.link.connected.is_set(),
+            "model": self.model.stats(),
+        }
+
+    def _publish_stats(self) -> None:
+        self.link.publish(self.cfg.topic("stats"), json.dumps(self.stats()).encode(), retain=True)
+
+    def _discovery(self) -> None:
+        """Home Assistant MQTT discovery: a sensor for the label, one for the latency."""
+        dev = {"identifiers": [f"edgekit-{self.cfg.device}"], "name": self.cfg.device}
+        for key, tmpl, unit in (
+            ("label", "{{ value_json.name or value_json.label }}", None),
+            ("latency", "{{ value_json.latency_ms }}", "ms"),
+        ):
+            conf: dict[str, Any] = {
+                "name": f"{self.cfg.device} {key}",
+                "unique_id": f"edgekit_{self.cfg.device}_{key}",
+                "state_topic": self.cfg.topic("events"),
+                "value_template": tmpl,
+                "availability_topic": self.cfg.topic("status"),
+                "payload_available": "online",
+                "payload_not_available": "offline",
+                "device": dev,
+            }
+            if unit:
+                conf["unit_of_measurement"] = unit
+            topic = f"homeassistant/sensor/edgekit_{self.cfg.device}_{key}/config"
+            self.link.publish(topic, json.dumps(conf).encode(), retain=True)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        if self.cfg.ha_discovery:
+            self.link.on_connected.append(self._discovery)
+        self.link.start()
+        recovered = self.inbox.recover()
+        if recovered:
+            log.info("finishing %d inputs claimed before the last stop", len(recovered))
+        log.info("inbox %s; outbox holds %d events", self.inbox.root, self.outbox.depth)
+        self.notify.send("READY=1\nSTATUS=classifying")
+        while not self._stop.is_set():
+            items = self._gather(recovered[: self.cfg.batch])
+            recovered = recovered[self.cfg.batch :]
+            if items:
+                self._process(items)
+            self._pump()
+            self._housekeeping()
+            if not items:
+                self._stop.wait(self.cfg.poll_s)
+        self._shutdown()
+
+    def _housekeeping(self) -> None:
+        self.notify.ping()
+        now = time.monotonic()
+        if now >= self._next_watch:
+            self._next_watch = now + self.cfg.watch_s
+            self._watch()
+        if now >= self._next_stats:
+            self._next_stats = now + self.cfg.stats_s
+            self._publish_stats()
+            self.outbox.trim_seen()
+
+    def _shutdown(self) -> None:
+        """Finish: the input in hand is done; wait a little for PUBACKs; say offline."""
+        self.notify.send("STOPPING=1")
+        log.info("stopping: %d events wait for the broker", self.outbox.depth)
+        deadline = time.monotonic() + self.cfg.drain_s
+        while self.outbox.depth and self.link.connected.is_set() and time.monotonic() < deadline:
+            self._pump()
+            time.sleep(0.02)
+        self._pump()
+        if self.link.connected.is_set():
+            self._publish_stats()
+        self.link.close()
+        self.model.close()
+        self.outbox.close()
+        self.notify.close()
+        log.info("stopped")

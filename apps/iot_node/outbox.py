@@ -1,0 +1,118 @@
+"""The on-disk outbox: events are committed here before they are published, and deleted only
+after the broker's PUBACK, so a broker outage, a SIGKILL or a reboot loses nothing.
+
+One SQLite file in WAL mode, used from one thread. ``synchronous=FULL`` makes each commit
+durable against power loss; the node commits a batch of events at a time, so the fsync is
+shared. When more than ``cap`` events wait, the oldest not yet handed to the broker are
+dropped and counted (``dropped``, kept across restarts).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+__all__ = ["Outbox"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY);
+"""
+SEEN_KEEP = 10_000  # command/request ids remembered (the newest)
+
+
+class Outbox:
+    """Events waiting for their PUBACK, plus the node's few counters (boot, dropped)."""
+
+    def __init__(self, path: str | Path, cap: int) -> None:
+        if cap < 1:
+            raise ValueError(f"outbox cap must be at least 1, not {cap}")
+        self.cap = cap
+        self._db = sqlite3.connect(str(path), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        with self._tx():
+            self.boot = self._meta("boot") + 1
+            self._set_meta("boot", self.boot)
+        self.dropped = self._meta("dropped")
+        self.depth = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def _tx(self) -> sqlite3.Connection:
+        # ``with conn:`` commits or rolls back; BEGIN makes the block one transaction.
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def _meta(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def add(
+        self, events: Sequence[tuple[str, str, bytes]], *, handed: int, seen: Iterable[str] = ()
+    ) -> int:
+        """Commit ``(event_id, topic, payload)`` rows (an event id already here is kept once)
+        and the ``seen`` ids, in one transaction; return how many old events the cap dropped.
+
+        ``handed``: the last sequence number given to the MQTT client; those are in flight
+        and are not dropped.
+        """
+        with self._tx():
+            before = self._db.total_changes
+            self._db.executemany(
+                "INSERT OR IGNORE INTO outbox (event_id, topic, payload) VALUES (?, ?, ?)",
+                events,
+            )
+            self.depth += self._db.total_changes - before
+            self._db.executemany("INSERT OR IGNORE INTO seen (id) VALUES (?)", ((s,) for s in seen))
+            excess = self.depth - self.cap
+            dropped = 0
+            if excess > 0:
+                cur = self._db.execute(
+                    "DELETE FROM outbox WHERE seq IN "
+                    "(SELECT seq FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?)",
+                    (handed, excess),
+                )
+                dropped = cur.rowcount
+                self.depth -= dropped
+                self.dropped += dropped
+                self._set_meta("dropped", self.dropped)
+        return dropped
+
+    def pending(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:
+        """Up to ``limit`` waiting events with a sequence number above ``after``, oldest first."""
+        return self._db.execute(
+            "SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+
+    def delete(self, seqs: Sequence[int]) -> None:
+        """Forget events the broker acknowledged."""
+        if not seqs:
+            return
+        with self._tx():
+            before = self._db.total_changes
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
+            self.depth -= self._db.total_changes - before
+
+    def seen(self, ident: str) -> bool:
+        """Whether a command or request id was already applied."""
+        return self._db.execute("SELECT 1 FROM seen WHERE id = ?", (ident,)).fetchone() is not None
+
+    def trim_seen(self) -> None:
+        with self._tx():
+            self._db.execute(
+                "DELETE FROM seen WHERE rowid <= (SELECT MAX(rowid) FROM seen) - ?", (SEEN_KEEP,)
+            )
+
+    def close(self) -> None:
+        self._db.close()

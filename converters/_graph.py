@@ -8,10 +8,21 @@ from typing import Any
 
 from edgekit._errors import ModelError
 
-__all__ = ["CutPoint", "cut_points", "layer_macs", "model_macs", "pick_cuts"]
+__all__ = [
+    "CutPoint",
+    "cut_points",
+    "describe_cut_points",
+    "layer_macs",
+    "model_macs",
+    "pick_cuts",
+]
 
-# A stage boundary after one of these would split a fused conv+BN(+activation) pattern.
-_UNCUTTABLE = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "Conv1D", "ZeroPadding2D")
+# Convolutions whose output is a stage boundary only when nothing is folded into them after:
+# no batch norm, no separate activation layer (the converters fuse those into the conv).
+_CONVS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv1D")
+_FOLDED = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "ELU", "PReLU")
+# A cut after padding would leave the pad in one stage and its conv in the next.
+_UNCUTTABLE = ("Dense", "ZeroPadding2D")
 _ACTIVATIONS = ("ReLU", "Activation", "LeakyReLU", "ELU")
 
 
@@ -67,9 +78,18 @@ class CutPoint:
     shape: tuple[int, ...]
 
 
+def _consumer_types(layer: Any) -> list[str]:
+    return [type(n.outbound_layer).__name__ for n in layer.outbound_nodes]
+
+
 def _feeds_activation(layer: Any) -> bool:
-    consumers = [n.outbound_layer for n in layer.outbound_nodes]
-    return len(consumers) == 1 and type(consumers[0]).__name__ in _ACTIVATIONS
+    consumers = _consumer_types(layer)
+    return len(consumers) == 1 and consumers[0] in _ACTIVATIONS
+
+
+def _folds_forward(layer: Any) -> bool:
+    """Whether a later layer (batch norm, activation) is folded into this conv's output."""
+    return any(t in _FOLDED for t in _consumer_types(layer))
 
 
 def cut_points(model: Any) -> list[CutPoint]:
@@ -77,7 +97,9 @@ def cut_points(model: Any) -> list[CutPoint]:
 
     ``model.layers`` of a Functional model is in topological order; a cut after
     position ``i`` is valid when no tensor made at or before ``i`` other than layer
-    ``i``'s output is still needed after it.
+    ``i``'s output is still needed after it. A convolution's output qualifies when no
+    batch norm or activation layer is folded into it afterwards (a conv with a fused
+    ``activation=`` does); points before any MACs (right after preprocessing) do not.
     """
     layers = model.layers
     index = {id(layer): i for i, layer in enumerate(layers)}
@@ -102,7 +124,9 @@ def cut_points(model: Any) -> list[CutPoint]:
         before = open_until
         open_until = max(open_until, last_use[i])
         cls = type(layer).__name__
-        if i == 0 or cls == "InputLayer" or before > i or cls in _UNCUTTABLE:
+        if i == 0 or cls == "InputLayer" or before > i or cls in _UNCUTTABLE or cum == 0:
+            continue
+        if cls in _CONVS and _folds_forward(layer):
             continue
         if id(layer.get_output_at(0)) in outputs or last_use[i] == i:
             continue  # a model output or a dead end, not a boundary
@@ -130,22 +154,22 @@ def pick_cuts(
         by_name = {p.layer: p for p in points}
         names = {layer.name for layer in model.layers}
         for name in layers:
-            if name not in names:
-                close = [n for n in names if name.lower() in n.lower()][:5]
-                raise ModelError(
-                    f"exit layer {name!r} does not exist in the model",
-                    hint=f"similar layer names: {close}"
-                    if close
-                    else "list the model's layers with model.summary()",
-                    layer=name,
-                )
             if name not in by_name:
-                valid = [p.layer for p in points][:12]
+                what = (
+                    "is not a place where the model can be cut (a branch is still open there, "
+                    "or it splits a conv from its batch norm or activation)"
+                    if name in names
+                    else "does not exist in the model"
+                )
+                close = sorted(n for n in names if name.lower() in n.lower())[:5]
+                also = (
+                    f"; layers with similar names: {close}" if close and name not in names else ""
+                )
                 raise ModelError(
-                    f"exit layer {name!r} is not a place where the model can be cut (a branch "
-                    "is still open there, or it splits a conv from its batch norm)",
-                    hint=f"valid exit layers include: {valid}",
+                    f"exit layer {name!r} {what}",
+                    hint=f"valid exit layers: {describe_cut_points(points)}{also}",
                     layer=name,
+                    valid=[p.layer for p in points],
                 )
             chosen.append(by_name[name])
     else:
@@ -155,7 +179,24 @@ def pick_cuts(
                     f"exit fraction {f} is outside (0, 1)",
                     hint="give fractions of the model's MACs such as 0.15,0.4",
                 )
-            best = min(points, key=lambda p: (abs(p.fraction - f), p.position))
+        # Each fraction gets the nearest cut point not taken by an earlier one, so three
+        # fractions give three exits whenever the model has three cut points.
+        after = -1
+        for f in sorted(fractions or ()):
+            free = [p for p in points if p.position > after]
+            if not free:
+                break
+            best = min(free, key=lambda p: (abs(p.fraction - f), p.position))
             chosen.append(best)
+            after = best.position
     chosen = sorted({p.position: p for p in chosen}.values(), key=lambda p: p.position)
     return chosen
+
+
+def describe_cut_points(points: Sequence[CutPoint], limit: int = 40) -> str:
+    """``name (12%), ...`` for an error message; long lists keep both ends."""
+    items = [f"{p.layer} ({p.fraction:.0%})" for p in points]
+    if len(items) > limit:
+        half = limit // 2
+        items = [*items[:half], f"... {len(items) - limit} more ...", *items[-half:]]
+    return ", ".join(items)

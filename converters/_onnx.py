@@ -99,7 +99,42 @@ def _float_model_proto(model: Any, opset: int) -> Any:
             hint="give every output layer a unique name",
         )
     _name_batch_dims(proto)
+    _unshare_initializers(proto)
     return proto
+
+
+def _unshare_initializers(proto: Any) -> int:
+    """Give every node input its own copy of an initializer that several inputs read.
+
+    TensorFlow merges constants with equal values, which a model with untrained or reset
+    batch norms (zero biases, unit variances) has many of; tf2onnx then leaves batch norms
+    unfolded and ORT's quantizer writes one quantized initializer per use under the same
+    name, which ``InferenceSession`` refuses ("Attempt to replace the existing tensor").
+    Copies cost bytes only for tensors that were shared. Returns the number of copies made.
+    """
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    taken = set(inits) | {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    seen: set[str] = set()
+    copies = 0
+    for node in graph.node:
+        for pos, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name not in seen:
+                seen.add(name)
+                continue
+            new, i = f"{name}__ek{copies}", copies
+            while new in taken:
+                i += 1
+                new = f"{name}__ek{i}"
+            dup = graph.initializer.add()
+            dup.CopyFrom(inits[name])
+            dup.name = new
+            taken.add(new)
+            node.input[pos] = new
+            copies += 1
+    return copies
 
 
 def _name_batch_dims(proto: Any) -> None:

@@ -17,12 +17,18 @@ from ._keras import keras, tf, tfmot
 __all__ = [
     "QATUnsupportedError",
     "boundary_range",
+    "qat_failure",
     "qat_model",
     "tflite_io_quant",
     "to_float_tflite",
     "to_int8_tflite",
 ]
 
+# Layer types tfmot's default 8-bit scheme refuses; named when an error does not say which.
+_QAT_UNSUPPORTED = frozenset(
+    {"TFOpLambda", "Rescaling", "Resizing", "Normalization", "LayerNormalization", "PReLU"}
+    | {"Multiply", "Lambda"}
+)
 _RANGE_VAR = re.compile(r"(output|post_activation|quantize_layer)_(min|max)")
 
 
@@ -39,20 +45,28 @@ def qat_model(model: Any, calib: np.ndarray) -> Any:
     mot = tfmot()
     try:
         qmodel = mot.quantization.keras.quantize_model(model)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        bad = sorted(
-            {type(layer).__name__ for layer in model.layers if type(layer).__name__ in str(exc)}
-            or {"?"}
-        )
-        raise QATUnsupportedError(
-            f"quantization-aware training cannot wrap this model ({str(exc).splitlines()[0]})",
-            hint=f"layer types involved: {', '.join(bad)}; use --quant ptq, or replace them "
-            "(hard-swish, LayerNormalization, Rescaling, Resizing, PReLU, Multiply are "
-            "not supported by tfmot)",
-            layers=bad,
-        ) from exc
+    except Exception as exc:  # tfmot fails in many ways (AttributeError in TFOpLambda, ...)
+        raise qat_failure("cannot wrap this model", exc, model) from exc
     _init_ranges(qmodel, model, calib)
     return qmodel
+
+
+def qat_failure(what: str, exc: BaseException, model: Any) -> QATUnsupportedError:
+    """A QATUnsupportedError saying what failed, why, and which layer types are involved."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    names = {type(layer).__name__ for layer in model.layers}
+    bad = sorted(n for n in names if re.search(rf"\b{n}\b", text))
+    bad = bad or sorted(names & _QAT_UNSUPPORTED) or ["?"]
+    return QATUnsupportedError(
+        f"quantization-aware training {what} ({reason})",
+        hint=f"layer types involved: {', '.join(bad)}; use --quant ptq, or replace them "
+        "(hard-swish, LayerNormalization, Rescaling, Resizing, PReLU, Multiply are "
+        "not supported by tfmot)",
+        layers=bad,
+        reason=reason,
+    )
 
 
 def _init_ranges(qmodel: Any, model: Any, calib: np.ndarray) -> None:

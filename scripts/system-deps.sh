@@ -2,6 +2,8 @@
 # Installs the Debian packages edgekit's demo and tests use, when they are missing.
 set -euo pipefail
 pkgs=(dataset-fashion-mnist)
+# The IoT node's tests: a real MQTT broker, and systemd-analyze for its unit file.
+pkgs+=(mosquitto systemd)
 # The virtual arm64 device (`edgekit device emulate`, the device tests) runs only as root.
 if [ "$(id -u)" -eq 0 ]; then
   pkgs+=(qemu-user-static binfmt-support debootstrap debian-archive-keyring openssh-server

@@ -12,7 +12,7 @@ learns online whether to answer here or send a stage's int8 input to ``edgekit s
 
 from ._bandit import ALGORITHMS
 from ._input import InputError
-from ._model import EdgeModel, load
+from ._model import EdgeModel, ModelClosedError, load
 from ._offload import OffloadConfig
 from ._policies import (
     DEFAULT_ARMS,
@@ -36,6 +36,7 @@ __all__ = [
     "EdgeModel",
     "FullPolicy",
     "InputError",
+    "ModelClosedError",
     "OffloadConfig",
     "OffloadInfo",
     "OraclePolicy",

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from ._persist import StateError, count, finite
+
 __all__ = ["ALGORITHMS", "Algorithm", "make_algorithm"]
 
 
@@ -47,7 +49,8 @@ class Algorithm:
         return {"t": self.t}
 
     def load(self, state: dict[str, Any]) -> None:
-        self.t = int(state["t"])
+        """Restore a saved state; ``ValueError`` (nothing changed) if any value is invalid."""
+        self.t = count(state["t"], "t")
 
 
 class _Averages(Algorithm):
@@ -76,13 +79,12 @@ class _Averages(Algorithm):
         return list(self.cnt)
 
     def state(self) -> dict[str, Any]:
-        return {"t": self.t, "cnt": self.cnt, "sum": self.sum}
+        return {"t": self.t, "cnt": list(self.cnt), "sum": list(self.sum)}
 
     def load(self, state: dict[str, Any]) -> None:
-        cnt, total = list(map(float, state["cnt"])), list(map(float, state["sum"]))
-        if len(cnt) != self.n or len(total) != self.n:
-            raise ValueError("state has a different number of arms")
-        self.t, self.cnt, self.sum = int(state["t"]), cnt, total
+        t = count(state["t"], "t")
+        cnt, total = _averages(state, self.n)
+        self.t, self.cnt, self.sum = t, cnt, total
 
 
 class UCB1(_Averages):
@@ -158,11 +160,23 @@ class SlidingWindowUCB(UCB1):
         return {"t": self.t, "hist": [[t, [list(o) for o in obs]] for t, obs in self.hist]}
 
     def load(self, state: dict[str, Any]) -> None:
+        t_now = count(state["t"], "t")
+        hist = state["hist"]
+        if not isinstance(hist, list) or len(hist) > self.window:
+            raise StateError(f"hist is not a list of at most {self.window} inputs")
+        entries = []
+        prev = -1
+        for t, obs in hist:
+            t = count(t, "hist t")
+            if not prev < t <= t_now or not isinstance(obs, list) or len(obs) > self.n:
+                raise StateError("hist holds an entry out of order or with too many arms")
+            prev = t
+            entries.append((t, [(_arm(a, self.n), finite(r, "reward", 0.0, 1.0)) for a, r in obs]))
         self.cnt, self.sum, self.hist = [0.0] * self.n, [0.0] * self.n, deque()
-        for t, obs in state["hist"]:
-            self.t = int(t) - 1
-            self.update(0, [(int(a), float(r)) for a, r in obs])
-        self.t = int(state["t"])
+        for t, rewards in entries:
+            self.t = t - 1
+            self.update(0, rewards)
+        self.t = t_now
 
 
 class Thompson(_Averages):
@@ -233,15 +247,34 @@ class EXP3(Algorithm):
         return list(self.cnt)
 
     def state(self) -> dict[str, Any]:
-        return {"t": self.t, "logw": self.logw, "cnt": self.cnt, "sum": self.sum}
+        return {"t": self.t, "logw": list(self.logw), "cnt": list(self.cnt), "sum": list(self.sum)}
 
     def load(self, state: dict[str, Any]) -> None:
-        if len(state["logw"]) != self.n:
-            raise ValueError("state has a different number of arms")
-        self.t = int(state["t"])
-        self.logw = list(map(float, state["logw"]))
-        self.cnt = list(map(float, state["cnt"]))
-        self.sum = list(map(float, state["sum"]))
+        t = count(state["t"], "t")
+        logw = _floats(state["logw"], self.n, "logw", -1e12, 1e12)
+        cnt, total = _averages(state, self.n)
+        self.t, self.logw, self.cnt, self.sum = t, logw, cnt, total
+
+
+def _floats(v: Any, n: int, what: str, lo: float, hi: float) -> list[float]:
+    if not isinstance(v, list) or len(v) != n:
+        raise StateError(f"{what} is not a list of {n} numbers (one per arm)")
+    return [finite(x, what, lo, hi) for x in v]
+
+
+def _averages(state: dict[str, Any], n: int) -> tuple[list[float], list[float]]:
+    """Per-arm counts (>= 0) and reward sums (rewards are in [0, 1]: 0 <= sum <= count)."""
+    cnt = _floats(state["cnt"], n, "cnt", 0.0, 1e15)
+    total = _floats(state["sum"], n, "sum", 0.0, 1e15)
+    if any(s > c * (1.0 + 1e-9) + 1e-9 for s, c in zip(total, cnt)):
+        raise StateError("sum exceeds cnt for an arm (rewards are at most 1)")
+    return cnt, total
+
+
+def _arm(v: Any, n: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
+        raise StateError(f"arm {v!r} is not one of 0..{n - 1}")
+    return v
 
 
 ALGORITHMS: dict[str, type[Algorithm]] = {

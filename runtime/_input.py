@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from edgekit._errors import EdgekitError
@@ -21,7 +23,19 @@ class Quantizer:
     float images must already be scaled as the model expects (``raw * input.scale``).
     """
 
-    __slots__ = ("_buf", "_fbuf", "_inv", "_lo", "_lut", "dtype", "hi", "q", "shape", "spec")
+    __slots__ = (
+        "_buf",
+        "_fbuf",
+        "_forms",
+        "_inv",
+        "_lo",
+        "_lut",
+        "dtype",
+        "hi",
+        "q",
+        "shape",
+        "spec",
+    )
 
     def __init__(self, spec: InputSpec, q: QuantParams) -> None:
         self.spec = spec
@@ -36,6 +50,9 @@ class Quantizer:
         self._fbuf = np.empty(self.shape, np.float32)
         self._inv = np.float32(1.0 / q.scale)
         self._lo, self.hi = np.float32(lo), np.float32(hi)
+        # Other shapes one image may come in: (1, H, W, C) and, for one channel, (H, W).
+        h, w, c = self.shape
+        self._forms = {(1, h, w, c)} | ({(h, w)} if c == 1 else set())
 
     def _expected(self) -> str:
         h, w, c = self.shape
@@ -45,10 +62,15 @@ class Quantizer:
     def one(self, x: np.ndarray) -> np.ndarray:
         """A single image -> a (1, H, W, C) 8-bit tensor (a reused buffer)."""
         if x.shape != self.shape:
-            if x.size != self._buf.size or x.ndim not in (2, 3, 4):
+            if x.shape not in self._forms:
+                same = x.size == self._buf.size
                 raise InputError(
                     f"input has shape {tuple(x.shape)}; this model expects {self._expected()}",
-                    hint="resize the image to the model's input size first",
+                    hint=(
+                        "reshape it yourself if its values are the pixels in (H, W, C) order"
+                        if same
+                        else "resize the image to the model's input size first"
+                    ),
                     expected=self.shape,
                     got=tuple(x.shape),
                 )
@@ -77,6 +99,12 @@ class Quantizer:
         elif x.dtype.kind == "f":
             f = self._fbuf if x.shape == self._fbuf.shape else np.empty(x.shape, np.float32)
             np.multiply(x, self._inv, out=f, casting="unsafe")
+            # One sum catches NaN and inf (a huge finite input may overflow it: look closer).
+            if not math.isfinite(f.sum()) and not np.isfinite(x).all():
+                raise InputError(
+                    "input holds NaN or infinite values",
+                    hint="check the camera/sensor reading or the preprocessing before predict",
+                )
             np.rint(f, out=f)
             f += self.q.zero_point
             np.clip(f, self._lo, self.hi, out=f)

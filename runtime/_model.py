@@ -6,6 +6,8 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from time import perf_counter
@@ -13,18 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from edgekit._errors import PackageError
+from edgekit._errors import EdgekitError, PackageError
 from edgekit._package import MANIFEST, Manifest, QuantParams, read_manifest
 
 from . import backends
 from ._confidence import Confidence
 from ._input import Quantizer
 from ._offload import OffloadClient, OffloadConfig, OffloadFailure
+from ._persist import Autosave
 from ._policies import NEVER, BanditPolicy, FullPolicy, Policy, parse_policy
 from ._prediction import OffloadInfo, Prediction
 from ._stats import Stats
 
-__all__ = ["EdgeModel", "load"]
+__all__ = ["EdgeModel", "ModelClosedError", "load"]
 
 _log = logging.getLogger("edgekit")
 
@@ -81,9 +84,9 @@ def load(
     if pol.offloads and ocfg is None:
         raise ValueError(f"policy {pol.describe()!r} offloads; pass offload='http://HOST:PORT'")
     client = None
+    sha = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
     if ocfg is not None:
         n_classes = manifest.stages[-1].logits.shape[-1]
-        sha = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
         client = OffloadClient(ocfg, manifest.name, sha, n_classes)
     runners = []
     try:
@@ -97,7 +100,14 @@ def load(
     rel = manifest.full.get(mod.FORMAT)
     if rel is not None and hasattr(mod, "open_full"):
         full = mod.open_full(root / rel, len(manifest.stages), threads)
-    return EdgeModel(root, manifest, name, runners, pol, confidence, full, client)
+    try:
+        return EdgeModel(root, manifest, name, runners, pol, confidence, full, client, sha)
+    except BaseException:
+        for r in runners:
+            r.close()
+        if full is not None:
+            full.close()
+        raise
 
 
 def _offload_config(
@@ -123,8 +133,23 @@ def _offload_config(
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
+class ModelClosedError(EdgekitError, RuntimeError):
+    """``predict`` (or another inference call) on a model after ``close()``."""
+
+
 class EdgeModel:
-    """A loaded package. ``predict`` runs stages until the policy says stop."""
+    """A loaded package. ``predict`` runs stages until the policy says stop.
+
+    Threads: every method may be called from several threads at once. Calls on one model
+    are serialized by a lock (an interpreter runs one input at a time, and the policy
+    learns from every input in turn), so each answer is the one a single-threaded caller
+    would get for the same sequence of inputs and the stats count every call once. For
+    parallel inference, load one model per thread. With a server, the lock is held during
+    the offload request too (at most the offload timeout).
+
+    A bandit's state (``state=PATH``) is saved by a background thread every
+    ``save_interval_s`` seconds and on ``close``; ``predict`` never touches the disk.
+    """
 
     def __init__(
         self,
@@ -136,7 +161,12 @@ class EdgeModel:
         confidence: str = "max_softmax",
         full: Any = None,
         client: OffloadClient | None = None,
+        package_sha256: str | None = None,
     ) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self._autosave: Autosave | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self.root = root
         self.manifest = manifest
         self.backend = backend
@@ -155,7 +185,7 @@ class EdgeModel:
             if s.logits.quant is None:
                 raise PackageError(f"stage {s.index} has no logits quantization")
             self._conf.append(Confidence(s.logits.quant.scale, confidence))
-        policy.bind(n, [e.macs_fraction for e in manifest.exits])
+        policy.bind(n, [e.macs_fraction for e in manifest.exits], package=package_sha256)
         self.stats_ = Stats(n, [e.macs_fraction for e in manifest.exits])
         self._cost_mode = getattr(getattr(policy, "config", None), "cost", "latency")
         self._full = full
@@ -186,13 +216,26 @@ class EdgeModel:
             manifest.labels[i] if i < len(manifest.labels) else None
             for i in range(max(n_classes, len(manifest.labels)))
         ]
+        if policy.persists:
+            interval = getattr(getattr(policy, "config", None), "save_interval_s", 30.0)
+            self._autosave = Autosave(policy.checkpoint, self._lock, interval)
+            # Saved at exit (or when collected) even if nobody calls close().
+            self._finalizer = weakref.finalize(self, self._autosave.close)
 
     # -- inference ----------------------------------------------------------------------
 
     def predict(self, x: np.ndarray) -> Prediction:
-        """Classify one image (uint8 pixels, or float scaled like the training data)."""
-        if self._offloading:
-            return self._predict_split(x)
+        """Classify one image: uint8 pixels, or float scaled like the training data, of
+        shape (H, W, C), (1, H, W, C), or (H, W) for one channel. Raises
+        :class:`InputError` for any other shape or dtype and for NaN or infinite values."""
+        with self._lock:
+            if self._closed:
+                raise _closed_error()
+            if self._offloading:
+                return self._predict_split(x)
+            return self._predict(x)
+
+    def _predict(self, x: np.ndarray) -> Prediction:
         th = self.policy.select()
         if th == self._run_all and self._full is not None:
             return self._predict_unsplit(x)
@@ -326,6 +369,12 @@ class EdgeModel:
 
         Runs each stage on whole batches (for evaluation and recording, not per input).
         """
+        with self._lock:
+            if self._closed:
+                raise _closed_error()
+            return self._run_all_exits(xs, batch)
+
+    def _run_all_exits(self, xs: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
         n = len(xs)
         labels = np.zeros((n, self.n_exits), np.int64)
         confs = np.zeros((n, self.n_exits), np.float64)
@@ -343,6 +392,10 @@ class EdgeModel:
 
     def stats(self) -> dict[str, Any]:
         """Exit histogram, latency percentiles (ms), mean cost and the policy's arm values."""
+        with self._lock:
+            return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         out = self.stats_.summary()
         out["backend"] = self.backend
         out["policy"] = self.policy.describe()
@@ -355,19 +408,30 @@ class EdgeModel:
 
     def feedback(self, prediction: Prediction, label: int) -> None:
         """Tell the policy the true label of an earlier prediction."""
-        self.policy.feedback(prediction.label == label, prediction.exit)
+        with self._lock:
+            self.policy.feedback(prediction.label == label, prediction.exit)
+
+    def save_state(self) -> None:
+        """Save the policy's learned state now (it is also saved periodically and on close)."""
+        if self._autosave is not None:
+            self._autosave.save()
 
     def close(self) -> None:
-        """Save the policy's state and release the interpreters."""
-        self.policy.save()
-        if self._client is not None:
-            self._client.close()
-        for r in self._runners:
-            r.close()
-        self._runners = []
-        if self._full is not None:
-            self._full.close()
-            self._full = None
+        """Save the policy's state and release the interpreters (idempotent)."""
+        if self._finalizer is not None:
+            self._finalizer()  # stops the autosave thread and saves (takes the lock)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._client is not None:
+                self._client.close()
+            for r in self._runners:
+                r.close()
+            self._runners = []
+            if self._full is not None:
+                self._full.close()
+                self._full = None
 
     def __enter__(self) -> EdgeModel:
         return self
@@ -380,3 +444,9 @@ class EdgeModel:
             f"<EdgeModel {self.manifest.name}: {self.n_exits} exits, backend={self.backend}, "
             f"policy={self.policy.describe()}>"
         )
+
+
+def _closed_error() -> ModelClosedError:
+    return ModelClosedError(
+        "this model was closed", hint="load the package again with edgekit.load(...)"
+    )

@@ -10,11 +10,13 @@ and the model finishes the input on the device.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import logging
 import random
 import socket
 import ssl
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
@@ -194,6 +196,14 @@ class OffloadClient:
         self._headers = {"Host": host if self._port == default else f"{host}:{self._port}"}
         if config.token:
             self._headers["Authorization"] = f"Bearer {config.token}"
+            if not self._https and not _is_loopback(self._host):
+                warnings.warn(
+                    f"edgekit: the offload token is sent in clear text over http:// to "
+                    f"{self._host}; anyone on the path can read it. Use https:// (and "
+                    "offload_ca) for a server that is not on this machine",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         self._paths: dict[int, str] = {}
         self._zgain: dict[int, float] = {}  # per split: compressed / raw, last time tried
         self._zcount: dict[int, int] = {}
@@ -421,3 +431,13 @@ def _classify(exc: BaseException) -> tuple[str, str]:
         return "garbage", f"unreadable answer: {type(exc).__name__}: {exc}"[:300]
     _log.warning("edgekit: unexpected offload error", exc_info=exc)
     return "error", f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

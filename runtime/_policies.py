@@ -13,18 +13,16 @@ itself after a failed offload with ``observe_fallback``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._bandit import ALGORITHMS, Algorithm, make_algorithm
+from ._persist import StateError, finite, read_state, write_state
 
 __all__ = [
     "DEFAULT_ARMS",
@@ -51,11 +49,15 @@ class Policy:
     split = 0  # set by ``bind`` and ``select``: the stage whose input goes to the server
     offload_ready = True  # set by the model before ``select``: may the server be used now?
 
-    def bind(self, n_exits: int, macs_fractions: Sequence[float]) -> None:
-        """Called once by the model with the package's exits."""
+    def bind(
+        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
+    ) -> None:
+        """Called once by the model with the package's exits (``package``: the sha256 of
+        its manifest, which a saved state must match)."""
         self.n_exits = n_exits
         self.macs_fractions = list(macs_fractions)
         self.split = n_exits
+        self.package = package
 
     def select(self) -> Sequence[float]:
         raise NotImplementedError
@@ -87,8 +89,21 @@ class Policy:
     def arm_values(self) -> dict[str, Any]:
         return {}
 
+    @property
+    def persists(self) -> bool:
+        """True when the policy keeps learned state on disk (``checkpoint`` returns work)."""
+        return False
+
+    def checkpoint(self) -> Callable[[], None] | None:
+        """Copy the learned state (called under the model's lock) and return a function
+        that writes the copy to disk, or None when nothing changed since the last one."""
+        return None
+
     def save(self) -> None:
-        """Persist learned state (bandits)."""
+        """Persist learned state now (bandits)."""
+        write = self.checkpoint()
+        if write is not None:
+            write()
 
     def describe(self) -> str:
         return self.name
@@ -99,8 +114,10 @@ class FullPolicy(Policy):
 
     name = "full"
 
-    def bind(self, n_exits: int, macs_fractions: Sequence[float]) -> None:
-        super().bind(n_exits, macs_fractions)
+    def bind(
+        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
+    ) -> None:
+        super().bind(n_exits, macs_fractions, package=package)
         self._th = tuple([NEVER] * n_exits)
 
     def select(self) -> Sequence[float]:
@@ -115,8 +132,10 @@ class ThresholdPolicy(Policy):
     def __init__(self, threshold: float | Sequence[float] = 0.9) -> None:
         self.threshold = threshold
 
-    def bind(self, n_exits: int, macs_fractions: Sequence[float]) -> None:
-        super().bind(n_exits, macs_fractions)
+    def bind(
+        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
+    ) -> None:
+        super().bind(n_exits, macs_fractions, package=package)
         th = self.threshold
         ths = [float(th)] * n_exits if isinstance(th, (int, float)) else [float(t) for t in th]
         if len(ths) == n_exits - 1:
@@ -139,8 +158,10 @@ class OraclePolicy(Policy):
     name = "oracle"
     needs_all_exits = True
 
-    def bind(self, n_exits: int, macs_fractions: Sequence[float]) -> None:
-        super().bind(n_exits, macs_fractions)
+    def bind(
+        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
+    ) -> None:
+        super().bind(n_exits, macs_fractions, package=package)
         self._th = tuple([NEVER] * n_exits)
 
     def select(self) -> Sequence[float]:
@@ -164,8 +185,10 @@ class SplitPolicy(Policy):
         self.at = int(split)
         self.threshold = float(threshold)
 
-    def bind(self, n_exits: int, macs_fractions: Sequence[float]) -> None:
-        super().bind(n_exits, macs_fractions)
+    def bind(
+        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
+    ) -> None:
+        super().bind(n_exits, macs_fractions, package=package)
         if self.at >= n_exits:
             raise ValueError(
                 f"split point {self.at} is past the last stage; this package has stages "
@@ -187,6 +210,15 @@ class SplitPolicy(Policy):
 _ESTIMATES = 10.0
 
 
+STATE_VERSION = 2
+MAX_LAMBDA = 1e6
+
+
+def _check_lam(lam: float) -> None:
+    if not 0.0 <= lam <= MAX_LAMBDA:  # also refuses NaN
+        raise ValueError(f"lam = {lam!r} must be a number in [0, {MAX_LAMBDA:g}]")
+
+
 def _reward(conf: float, cost: float, lam: float) -> float:
     """Label-free reward in [0, 1]: confidence minus ``lam`` times the cost paid (a
     fraction of the full local model; offloads over a slow link can cost more than 1)."""
@@ -202,6 +234,10 @@ class BanditConfig:
     fraction of the full model's latency (or MACs) paid. ``budget_ms`` instead adapts
     ``lam`` so that the mean latency meets the budget.
 
+    ``state_path``: where what was learned is kept. A loaded model saves it from a
+    background thread every ``save_interval_s`` seconds (never inside ``predict``) and
+    on ``close``, so a killed process loses at most that much learning.
+
     With a server, ``splits`` are the split points the bandit may offload at (default:
     every stage, 0..N-1), ``split_arms`` the thresholds of its offload arms (default:
     ``arms``) and ``rtt_window`` how recent (in inputs) a measured round trip must be to
@@ -214,7 +250,7 @@ class BanditConfig:
     budget_ms: float | None = None
     cost: str = "latency"  # or "macs"
     state_path: str | None = None
-    save_every: int = 500
+    save_interval_s: float = 30.0
     seed: int | None = 0
     options: dict[str, Any] = field(default_factory=dict)
     splits: tuple[int, ...] | None = None
@@ -240,18 +276,20 @@ class BanditPolicy(Policy):
             raise ValueError("cost must be 'latency' or 'macs'")
         self.arms = tuple(sorted(c.arms))
         self.algo: Algorithm = make_algorithm(c.algorithm, len(self.arms), c.seed, **c.options)
+        _check_lam(c.lam)
         self.lam = c.lam
         self.chosen = 0
-        self.history: list[int] = []
-        self._since_save = 0
+        self._dirty = False
         self._ths: list[tuple[float, ...]] = []
         self._mean_ms = 0.0
-        if c.state_path:
-            self._load(Path(c.state_path))
 
-    def bind(self, n_exits: int, macs_fractions: Sequence[float]) -> None:
-        super().bind(n_exits, macs_fractions)
+    def bind(
+        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
+    ) -> None:
+        super().bind(n_exits, macs_fractions, package=package)
         self._ths = [tuple([a] * (n_exits - 1) + [NEVER]) for a in self.arms]
+        if self.config.state_path:
+            self._load(Path(self.config.state_path))
 
     def select(self) -> Sequence[float]:
         self.chosen = self.algo.choose()
@@ -272,11 +310,7 @@ class BanditPolicy(Policy):
                 break  # this and higher thresholds would have gone deeper than was seen
             rewards.append((i, (confs[k] - lam * costs[k] + lam) / scale))
         self.algo.update(self.chosen, rewards)
-        self.history.append(self.chosen)
-        if self.config.save_every and self.config.state_path:
-            self._since_save += 1
-            if self._since_save >= self.config.save_every:
-                self.save()
+        self._dirty = True
 
     def adapt_budget(self, latency_ms: float) -> None:
         """With a latency budget, move lambda toward meeting it (a Lagrangian step)."""
@@ -290,6 +324,7 @@ class BanditPolicy(Policy):
         # A label that says the early answer was wrong is a strong signal: penalise the arm.
         if not correct and exit_taken < self.n_exits - 1:
             self.algo.update(self.chosen, [(self.chosen, 0.0)])
+            self._dirty = True
 
     def arm_values(self) -> dict[str, Any]:
         vals = self.algo.values()
@@ -313,7 +348,8 @@ class BanditPolicy(Policy):
 
     def _state(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": STATE_VERSION,
+            "package": self.package,
             "algorithm": self.algo.name,
             "arms": self._encode_arms(),
             "lambda": self.lam,
@@ -323,38 +359,49 @@ class BanditPolicy(Policy):
     def _encode_arms(self) -> list[Any]:
         return [a if a != NEVER else None for a in self.arms]
 
-    def save(self) -> None:
+    @property
+    def persists(self) -> bool:
+        return bool(self.config.state_path)
+
+    def checkpoint(self) -> Callable[[], None] | None:
         path = self.config.state_path
-        if not path:
-            return
-        self._since_save = 0
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._state(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        if not path or not self._dirty:
+            return None
+        self._dirty = False
+        state = self._state()
+        return lambda: write_state(Path(path), state)
+
+    def save(self) -> None:
+        """Write the state now, changed or not (``checkpoint`` writes only changes)."""
+        if self.config.state_path:
+            write_state(Path(self.config.state_path), self._state())
+            self._dirty = False
 
     def _load(self, p: Path) -> None:
-        if not p.exists():
-            return
         try:
-            s = json.loads(p.read_text())
-            if s["algorithm"] != self.algo.name or s["arms"] != self._encode_arms():
-                raise ValueError("it was saved for other arms or another algorithm")
-            self.algo.load(s["algo"])
-            self.lam = float(s.get("lambda", self.lam))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            s = read_state(p)
+            if s is None:
+                return
+            if s.get("version") != STATE_VERSION:
+                raise StateError(f"it has version {s.get('version')!r}, not {STATE_VERSION}")
+            if s.get("package") != self.package:
+                raise StateError("it belongs to another package (its manifest sha256 differs)")
+            if s.get("algorithm") != self.algo.name or s.get("arms") != self._encode_arms():
+                raise StateError("it was saved for other arms or another algorithm")
+            lam = finite(s.get("lambda", self.lam), "lambda", 0.0, MAX_LAMBDA)
+            algo = make_algorithm(
+                self.config.algorithm, len(self.arms), self.config.seed, **self.config.options
+            )
+            algo.load(s["algo"])
+        except (StateError, ValueError, KeyError, TypeError, IndexError) as exc:
             warnings.warn(
                 f"edgekit: bandit state {p} is unreadable ({exc}); starting fresh",
                 RuntimeWarning,
                 stacklevel=3,
             )
-            self.algo = make_algorithm(
-                self.config.algorithm, len(self.arms), self.config.seed, **self.config.options
-            )
+            self._dirty = True  # the next save replaces the bad file
+            return
+        self.algo, self.lam = algo, lam
 
 
 class SplitBanditPolicy(BanditPolicy):
@@ -397,10 +444,10 @@ class SplitBanditPolicy(BanditPolicy):
             )
         self.thresholds = tuple(sorted(c.arms))
         self.split_thresholds = tuple(sorted(c.split_arms if c.split_arms else c.arms))
+        _check_lam(c.lam)
         self.lam = c.lam
         self.chosen = 0
-        self.history: list[int] = []
-        self._since_save = 0
+        self._dirty = False
         self._mean_ms = 0.0
         self.pairs: tuple[tuple[int, float], ...] = ()
         self.rtt_window = int(c.rtt_window)
@@ -411,8 +458,10 @@ class SplitBanditPolicy(BanditPolicy):
         # Until bind, a placeholder over the local arms (the split arms need the exits).
         self.algo = make_algorithm(c.algorithm, len(self.thresholds), c.seed, **c.options)
 
-    def bind(self, n_exits: int, macs_fractions: Sequence[float]) -> None:
-        Policy.bind(self, n_exits, macs_fractions)
+    def bind(
+        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
+    ) -> None:
+        Policy.bind(self, n_exits, macs_fractions, package=package)
         c = self.config
         splits = sorted(set(range(n_exits) if c.splits is None else c.splits))
         bad = [s for s in splits if not 0 <= s < n_exits]
@@ -565,11 +614,7 @@ class SplitBanditPolicy(BanditPolicy):
     def _learn(self, rewards: list[tuple[int, float]]) -> None:
         self._n += 1
         self.algo.update(self.chosen, rewards)
-        self.history.append(self.chosen)
-        if self.config.save_every and self.config.state_path:
-            self._since_save += 1
-            if self._since_save >= self.config.save_every:
-                self.save()
+        self._dirty = True
 
     def arm_values(self) -> dict[str, Any]:
         vals = self.algo.values()

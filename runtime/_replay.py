@@ -168,6 +168,7 @@ def replay(
     cum_ms = np.cumsum(base_ms).tolist()
     last = n_exits - 1
     budget = pol.adapt_budget if isinstance(pol, BanditPolicy) else None
+    chosen = np.zeros(n, np.int64) if isinstance(pol, BanditPolicy) else None
     start = time.perf_counter()
     for i in range(n):
         if stage_ms_schedule is not None:
@@ -176,6 +177,8 @@ def replay(
             cum_ms = cum.tolist()
             costs_l = (cum / cum[-1]).tolist() if cost == "latency" else costs_l
         th = pol.select()
+        if chosen is not None:
+            chosen[i] = pol.chosen  # type: ignore[attr-defined]
         c = confs[i]
         if pol.needs_all_exits:
             row = rec.labels[i]
@@ -194,8 +197,7 @@ def replay(
     idx = np.arange(n)
     correct = rec.labels[idx, exits] == rec.y
     extra: dict[str, Any] = {"n_exits": n_exits}
-    hist = getattr(pol, "history", None)
-    if hist:
-        extra["arm_history"] = list(hist)
+    if chosen is not None and n:
+        extra["arm_history"] = chosen.tolist()
         extra["arms"] = [a if a != NEVER else math.inf for a in getattr(pol, "arms", ())]
     return ReplayResult(pol.describe(), exits, correct, paid, lat, seconds, extra)

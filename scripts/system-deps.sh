@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages edgekit's demo and tests use, when they are missing.
 set -euo pipefail
-pkgs=(dataset-fashion-mnist)
+pkgs=(dataset-fashion-mnist chromium)  # chromium: the web-page tests of the apps, headless
 # The IoT node's tests: a real MQTT broker, and systemd-analyze for its unit file.
 pkgs+=(mosquitto systemd)
 # The virtual arm64 device (`edgekit device emulate`, the device tests) runs only as root.

@@ -9,7 +9,7 @@ from typing import Any
 from ._graph import CutPoint, layer_macs
 from ._keras import keras, tf
 
-__all__ = ["attach_exits", "head_macs", "submodel"]
+__all__ = ["attach_exits", "head_macs", "is_trained", "split_trained", "submodel"]
 
 
 def _head(x: Any, num_classes: int, name: str, hidden: int) -> Any:
@@ -38,6 +38,32 @@ def attach_exits(backbone: Any, cuts: Sequence[CutPoint], *, hidden: int = 128) 
     ]
     outs.append(backbone.outputs[0])
     return keras().Model(backbone.inputs, outs, name=f"{backbone.name}_exits")
+
+
+def is_trained(model: Any) -> bool:
+    """Whether ``model`` is one :func:`attach_exits` made (outputs ``exit{i}_logits``, final)."""
+    outs = [t._keras_history.layer.name for t in getattr(model, "outputs", None) or []]
+    return len(outs) >= 2 and all(n == f"exit{i}_logits" for i, n in enumerate(outs[:-1]))
+
+
+def split_trained(model: Any) -> tuple[Any, list[str]] | None:
+    """For a model with exits (a checkpoint convert kept): its backbone and cut layers.
+
+    None for any other model. The backbone shares the layers (and trained weights).
+    """
+    if not is_trained(model):
+        return None
+    by_name = {layer.name: layer for layer in model.layers}
+    cuts = []
+    for i in range(len(model.outputs) - 1):
+        layer = by_name[f"exit{i}_logits"]
+        while layer.name.startswith(f"exit{i}_"):
+            (layer,) = [t._keras_history.layer for t in _inputs_of(layer)]
+        cuts.append(layer.name)
+    backbone = keras().Model(
+        model.inputs, model.outputs[-1], name=model.name.removesuffix("_exits")
+    )
+    return backbone, cuts
 
 
 def head_macs(model: Any, exit_index: int) -> int:

@@ -62,6 +62,10 @@ def load_model(path: str | Path) -> Any:
             "Keras 3 files must be re-saved from tf_keras",
             path=str(path),
         ) from exc
+    from ._exits import is_trained
+
+    if is_trained(model):
+        return model  # a checkpoint convert kept: exits and final logits already in place
     return check_functional(model, str(path))
 
 

@@ -80,7 +80,8 @@ class Dataset:
     ``x_*`` are float32 arrays of shape ``(N, H, W, C)`` with values in ``[0, 1]`` and
     ``C`` in ``{1, 3}``; ``y_*`` are int64 arrays of shape ``(N,)`` with values in
     ``[0, num_classes)``. ``labels[i]`` is the name of class ``i``. The structure is checked
-    on construction and :class:`~edgekit.DatasetError` raised if it is wrong.
+    on construction and :class:`~edgekit.DatasetError` raised if it is wrong. ``notes`` say
+    what loading changed (e.g. images resized to one size); convert logs and reports them.
     """
 
     name: str
@@ -91,6 +92,7 @@ class Dataset:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_dataset(self)
@@ -451,6 +453,16 @@ def load_image_folder(
             raise unreadable(path, exc) from exc
     x = np.stack(pixels)
     y = np.asarray(targets, dtype=np.int64)
+    notes = ()
+    resized = sum(n for size, n in sizes.items() if size != (height, width))
+    if resized:
+        others = ", ".join(
+            f"{n} at {h}x{w}" for (h, w), n in sizes.most_common() if (h, w) != (height, width)
+        )
+        notes = (
+            f"resized {resized} of {len(files)} images to {height}x{width} (height x width) "
+            f"({others}); pass image_size=(H, W) or resize them yourself to choose",
+        )
     return _split_and_make(
         folder.resolve().name or str(folder),
         tuple(p.name for p in class_dirs),
@@ -460,6 +472,7 @@ def load_image_folder(
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         seed=seed,
+        notes=notes,
     )
 
 
@@ -701,13 +714,14 @@ def _make_dataset(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
+    notes: tuple[str, ...] = (),
 ) -> Dataset:
     splits = {"train": train, "val": val, "test": test}
     arrays: dict[str, np.ndarray] = {}
     for split, (x, y) in splits.items():
         arrays[f"x_{split}"] = _to_float(x, source=source, split=split)
         arrays[f"y_{split}"] = np.ascontiguousarray(y, dtype=np.int64)
-    return Dataset(name=name, labels=tuple(str(v) for v in labels), **arrays)
+    return Dataset(name=name, labels=tuple(str(v) for v in labels), notes=notes, **arrays)
 
 
 def _split_and_make(
@@ -720,6 +734,7 @@ def _split_and_make(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    notes: tuple[str, ...] = (),
 ) -> Dataset:
     """Cut test, then validation (both fractions of the whole) from one pool of examples."""
     _check_fractions(val_fraction, test_fraction)
@@ -736,6 +751,7 @@ def _split_and_make(
         train=(x[train], y[train]),
         val=(x[val], y[val]),
         test=(x[test], y[test]),
+        notes=notes,
     )
 
 

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import os
 import platform
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit._errors import ConversionError, DatasetError, OutputExistsError
+from edgekit._errors import ConversionError, DatasetError
 from edgekit._package import (
     ExitSpec,
     InputSpec,
@@ -33,6 +32,7 @@ from ._exits import attach_exits, head_macs, submodel
 from ._graph import CutPoint, model_macs, pick_cuts
 from ._keras import keras
 from ._models import builtin_cnn, load_model
+from ._output import staged_output
 from ._quantize import (
     QATUnsupportedError,
     boundary_range,
@@ -130,28 +130,11 @@ def convert(
     only when complete, so an interrupted run never leaves a package that looks whole.
     """
     opts = dataclasses.replace(options or ConvertOptions(), **kwargs)
-    out = Path(out)
-    if out.exists() and not opts.force:
-        raise OutputExistsError(
-            f"{out} already exists", hint="pass --force to replace it", path=str(out)
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        manifest, report = _Conversion(opts, dataset, tmp, out.name).run()
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return ConvertResult(out, manifest, report)
+    # The destination and the name are checked here, before any training.
+    with staged_output(out, force=opts.force, name=opts.name) as staged:
+        opts = dataclasses.replace(opts, name=staged.name)
+        manifest, report = _Conversion(opts, dataset, staged.tmp, staged.out.name).run()
+    return ConvertResult(Path(out), manifest, report)
 
 
 def _name_from(out_name: str) -> str:

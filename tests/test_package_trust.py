@@ -167,3 +167,127 @@ def test_arbitrary_json_gives_package_error_or_manifest(d: Any) -> None:
 @given(st.sampled_from(_ALL_PATHS), _json)
 def test_any_field_replaced_by_anything(path: tuple[Any, ...], value: Any) -> None:
     _check(_with(path, value))
+
+
+# -- convert: the output folder, the name, signals ------------------------------------------
+
+_NO_DATA = "/nonexistent/dataset.npz"  # fails in the data step, right after the checks
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_force_refuses_a_folder_that_is_not_a_package(tmp_path: Path) -> None:
+    from edgekit import OutputExistsError
+    from edgekit.converters import convert
+
+    home = tmp_path / "home"
+    (home / "docs").mkdir(parents=True)
+    (home / "docs" / "thesis.tex").write_text("years of work")
+    (home / "manifest.json").write_text('{"not": "ours"}')
+    before = _tree(home)
+    # Refused before anything else: the missing dataset is never even looked at.
+    with pytest.raises(OutputExistsError, match="not an edge package") as err:
+        convert(_NO_DATA, home, force=True, verbose=False)
+    assert "nothing was touched" in err.value.message and err.value.hint
+    assert _tree(home) == before
+
+
+def test_force_refuses_out_dot_in_a_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgekit import OutputExistsError
+    from edgekit.converters import convert
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputExistsError, match="not an edge package"):
+        convert(_NO_DATA, ".", force=True, verbose=False)
+    with pytest.raises(OutputExistsError, match="already exists"):
+        convert(_NO_DATA, ".", verbose=False)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_force_accepts_an_empty_folder_or_a_package(tmp_path: Path) -> None:
+    from edgekit import DatasetError
+    from edgekit.converters import convert
+
+    empty = tmp_path / "empty.edgepkg"
+    empty.mkdir()
+    with pytest.raises(DatasetError):  # past the destination check
+        convert(_NO_DATA, empty, force=True, verbose=False)
+    pkg = tmp_path / "old.edgepkg"
+    pkg.mkdir()
+    (pkg / "manifest.json").write_text(json.dumps({**VALID, "schema_version": 1}))
+    with pytest.raises(DatasetError):
+        convert(_NO_DATA, pkg, force=True, verbose=False)
+    assert (pkg / "manifest.json").exists()  # a failed convert leaves the old package alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.edgepkg", "old.edgepkg"]
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "x" * 65])
+def test_convert_refuses_a_bad_name(tmp_path: Path, name: str) -> None:
+    from edgekit.converters import convert
+
+    with pytest.raises(PackageError, match="package name"):
+        convert(_NO_DATA, tmp_path / "p.edgepkg", name=name, verbose=False)
+    with pytest.raises(PackageError, match="taken from --out"):
+        convert(_NO_DATA, tmp_path / "my pkg.edgepkg", verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_partial_folders_are_removed(tmp_path: Path) -> None:
+    import os
+
+    from edgekit import DatasetError
+    from edgekit.converters import convert
+
+    out = tmp_path / "p.edgepkg"
+    dead = tmp_path / f".p.edgepkg.partial-{_dead_pid()}"
+    live = tmp_path / f".p.edgepkg.partial-{os.getppid()}"  # a running process (pytest's parent)
+    other = tmp_path / f".q.edgepkg.partial-{_dead_pid()}"  # another package's: not ours to judge
+    for p in (dead, live, other):
+        (p / "tflite").mkdir(parents=True)
+        (p / "tflite" / "stage_0.tflite").write_bytes(b"half")
+    with pytest.raises(DatasetError):
+        convert(_NO_DATA, out, verbose=False)
+    assert not dead.exists() and live.exists() and other.exists()
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_sigterm_removes_the_partial_folder(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "p.edgepkg"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit", "convert", "--dataset", "digits", "--out", str(out),
+         "--fast", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    partial = tmp_path / f".p.edgepkg.partial-{proc.pid}"
+    deadline = time.monotonic() + 120
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert partial.exists(), proc.communicate()[1][-2000:]
+    time.sleep(1.0)  # into the work
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert not partial.exists(), err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

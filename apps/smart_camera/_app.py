@@ -98,6 +98,13 @@ def clean(o: Any) -> Any:
     return o
 
 
+def _arm(best: Any) -> dict[str, Any] | None:
+    """The bandit's best arm as a dict: ``{"threshold": t}`` or ``{"split": s, "threshold": t}``."""
+    if best is None or isinstance(best, dict):
+        return best
+    return {"threshold": "never" if best == math.inf else best}
+
+
 class Camera:
     """Runs ``model`` (an ``edgekit.EdgeModel``) on the frames of ``capture``.
 
@@ -287,7 +294,7 @@ class Camera:
                 },
                 "where": dict(self._where),
                 "recent_glass_ms": list(self._recent),
-                "arm": (self._model_stats.get("arms") or {}).get("best"),
+                "arm": _arm((self._model_stats.get("arms") or {}).get("best")),
                 "model": self._model_stats,
             }
         return clean(out)

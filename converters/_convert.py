@@ -32,6 +32,7 @@ from ._exits import attach_exits, head_macs, submodel
 from ._graph import CutPoint, model_macs, pick_cuts
 from ._keras import keras
 from ._models import builtin_cnn, load_model
+from ._onnxin import convert_onnx, is_onnx_model
 from ._output import staged_output
 from ._quantize import (
     QATUnsupportedError,
@@ -67,6 +68,9 @@ class ConvertOptions:
     - ``exit_weights``: loss weight per exit (final last); default grows with depth,
       ``max(0.3, MACs fraction)``, so early exits do not crowd out the final one.
     - ``fast``: a small run for tests and smoke checks (few epochs, small subsets).
+    - ``layout`` (``auto``, ``NCHW``, ``NHWC``), ``mean``, ``std`` (per channel, pixel/255
+      units), ``labels`` (``auto``, or ``none`` for heads distilled from the model's own
+      logits): for ``.onnx`` models only.
     """
 
     model: str | None = None
@@ -88,6 +92,11 @@ class ConvertOptions:
     force: bool = False
     seed: int = 0
     verbose: bool = True
+    # ONNX intake (``model`` ending in .onnx); see converters/_onnxin and README "From PyTorch"
+    layout: str = "auto"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    labels: str = "auto"
 
     def __post_init__(self) -> None:
         if self.quant not in ("qat", "ptq"):
@@ -133,7 +142,10 @@ def convert(
     # The destination and the name are checked here, before any training.
     with staged_output(out, force=opts.force, name=opts.name) as staged:
         opts = dataclasses.replace(opts, name=staged.name)
-        manifest, report = _Conversion(opts, dataset, staged.tmp, staged.out.name).run()
+        if is_onnx_model(opts.model):
+            manifest, report = convert_onnx(opts, dataset, staged.tmp, staged.name)
+        else:
+            manifest, report = _Conversion(opts, dataset, staged.tmp, staged.out.name).run()
     return ConvertResult(Path(out), manifest, report)
 
 

@@ -27,6 +27,15 @@ def _parse_exits(text: str | None) -> tuple[float, ...] | tuple[str, ...] | None
         return tuple(parts)
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number or comma-separated numbers (e.g. 0.485,0.456,0.406)"
+        ) from None
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from edgekit.converters import ConvertOptions, convert
 
@@ -50,6 +59,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         force=args.force,
         seed=args.seed,
         verbose=not args.quiet,
+        layout=args.layout,
+        mean=args.mean,
+        std=args.std,
+        labels=args.labels,
     )
     result = convert(args.dataset, args.out, options=opts)
     if args.json:
@@ -242,9 +255,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--out", required=True, help="output package folder (NAME.edgepkg)")
     c.add_argument(
-        "--model", help="tf-keras model file (.keras/.h5/SavedModel); default: the built-in CNN"
+        "--model",
+        help="tf-keras model file (.keras/.h5/SavedModel) or ONNX (.onnx, e.g. from PyTorch); "
+        "default: the built-in CNN",
     )
     c.add_argument("--exits", help="MAC fractions (0.12,0.4,0.6) or layer names")
+    c.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "NCHW", "NHWC"],
+        help=".onnx models: the input layout (auto: from the input shape)",
+    )
+    c.add_argument(
+        "--mean",
+        type=_float_list,
+        help=".onnx models: input mean per channel, pixel/255 units (0.485,0.456,0.406); "
+        "default: the model's metadata_props, else 0",
+    )
+    c.add_argument(
+        "--std", type=_float_list, help=".onnx models: input std per channel (as --mean)"
+    )
+    c.add_argument(
+        "--labels",
+        default="auto",
+        choices=["auto", "none"],
+        help=".onnx models: none trains the exits on the model's own logits (no labels)",
+    )
     c.add_argument(
         "--train",
         default="auto",

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit._errors import DatasetError
+from edgekit._errors import ConversionError, DatasetError
 from edgekit._package import (
     ExitSpec,
     InputSpec,
@@ -325,6 +325,11 @@ class _Intake:
     def run(self) -> tuple[Manifest, dict[str, Any]]:
         start = time.monotonic()
         o = self.o
+        if getattr(o, "labels", "auto") not in ("auto", "none"):
+            raise ConversionError(
+                f"labels must be 'auto' or 'none', not {o.labels!r}",
+                hint="--labels none trains the exits on the model's own logits",
+            )
         src = load_onnx(
             o.model,
             layout=getattr(o, "layout", "auto"),

@@ -27,6 +27,7 @@ from ._policies import (
     parse_policy,
 )
 from ._prediction import OffloadInfo, Prediction
+from .backends import StageRunner
 
 __all__ = [
     "ALGORITHMS",
@@ -44,6 +45,7 @@ __all__ = [
     "Prediction",
     "SplitBanditPolicy",
     "SplitPolicy",
+    "StageRunner",
     "ThresholdPolicy",
     "load",
     "parse_policy",

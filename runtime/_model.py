@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -26,6 +26,7 @@ from ._persist import Autosave
 from ._policies import NEVER, BanditPolicy, FullPolicy, Policy, parse_policy
 from ._prediction import OffloadInfo, Prediction
 from ._stats import Stats
+from .backends import StageRunner
 
 __all__ = ["EdgeModel", "ModelClosedError", "load"]
 
@@ -45,6 +46,8 @@ def load(
     offload_token: str | None = None,
     offload_timeout_ms: float | None = None,
     offload_ca: str | None = None,
+    wrap_stage: Callable[[int, StageRunner], StageRunner] | None = None,
+    unsplit: bool = True,
     **policy_options: Any,
 ) -> EdgeModel:
     """Open an edge package for inference.
@@ -61,6 +64,12 @@ def load(
     always sends the input of stage ``S``. ``offload_token`` is the server's bearer token,
     ``offload_timeout_ms`` the deadline of one request (default 1000), ``offload_ca`` a CA
     file for https. When the server is down, slow or wrong, the device answers itself.
+
+    ``wrap_stage(k, runner)`` returns the :class:`StageRunner` to use for stage ``k`` in
+    place of the interpreter's (to instrument, slow down or stub a stage); the stages then
+    always run one by one. ``unsplit=False`` does that too: otherwise, when every stage
+    will run anyway, one call of the package's unsplit model (cheaper) replaces them.
+    Other ``policy_options`` go to the policy (e.g. ``lam``, ``save_interval_s``).
     """
     root = Path(package)
     manifest = read_manifest(root, verify=verify)
@@ -98,7 +107,9 @@ def load(
         raise
     full = None
     rel = manifest.full.get(mod.FORMAT)
-    if rel is not None and hasattr(mod, "open_full"):
+    if wrap_stage is not None:
+        runners = [wrap_stage(k, r) for k, r in enumerate(runners)]
+    elif unsplit and rel is not None and hasattr(mod, "open_full"):
         full = mod.open_full(root / rel, len(manifest.stages), threads)
     try:
         return EdgeModel(root, manifest, name, runners, pol, confidence, full, client, sha)

@@ -54,6 +54,7 @@ _MAX_STR = 1024
 _MAX_RANK = 8
 _MAX_DIM = 1 << 20
 _MAX_ELEMENTS = 1 << 28  # per tensor (batch excluded); a 16k x 16k RGB image is 2**29.6
+_MAX_CHANNELS = 4096  # per-channel input normalisation values
 _QUANT_DTYPES = ("int8", "uint8")
 _HINT = "the package is corrupt or was not written by edgekit convert; convert it again"
 
@@ -322,6 +323,10 @@ class InputSpec:
     layout: str = "NHWC"
     scale: float = 1.0 / 255.0
     offset: float = 0.0
+    # Per-channel ``(x - mean) / std`` the source model applies after ``raw * scale + offset``
+    # (ONNX intake). Informational: stage 0 already contains it. Empty for Keras models.
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], f: str = "input") -> InputSpec:
@@ -331,6 +336,14 @@ class InputSpec:
             _str(d.get("layout", "NHWC"), f"{f}.layout", hi=16),
             _float(d.get("scale", 1 / 255), f"{f}.scale", positive=True),
             _float(d.get("offset", 0.0), f"{f}.offset"),
+            tuple(
+                _float(v, f"{f}.mean[{i}]")
+                for i, v in enumerate(_list(d.get("mean", []), f"{f}.mean", hi=_MAX_CHANNELS))
+            ),
+            tuple(
+                _float(v, f"{f}.std[{i}]", positive=True)
+                for i, v in enumerate(_list(d.get("std", []), f"{f}.std", hi=_MAX_CHANNELS))
+            ),
         )
 
 

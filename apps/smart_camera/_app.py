@@ -146,6 +146,7 @@ class Camera:
         self._ref: Result | None = None
         self._age = 0
         self._writer: Any = None
+        capture.thumbnails = self.config.cache_threshold is not None
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -193,7 +194,9 @@ class Camera:
     def _process(self, f: Frame) -> Result:
         cfg = self.config
         th = cfg.cache_threshold
-        thumb = thumbnail(f.pixels) if th is not None else None
+        thumb = None
+        if th is not None:
+            thumb = f.thumb if f.thumb is not None else thumbnail(f.pixels)
         ref = self._ref
         if (
             thumb is not None

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._frames import thumbnail
 from ._sources import Source, SourceError, SourceLost
 
 __all__ = ["Capture", "Frame"]
+
+READ_AHEAD = 4  # frames a file source decodes ahead of the model
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Frame:
     t: float
     seq: int
     truth: int | None = None
+    thumb: np.ndarray | None = None
 
 
 class Capture:
@@ -35,7 +40,8 @@ class Capture:
 
     ``fps`` paces a file source like a camera (None: as fast as it is read). ``retries``
     and ``backoff_s`` govern reopening a lost live source (backoff doubles, capped at 8 s).
-    ``max_frames`` stops after that many frames.
+    ``max_frames`` stops after that many frames. ``thumbnails``: also compute each frame's
+    thumbnail for temporal caching here, in parallel with the model (the camera sets it).
     """
 
     def __init__(
@@ -58,7 +64,9 @@ class Capture:
         self.dropped = 0
         self.reconnects = 0
         self.error: str | None = None
-        self._slot: Frame | None = None
+        self.thumbnails = False
+        self._slot: deque[Frame] = deque()
+        self._reader_waits = False
         self._cond = threading.Condition()
         self._done = False
         self._stop = threading.Event()
@@ -79,26 +87,33 @@ class Capture:
     @property
     def finished(self) -> bool:
         with self._cond:
-            return self._done and self._slot is None
+            return self._done and not self._slot
 
     def get(self, timeout: float = 1.0) -> Frame | None:
-        """The newest frame not yet handed out; None after ``timeout`` or at the end."""
+        """The next frame (live: the newest); None after ``timeout`` or at the end."""
         with self._cond:
-            if self._slot is None and not self._done:
+            if not self._slot and not self._done:
                 self._cond.wait(timeout)
-            f, self._slot = self._slot, None
-            self._cond.notify_all()
+            if not self._slot:
+                return None
+            f = self._slot.popleft()
+            if self._reader_waits:
+                self._cond.notify_all()
             return f
 
     def _put(self, f: Frame) -> None:
         with self._cond:
             if self.realtime:
-                if self._slot is not None:
-                    self.dropped += 1
+                if self._slot:
+                    self.dropped += len(self._slot)
+                    self._slot.clear()
             else:
-                while self._slot is not None and not self._stop.is_set():
+                # a file source reads a few frames ahead, then waits for the model
+                while len(self._slot) >= READ_AHEAD and not self._stop.is_set():
+                    self._reader_waits = True
                     self._cond.wait(0.5)
-            self._slot = f
+                self._reader_waits = False
+            self._slot.append(f)
             self._cond.notify_all()
 
     def _read(self) -> np.ndarray | None:
@@ -145,7 +160,9 @@ class Capture:
                     break
                 truth = getattr(self.source, "label", None)
                 self.captured += 1
-                self._put(Frame(frame, time.perf_counter(), self.captured, truth))
+                t = time.perf_counter()
+                thumb = thumbnail(frame) if self.thumbnails else None
+                self._put(Frame(frame, t, self.captured, truth, thumb))
         except SourceError as exc:
             self.error = str(exc)
         except Exception as exc:  # a broken decoder must not kill the app silently

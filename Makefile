@@ -7,7 +7,7 @@ STAMP := $(VENV)/.edgekit-installed
 
 PKG := build/fmnist.edgepkg
 
-.PHONY: demo device-demo test bench bench-split lint typecheck fmt setup system-deps clean
+.PHONY: demo device-demo camera-demo test bench bench-split lint typecheck fmt setup system-deps clean
 
 # Convert Fashion-MNIST with the defaults, then run the package under the bandit.
 demo: setup
@@ -16,6 +16,7 @@ demo: setup
 	$(BIN)/python -m benchmarks.split --package $(PKG) --out build/split-demo --demo
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory device-demo; \
 	else echo "edgekit: not root: skipping the virtual Raspberry Pi (run 'make device-demo' as root)"; fi
+	@$(MAKE) --no-print-directory camera-demo
 
 # Push the package to a virtual arm64 Raspberry Pi (qemu-user + sshd, root only), classify
 # test images there with LiteRT, and benchmark on it. The device stays up: `ssh -F
@@ -31,6 +32,12 @@ device-demo: setup $(PKG)/manifest.json
 	$(BIN)/edgekit bench $(PKG) demo-pi -n 200 $(DEVICE_SSH) --json > build/device-bench.json
 	@echo "edgekit: device benchmark in build/device-bench.json"
 
+# The smart camera app on the changing Fashion-MNIST test stream for a few seconds; it prints
+# where its page is (python -m apps.smart_camera PKG --source test://fashion-mnist --loop runs on).
+camera-demo: setup $(PKG)/manifest.json
+	$(BIN)/python -m apps.smart_camera $(PKG) --source test://fashion-mnist --loop --fps 30 \
+		--duration 8 --port 0 --print 60 --log build/camera-demo.jsonl
+
 # Split computing over shaped links (1/10/100 Mbit/s, tc tbf in a netns; root).
 bench-split: setup $(PKG)/manifest.json
 	$(BIN)/python -m benchmarks.split --package $(PKG) --out build/split
@@ -39,6 +46,7 @@ bench-split: setup $(PKG)/manifest.json
 bench: setup $(PKG)/manifest.json
 	$(BIN)/python -m benchmarks.runtime --package $(PKG) --out build/bench
 	$(BIN)/python -m benchmarks.serve_load --package $(PKG) --out build/bench
+	$(BIN)/python -m benchmarks.camera --package $(PKG) --out build/bench
 
 $(PKG)/manifest.json: | setup
 	$(BIN)/edgekit convert --dataset fashion-mnist --out $(PKG) --force

@@ -78,6 +78,7 @@ __all__ = [
     "package_sha256",
     "parse_split_model",
     "read_infer_response",
+    "short_repr",
     "to_8bit",
 ]
 
@@ -115,7 +116,7 @@ _repr.maxstring = _repr.maxother = 60
 _repr.maxlong = 40
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     """A bounded repr of something that came off the wire (for error messages)."""
     return _repr.repr(value)
 
@@ -167,7 +168,7 @@ class InferRequest:
                 return t
         raise ProtocolError(
             f"the request has no input named {name!r} (it has "
-            f"{', '.join(_short(t.name) for t in self.inputs[:8]) or 'none'})",
+            f"{', '.join(short_repr(t.name) for t in self.inputs[:8]) or 'none'})",
             expected=name,
         )
 
@@ -178,9 +179,9 @@ class InferRequest:
         for o in self.outputs:
             if o.name not in available:
                 raise ProtocolError(
-                    f"unknown output {_short(o.name)}; this model has {', '.join(available)}",
+                    f"unknown output {short_repr(o.name)}; this model has {', '.join(available)}",
                     expected=list(available),
-                    got=_short(o.name),
+                    got=short_repr(o.name),
                 )
         return list(self.outputs)
 
@@ -217,9 +218,9 @@ def dtype_of(datatype: Any) -> np.dtype:
         return DATATYPES[datatype]
     except (KeyError, TypeError):
         raise ProtocolError(
-            f"unknown or unsupported datatype {_short(datatype)}; expected one of "
+            f"unknown or unsupported datatype {short_repr(datatype)}; expected one of "
             f"{', '.join(DATATYPES)}",
-            got=_short(datatype),
+            got=short_repr(datatype),
         ) from None
 
 
@@ -240,10 +241,10 @@ def parse_split_model(name: str, package: str) -> int | None:
     if name.startswith(prefix) and tail.isdigit() and tail.isascii() and len(tail) < 6:
         return int(tail)
     raise ProtocolError(
-        f"unknown model {_short(name)}; this server serves {package!r} as "
+        f"unknown model {short_repr(name)}; this server serves {package!r} as "
         f"{prefix}0, {prefix}1, ...",
         status=404,
-        got=_short(name),
+        got=short_repr(name),
     )
 
 
@@ -290,9 +291,9 @@ def _check_encoding(encoding: str) -> str:
         return "gzip"
     if enc not in (*_ENCODINGS, "identity", ""):
         raise ProtocolError(
-            f"unsupported Content-Encoding {_short(encoding)}; use gzip or deflate",
+            f"unsupported Content-Encoding {short_repr(encoding)}; use gzip or deflate",
             status=415,
-            got=_short(encoding),
+            got=short_repr(encoding),
         )
     return enc
 
@@ -601,7 +602,7 @@ def _shape(shape: Any, where: str) -> list[int]:
     ):
         raise ProtocolError(
             f"{where}: 'shape' must be a list of at most {MAX_DIMS} integers in 0..{MAX_DIM}, "
-            f"got {_short(shape)}"
+            f"got {short_repr(shape)}"
         )
     return shape
 
@@ -647,7 +648,7 @@ def _tensor(
     name = d.get("name")
     if not isinstance(name, str) or not name:
         raise ProtocolError(f"{where} needs a 'name' (string)")
-    where = f"{where.split()[0]} {_short(name)}"
+    where = f"{where.split()[0]} {short_repr(name)}"
     shape = _shape(d.get("shape"), where)
     if max_rows is not None and shape and shape[0] > max_rows:
         raise ProtocolError(
@@ -735,7 +736,7 @@ def decode_infer_request(
         for i, o in enumerate(outs):
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise ProtocolError(f"output #{i} needs a 'name' (string)")
-            oname = _short(o["name"])
+            oname = short_repr(o["name"])
             b = _params(o, f"output {oname}").get("binary_data", binary_output)
             if not isinstance(b, bool):
                 raise ProtocolError(f"output {oname}: binary_data must be true or false")

@@ -540,7 +540,7 @@ def test_cli_serve_with_token_file_and_tls(
     ("args", "message"),
     [
         (["--tls-cert", "c.pem"], "TLS needs both"),
-        (["--max-batch", "0"], "--max-batch must be at least 1"),
+        (["--max-batch", "0"], "--max-batch must be in 1..65536, got 0"),
         (["--backend", "litert", "--engine", "builtin", "--port", "-1"], "--port must be"),
     ],
 )

@@ -3,6 +3,7 @@ replica (``@serve.ingress``), so both engines share every line of protocol code.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -54,8 +55,14 @@ class App:
             limit = h.config.max_body_bytes
             chunks: list[bytes] = []
             size = 0
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + h.config.body_timeout_s
             while True:
-                msg = await receive()
+                try:  # a body trickling in (slowloris) must not hold the connection
+                    msg = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    reply = h.too_slow()
+                    break
                 if msg["type"] == "http.disconnect":
                     return
                 chunk = msg.get("body", b"")

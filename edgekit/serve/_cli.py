@@ -6,7 +6,11 @@ import argparse
 import os
 from pathlib import Path
 
-TOKEN_ENV = "EDGEKIT_SERVE_TOKEN"
+from edgekit._progress import say
+
+TOKEN_ENV = "EDGEKIT_TOKEN"
+_OLD_TOKEN_ENV = "EDGEKIT_SERVE_TOKEN"  # still read
+_MAX_TOKEN = 4096
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,8 +26,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     tok = s.add_mutually_exclusive_group()
-    tok.add_argument("--token", help=f"bearer token clients must send (or ${TOKEN_ENV})")
-    tok.add_argument("--token-file", help="read the bearer token from this file")
+    tok.add_argument(
+        "--token-file",
+        help=f"read the bearer token clients must send from this file (or ${TOKEN_ENV})",
+    )
+    tok.add_argument("--token", help="the token itself (visible in ps: prefer --token-file)")
     s.add_argument("--tls-cert", help="PEM certificate (HTTPS)")
     s.add_argument("--tls-key", help="PEM private key (HTTPS)")
     s.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or litert")
@@ -31,7 +38,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument(
         "--max-delay-ms", type=float, default=2.0, help="how long a request waits for a batch"
     )
-    s.add_argument("--max-body-mb", type=float, default=8.0, help="request body limit (413)")
+    s.add_argument(
+        "--max-body-mb", type=float, default=8.0, help="request body limit, also decompressed (413)"
+    )
+    s.add_argument("--max-rows", type=int, default=1024, help="rows per request (413 beyond)")
+    s.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds for a request's headers"
+    )
+    s.add_argument(
+        "--body-timeout", type=float, default=60.0, help="seconds for a request's body (408)"
+    )
+    s.add_argument(
+        "--max-connections", type=int, default=1024, help="open connections (more are closed)"
+    )
     s.add_argument("--threads", type=int, default=1, help="interpreter threads per stage")
     s.add_argument("--workers", type=int, help="batches running at once (default: per model)")
     s.add_argument("--engine", choices=["builtin", "ray"], default="builtin")
@@ -65,14 +84,28 @@ def _token(args: argparse.Namespace) -> str | None:
     from ._config import ServeError
 
     if args.token_file:
+        path = Path(args.token_file)
         try:
-            text = Path(args.token_file).read_text().strip()
-        except OSError as exc:
+            with path.open("rb") as f:
+                raw = f.read(_MAX_TOKEN + 1)
+            mode = path.stat().st_mode
+            text = raw.decode().strip()
+        except (OSError, UnicodeDecodeError) as exc:
             raise ServeError(f"cannot read --token-file {args.token_file}: {exc}") from exc
+        if len(raw) > _MAX_TOKEN:
+            raise ServeError(
+                f"--token-file {args.token_file} is longer than {_MAX_TOKEN} bytes",
+                hint="the file holds only the token",
+            )
         if not text:
             raise ServeError(f"--token-file {args.token_file} is empty")
+        if mode & 0o077:
+            say(f"warning: --token-file {args.token_file} is readable by others (chmod 600 it)")
         return text
-    return args.token or os.environ.get(TOKEN_ENV) or None
+    if args.token:
+        say(f"warning: --token is visible to every user in ps; use --token-file or ${TOKEN_ENV}")
+        return str(args.token)
+    return os.environ.get(TOKEN_ENV) or os.environ.get(_OLD_TOKEN_ENV) or None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -88,6 +121,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms,
         max_body_mb=args.max_body_mb,
+        max_rows=args.max_rows,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
         threads=args.threads,
         workers=args.workers,
         engine=args.engine,

@@ -8,11 +8,13 @@ exactly alike.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
 import math
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,11 +34,13 @@ from edgekit.runtime._kserve import (
     ProtocolError,
     choose_encoding,
     decode_infer_request,
+    decompress,
     encode_infer_response,
     error_body,
     model_name,
     package_sha256,
     parse_split_model,
+    short_repr,
     to_8bit,
 )
 
@@ -50,8 +54,10 @@ _log = logging.getLogger("edgekit.serve")
 
 VERSION = "1"  # the only model version served
 _COMPRESS_MIN = 1024  # smaller responses are not worth compressing
-_THREAD_DECODE = 1 << 20  # bodies above this are decoded off the event loop
+_THREAD_DECODE = 256 << 10  # bodies above this (decompressed) are decoded off the event loop
+_DECODERS = 2  # threads decoding large bodies: bounds the CPU and memory a flood can take
 _JSON = {"Content-Type": "application/json"}
+PUBLIC = "/v2/health/live"  # the only route that needs no token (liveness probes)
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class Handler:
             max_workers=config.workers or min(len(self.tails), os.cpu_count() or 1),
             thread_name_prefix="edgekit-tail",
         )
+        self._decoder = ThreadPoolExecutor(_DECODERS, thread_name_prefix="edgekit-decode")
         delay = config.max_delay_ms / 1e3
         self.batchers = [
             Batcher(t, max_batch=t.max_batch, max_delay=delay, executor=self._executor)
@@ -106,7 +113,7 @@ class Handler:
 
     def precheck(self, method: str, path: str, headers: Mapping[str, str]) -> Reply | None:
         """What can be refused before reading the body: auth, a too large Content-Length."""
-        if self._token is not None and not path.rstrip("/").endswith("/health/live"):
+        if self._token is not None and path != PUBLIC:
             got = headers.get("authorization", "")
             scheme, _, token = got.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -135,6 +142,14 @@ class Handler:
             f"{self.config.max_body_bytes} bytes (--max-body-mb)",
         )
 
+    def too_slow(self) -> Reply:
+        return _error(
+            408,
+            f"the request body did not arrive within {self.config.body_timeout_s:g} s "
+            "(--body-timeout)",
+            {"Connection": "close"},
+        )
+
     async def handle(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
     ) -> Reply:
@@ -148,16 +163,17 @@ class Handler:
             return _error(exc.status, exc.message + (f" ({exc.hint})" if exc.hint else ""))
         except Closed as exc:
             return _error(503, str(exc))
-        except Exception as exc:  # a bug, not a bad request: say so, keep serving
-            _log.exception("edgekit: internal error on %s %s", method, path)
-            return _error(500, f"internal server error: {type(exc).__name__}: {exc}")
+        except Exception:  # a bug, not a bad request: log it, tell the client only a reference
+            ref = secrets.token_hex(4)
+            _log.exception("edgekit: internal error %s on %s %s", ref, method, path[:200])
+            return _error(500, f"internal server error (reference {ref} in the server's log)")
 
     async def _route(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
     ) -> Reply:
         parts = [p for p in path.split("/") if p]
         if not parts or parts[0] != "v2":
-            return _error(404, f"no route {path!r}; the API is under /v2 (KServe v2)")
+            return _error(404, f"no route {short_repr(path)}; the API is under /v2 (KServe v2)")
         rest = parts[1:]
         get = method in ("GET", "HEAD")
         if not rest:
@@ -172,7 +188,7 @@ class Handler:
                 return self._allow(get, method, path) or _json(200, self.stats())
             if len(rest) >= 2:
                 return await self._model_route(method, rest[1], rest[2:], headers, body)
-        return _error(404, f"no route {path!r}")
+        return _error(404, f"no route {short_repr(path)}")
 
     async def _model_route(
         self,
@@ -208,7 +224,7 @@ class Handler:
             if method != "POST":
                 return self._method(method, path, "POST")
             return await self.infer(name, split, headers, body)
-        return _error(404, f"no route {path!r}")
+        return _error(404, f"no route {short_repr(path)}")
 
     def _allow(self, get: bool, method: str, path: str) -> Reply | None:
         return None if get else self._method(method, path)
@@ -281,17 +297,13 @@ class Handler:
     async def infer(
         self, name: str, split: int | None, headers: Mapping[str, str], body: bytes
     ) -> Reply:
-        limit = self.config.max_body_bytes
-        if len(body) > _THREAD_DECODE:
-            req = await asyncio.to_thread(decode_infer_request, body, headers, limit=limit)
-        else:
-            req = decode_infer_request(body, headers, limit=limit)
+        req = await self._decode(body, headers)
         want = req.parameters.get("package_sha256")
         if want is not None and want != self.sha256:
+            theirs = (want if isinstance(want, str) else short_repr(want))[:16]
             raise ProtocolError(
                 f"package mismatch: the device runs a package whose manifest has sha256 "
-                f"{str(want)[:16]}..., this server serves {self.name!r} with "
-                f"{self.sha256[:16]}...",
+                f"{theirs}..., this server serves {self.name!r} with {self.sha256[:16]}...",
                 status=409,
                 hint="push the same package version to the device and the server",
             )
@@ -323,6 +335,34 @@ class Handler:
             )
         return Reply(200, hdrs, body_out)
 
+    async def _decode(self, body: bytes, headers: Mapping[str, str]) -> InferRequest:
+        """Decode small requests on the event loop, large ones (decompressed size) in a
+        thread: a small gzip body that inflates to megabytes must not stall the loop."""
+        limit, rows = self.config.max_body_bytes, self.config.max_rows
+        enc = headers.get("content-encoding")
+        raw: bytes | None = body if len(body) <= _THREAD_DECODE else None
+        if enc is not None and raw is not None:
+            try:  # bounded work on the loop: at most _THREAD_DECODE bytes come out
+                raw = decompress(body, enc, limit=_THREAD_DECODE)
+            except ProtocolError as exc:
+                if exc.status != 413:
+                    raise
+                raw = None
+            headers = {k: v for k, v in headers.items() if k != "content-encoding"}
+        if raw is not None:
+            return decode_infer_request(raw, headers, limit=limit, max_rows=rows)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._decoder,
+            functools.partial(
+                decode_infer_request,
+                body,
+                {**headers, **({"content-encoding": enc} if enc else {})},
+                limit=limit,
+                max_rows=rows,
+            ),
+        )
+
     def _split_param(self, value: Any) -> int:
         n = len(self.tails)
         if value is None:
@@ -332,7 +372,7 @@ class Handler:
             )
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
             raise ProtocolError(
-                f"the 'split' parameter must be an integer in 0..{n - 1}, got {value!r}",
+                f"the 'split' parameter must be an integer in 0..{n - 1}, got {short_repr(value)}",
                 status=404 if isinstance(value, int) and not isinstance(value, bool) else 400,
             )
         return value
@@ -378,15 +418,25 @@ class Handler:
                 "input parameters 'scale' and 'zero_point' go together; send both or neither"
             )
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise ProtocolError(f"input parameter 'scale' must be a number, got {scale!r}")
+            raise ProtocolError(
+                f"input parameter 'scale' must be a number, got {short_repr(scale)}"
+            )
+        try:
+            scale = float(scale)  # an int of 400 digits does not fit
+        except OverflowError:
+            scale = math.inf
         if not math.isfinite(scale) or scale <= 0:
-            raise ProtocolError(f"input parameter 'scale' must be positive, got {scale!r}")
+            raise ProtocolError(
+                f"input parameter 'scale' must be a positive finite number, got {short_repr(scale)}"
+            )
         if isinstance(zp, bool) or not isinstance(zp, int):
-            raise ProtocolError(f"input parameter 'zero_point' must be an integer, got {zp!r}")
+            raise ProtocolError(
+                f"input parameter 'zero_point' must be an integer, got {short_repr(zp)}"
+            )
         info = np.iinfo(dtype)
         if not info.min <= zp <= info.max:
             raise ProtocolError(
-                f"input parameter 'zero_point' {zp} is out of range for {dtype.name}"
+                f"input parameter 'zero_point' {short_repr(zp)} is out of range for {dtype.name}"
             )
         q = spec.quant
         shift = 0 if dtype == spec.dtype else (128 if spec.dtype == np.uint8 else -128)
@@ -408,6 +458,7 @@ class Handler:
         for b in self.batchers:
             await b.close()
         self._executor.shutdown(wait=True)
+        self._decoder.shutdown(wait=True)
         for t in self.tails:
             t.close()
 

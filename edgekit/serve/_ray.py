@@ -173,6 +173,10 @@ def serve_ray(package: str | os.PathLike[str], config: ServeConfig) -> None:
     """Serve on Ray Serve until SIGINT or SIGTERM."""
     import signal
 
+    from ._server import security_warnings
+
+    for w in security_warnings(config):
+        say(f"warning: {w}")
     srv = RayServer(package, config)
     stop = threading.Event()
     previous: dict[int, Any] = {}
@@ -189,7 +193,7 @@ def serve_ray(package: str | os.PathLike[str], config: ServeConfig) -> None:
             f"{address}, {srv.proxy} proxy): {n} models {name}-split0 .. "
             f"{name}-split{n - 1}, {config.backend}, "
             f"max batch {config.max_batch}, max delay {config.max_delay_ms:g} ms; auth: "
-            f"{'bearer token' if config.token else 'OFF (no --token)'}; TLS: "
+            f"{'bearer token' if config.token else 'OFF (no --token-file)'}; TLS: "
             f"{'on' if config.tls else 'off'}"
         )
         while not stop.wait(0.5):

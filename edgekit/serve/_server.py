@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import logging
 import os
 import signal
@@ -16,9 +17,10 @@ from edgekit._progress import say
 
 from ._asgi import App
 from ._config import ServeConfig, ServeError
+from ._guard import guarded_protocol
 from ._handler import Handler, load_handler
 
-__all__ = ["Server", "serve", "startup_line"]
+__all__ = ["Server", "security_warnings", "serve", "startup_line"]
 
 _log = logging.getLogger("edgekit.serve")
 
@@ -61,9 +63,35 @@ def startup_line(url: str, handler: Handler, config: ServeConfig, engine: str) -
         f"serving {handler.name} on {url}/v2 ({engine}): {len(models)} models {names} "
         f"(and {handler.name} with parameter 'split'), {handler.backend}, max batch "
         f"{config.max_batch}, max delay {config.max_delay_ms:g} ms; auth: "
-        f"{'bearer token' if config.token else 'OFF (no --token)'}; TLS: "
+        f"{'bearer token' if config.token else 'OFF (no --token-file)'}; TLS: "
         f"{'on' if config.tls else 'off'}"
     )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def security_warnings(config: ServeConfig) -> list[str]:
+    """What is unsafe in ``config`` for a server others can reach (empty: nothing)."""
+    if _is_loopback(config.host):
+        return []
+    if config.token and not config.tls:
+        return [
+            f"the bearer token travels in clear text: this server listens on {config.host} "
+            "over plain http; give it --tls-cert and --tls-key (or put a TLS proxy in front)"
+        ]
+    if not config.token:
+        return [
+            f"anyone who reaches {config.host}:{config.port} can use this server: "
+            "give it a token (--token-file or $EDGEKIT_TOKEN)"
+        ]
+    return []
 
 
 def _uvicorn_config(app: App, config: ServeConfig) -> Any:
@@ -74,10 +102,12 @@ def _uvicorn_config(app: App, config: ServeConfig) -> Any:
         log_level="warning",
         access_log=False,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=guarded_protocol(
+            header_timeout=config.header_timeout_s, max_connections=config.max_connections
+        ),
         ssl_certfile=config.tls_cert,
         ssl_keyfile=config.tls_key,
-        timeout_keep_alive=int(config.keep_alive_s),
+        timeout_keep_alive=max(1, round(config.keep_alive_s)),
         timeout_graceful_shutdown=10,
         backlog=2048,
         server_header=False,
@@ -119,6 +149,8 @@ class Server:
         self._error: BaseException | None = None
 
     def start(self) -> Server:
+        for w in security_warnings(self.config):
+            _log.warning("edgekit serve: %s", w)
         handler = load_handler(self.package, self.config)
         try:
             sock = _bind(self.config.host, self.config.port)
@@ -162,6 +194,8 @@ class Server:
 
 def serve(package: str | os.PathLike[str], config: ServeConfig) -> None:
     """Serve until SIGINT or SIGTERM (in the foreground), then shut down cleanly."""
+    for w in security_warnings(config):
+        say(f"warning: {w}")
     handler = load_handler(package, config)
     sock = _bind(config.host, config.port)
     url = url_of(config, sock.getsockname()[1])

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit._errors import ConversionError, DatasetError
+from edgekit._errors import ConversionError, DatasetError, EdgekitError
 from edgekit._package import (
     ExitSpec,
     InputSpec,
@@ -28,7 +29,7 @@ from edgekit.data import Dataset, load_dataset
 from edgekit.runtime._input import Quantizer
 from edgekit.runtime.backends import litert, onnxruntime
 
-from ._exits import attach_exits, head_macs, submodel
+from ._exits import attach_exits, head_macs, split_trained, submodel
 from ._graph import CutPoint, model_macs, pick_cuts
 from ._keras import keras
 from ._models import builtin_cnn, load_model
@@ -37,6 +38,7 @@ from ._output import staged_output
 from ._quantize import (
     QATUnsupportedError,
     boundary_range,
+    qat_failure,
     qat_model,
     tflite_io_quant,
     to_float_tflite,
@@ -71,6 +73,9 @@ class ConvertOptions:
     - ``layout`` (``auto``, ``NCHW``, ``NHWC``), ``mean``, ``std`` (per channel, pixel/255
       units), ``labels`` (``auto``, or ``none`` for heads distilled from the model's own
       logits): for ``.onnx`` models only.
+    - ``keep_work``: keep the trained model (``OUT.work/trained.keras``) after a successful
+      run too; after a failed one it is always kept. Passing it back as ``model`` reuses its
+      exits and weights without training again (other formats, other quantization).
     """
 
     model: str | None = None
@@ -90,6 +95,7 @@ class ConvertOptions:
     name: str | None = None
     fast: bool = False
     force: bool = False
+    keep_work: bool = False
     seed: int = 0
     verbose: bool = True
     # ONNX intake (``model`` ending in .onnx); see converters/_onnxin and README "From PyTorch"
@@ -169,6 +175,13 @@ class _Conversion:
         self.name = opts.name or _name_from(out_name)
         self.notes: list[str] = []
         self.timing: dict[str, float] = {}
+        self.step = "reading the data"
+        self.missing: dict[str, str] = {}  # format -> why it is not in the package
+        self.qat_fallback: str | None = None
+        # The trained model survives a failed run here, next to the output folder.
+        self.work = root / "work"
+        self.kept = root.parent / f"{out_name}.work"
+        self.checkpoint: Path | None = None
         self._t = time.monotonic()
 
     def _lap(self, what: str) -> None:
@@ -181,23 +194,80 @@ class _Conversion:
             say(msg)
 
     def run(self) -> tuple[Manifest, dict[str, Any]]:
+        """Run every step; a failure names its step and keeps the trained model."""
+        try:
+            return self._run()
+        except Exception as exc:  # an interrupt (Ctrl-C, SIGTERM) leaves nothing behind
+            kept = self._keep_checkpoint()
+            again = (
+                f"the trained model is kept at {kept}: rerun with --model {kept} to skip training"
+                if kept
+                else None
+            )
+            if again:
+                self._say(again)
+            if isinstance(exc, EdgekitError):
+                if again:
+                    _add_hint(exc, again)
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ConversionError(
+                f"{self.step} failed ({type(exc).__name__}: {first})",
+                hint="; ".join(h for h in (_what_to_do(self.step), again) if h),
+                step=self.step,
+            ) from exc
+
+    def _keep_checkpoint(self) -> Path | None:
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return None
+        try:
+            if self.kept.exists():
+                shutil.rmtree(self.kept)
+            shutil.move(str(self.work), str(self.kept))
+        except OSError:
+            return None
+        return self.kept / self.checkpoint.name
+
+    def _save_checkpoint(self, model: Any) -> None:
+        self.step = "saving the trained model"
+        self.work.mkdir(exist_ok=True)
+        path = self.work / "trained.keras"
+        try:
+            model.save(path)
+        except Exception as exc:  # a custom layer Keras cannot serialise: go on without
+            self.notes.append(f"the trained model could not be saved ({type(exc).__name__})")
+            return
+        self.checkpoint = path
+
+    def _run(self) -> tuple[Manifest, dict[str, Any]]:
         start = time.monotonic()
         o = self.opts
         data = self._data()
         # Same seed, same initial weights and batches: a conversion can be reproduced.
         keras().utils.set_random_seed(o.seed)
+        self.step = "reading the model"
         backbone, source = self._model(data)
-        fractions = None
-        layers = None
-        if o.exits:
-            if all(isinstance(e, (int, float)) for e in o.exits):
-                fractions = [float(e) for e in o.exits]
-            else:
-                layers = [str(e) for e in o.exits]
+        self.step = "placing the exits"
+        resumed = split_trained(backbone)
+        if resumed is not None:
+            model, (backbone, cut_layers) = backbone, resumed
+            cuts = pick_cuts(backbone, layers=cut_layers)
+            self.notes.append(
+                f"{source} is a model edgekit trained: its exits and weights are reused"
+                + (", --exits is ignored" if o.exits else "")
+            )
         else:
-            fractions = list(BUILTIN_EXITS if o.model is None else USER_EXITS)
-        cuts = pick_cuts(backbone, fractions=fractions, layers=layers)
-        model = attach_exits(backbone, cuts)
+            fractions = None
+            layers = None
+            if o.exits:
+                if all(isinstance(e, (int, float)) for e in o.exits):
+                    fractions = [float(e) for e in o.exits]
+                else:
+                    layers = [str(e) for e in o.exits]
+            else:
+                fractions = list(BUILTIN_EXITS if o.model is None else USER_EXITS)
+            cuts = pick_cuts(backbone, fractions=fractions, layers=layers)
+            model = attach_exits(backbone, cuts)
         self._say(
             f"model {source}: {model_macs(backbone) / 1e6:.2f} M MACs, exits after "
             + ", ".join(f"{c.layer} ({c.fraction:.0%})" for c in cuts)
@@ -205,7 +275,11 @@ class _Conversion:
         self.exit_weights = o.exit_weights or tuple(
             [round(max(0.3, c.fraction), 2) for c in cuts] + [1.0]
         )
-        training = self._train(model, data)
+        self.step = "training"
+        training = self._train(model, data, resumed=resumed is not None)
+        if training["mode"] != "none":
+            self._save_checkpoint(model)
+        self.step = "evaluating the float model"
         float_acc = evaluate_exits(model, data.x_test, data.y_test)
         self._say("float test accuracy per exit: " + " ".join(f"{a:.4f}" for a in float_acc))
         self._lap("float_eval")
@@ -217,27 +291,44 @@ class _Conversion:
         quant = o.quant
         qmodel = None
         qat_info: dict[str, Any] = {}
+        n_exits = len(cuts) + 1
+        self.step = "cutting the model into stages"
+        stages_float = self._stage_models(model, cuts, None)
+        full_float = _full_model(model, n_exits)
+        stages_int8, full_int8 = stages_float, full_float
         if quant == "qat":
+            self.step = "quantization-aware training"
             try:
                 qmodel, qat_info = self._qat(model, data, calib)
-            except QATUnsupportedError as exc:
-                msg = f"QAT not possible, fell back to PTQ: {exc.message}"
-                self.notes.append(msg)
-                self._say(msg + (f" ({exc.hint})" if exc.hint else ""))
-                quant = "ptq"
-        n_exits = len(cuts) + 1
-        stages_float = self._stage_models(model, cuts, None)
-        stages_int8 = stages_float if qmodel is None else self._stage_models(qmodel, cuts, qmodel)
-        full_float = _full_model(model, n_exits)
-        full_int8 = full_float if qmodel is None else _full_model(qmodel, n_exits)
+                self.step = "cutting the QAT model into stages"
+                stages_int8 = self._stage_models(qmodel, cuts, qmodel)
+                full_int8 = _full_model(qmodel, n_exits)
+            except Exception as exc:  # any QAT failure leaves PTQ, which needs none of it
+                self._fall_back(exc, model)
+                quant, qmodel, qat_info = "ptq", None, {}
+                stages_int8, full_int8 = stages_float, full_float
         if qmodel is not None:
             _copy_qat_weights(qmodel, model)  # ONNX is exported from the QAT-trained weights
 
         exits_macs = self._exit_macs(model, backbone, cuts)
-        tfl = self._tflite(stages_float, stages_int8, full_float, full_int8, calib, quant)
+        try:
+            tfl = self._tflite(stages_float, stages_int8, full_float, full_int8, calib, quant)
+        except Exception as exc:
+            if quant != "qat":
+                raise
+            self._fall_back(exc, model, "its stages could not be converted to INT8 TFLite")
+            quant = "ptq"
+            shutil.rmtree(self.root / "tflite", ignore_errors=True)
+            tfl = self._tflite(stages_float, stages_float, full_float, full_float, calib, quant)
         onnx_act = _onnx_activation_type(o.target) if "onnx" in o.formats else None
         onnx = self._onnx(stages_float, full_float, calib, tfl, onnx_act) if onnx_act else None
-        report_acc, agreement = self._validate(data, tfl, onnx, n_exits)
+        if onnx is None:
+            onnx_act = None
+        self.step = "validating on the test split"
+        report_acc, agreement, onnx = self._validate(data, tfl, onnx, n_exits)
+        if onnx is None:
+            onnx_act = None
+        self.step = "writing the report"
         for i, a in enumerate(float_acc):
             report_acc[i]["float"] = a
 
@@ -257,6 +348,7 @@ class _Conversion:
                 "train": len(data.x_train),
                 "val": len(data.x_val),
                 "test": len(data.x_test),
+                "notes": list(data.notes),
             },
             "model": {
                 "source": source,
@@ -264,6 +356,12 @@ class _Conversion:
                 "backbone_macs": model_macs(backbone),
             },
             "quantization": quant,
+            "qat_fallback": self.qat_fallback,
+            "formats": {
+                "requested": list(o.formats),
+                "written": ["tflite", *(["onnx"] if onnx_act else [])],
+                "missing": dict(self.missing),
+            },
             "onnx_activation_type": onnx_act,
             "exits": [
                 {
@@ -293,6 +391,10 @@ class _Conversion:
             "notes": self.notes,
             "tools": manifest.tools,
         }
+        if o.keep_work and self.checkpoint is not None:
+            kept = self._keep_checkpoint()
+            self._say(f"the trained model is kept at {kept}")
+        shutil.rmtree(self.work, ignore_errors=True)  # not part of the package
         write_report(self.root, report)
         manifest = write_manifest(self.root, manifest)
         self._say(f"done in {total:.0f} s")
@@ -307,6 +409,9 @@ class _Conversion:
         if o.fast:
             data = data.limit(min(len(data.x_train), 4000), min(len(data.x_test), 2000))
         self._say(f"data: {data.describe()}")
+        for note in data.notes:
+            self.notes.append(note)
+            self._say(note)
         self._lap("data")
         return data
 
@@ -338,11 +443,13 @@ class _Conversion:
             )
         return model, source
 
-    def _train(self, model: Any, data: Dataset) -> dict[str, Any]:
+    def _train(self, model: Any, data: Dataset, *, resumed: bool = False) -> dict[str, Any]:
         o = self.opts
-        mode = o.train if o.train != "auto" else ("joint" if o.model is None else "heads")
+        auto = "none" if resumed else ("joint" if o.model is None else "heads")
+        mode = o.train if o.train != "auto" else auto
         if mode == "none":
-            self.notes.append("no training: exits are untrained unless the model file had them")
+            if not resumed:
+                self.notes.append("no training: exits are untrained")
             return {"mode": "none"}
         epochs = o.epochs if o.epochs is not None else _default_epochs(len(data.x_train), o)
         cfg = TrainConfig(
@@ -410,6 +517,13 @@ class _Conversion:
             "history": res.history,
         }
 
+    def _fall_back(self, exc: BaseException, model: Any, what: str = "failed") -> None:
+        err = exc if isinstance(exc, QATUnsupportedError) else qat_failure(what, exc, model)
+        self.qat_fallback = err.message
+        msg = f"QAT not possible, fell back to PTQ: {err.message}"
+        self.notes.append(msg)
+        self._say(msg + (f" ({err.hint})" if err.hint else ""))
+
     def _stage_models(self, model: Any, cuts: Sequence[CutPoint], qmodel: Any) -> list[Any]:
         prefix = "quant_" if qmodel is not None else ""
         outs = [t._keras_history.layer.name for t in model.outputs]
@@ -447,11 +561,13 @@ class _Conversion:
         files: list[bytes] = []
         feats = calib
         for k, (sf, si) in enumerate(zip(stages_float, stages_int8)):
+            self.step = f"INT8 TFLite conversion ({quant}) of stage {k}"
             fb = to_int8_tflite(si, feats if quant == "ptq" else None)
             files.append(fb)
             (d / f"stage_{k}.tflite").write_bytes(fb)
             if k < len(stages_float) - 1:
                 feats = np.asarray(sf.predict(feats, verbose=0, batch_size=256)[0])
+        self.step = f"INT8 TFLite conversion ({quant}) of the unsplit model"
         full = to_int8_tflite(full_int8, calib if quant == "ptq" else None)
         (d / "full.tflite").write_bytes(full)
         full_f = to_float_tflite(full_float)
@@ -481,7 +597,8 @@ class _Conversion:
         calib: np.ndarray,
         tfl: dict[str, Any],
         act: str,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        """The ONNX files, or None (with the reason in ``missing``) if a stage fails."""
         from ._onnx import export_float_onnx, export_int8_onnx
 
         self._say(f"exporting {len(stages_float)} stages to ONNX QDQ INT8 ({act} activations)")
@@ -489,22 +606,46 @@ class _Conversion:
         d.mkdir()
         feats = calib
         paths = []
-        for k, sf in enumerate(stages_float):
-            p = d / f"stage_{k}.onnx"
-            export_int8_onnx(sf, p, feats, io_quant=tfl["quant"][k], activation_type=act)
-            paths.append(p)
-            if k < len(stages_float) - 1:
-                feats = np.asarray(sf.predict(feats, verbose=0, batch_size=256)[0])
-        full = d / "full.onnx"
-        export_int8_onnx(full_float, full, calib, io_quant=tfl["full_quant"], activation_type=act)
-        full_f = d / "full_float.onnx"
-        export_float_onnx(full_float, full_f)
+        try:
+            for k, sf in enumerate(stages_float):
+                self.step = f"ONNX export of stage {k}"
+                p = d / f"stage_{k}.onnx"
+                export_int8_onnx(sf, p, feats, io_quant=tfl["quant"][k], activation_type=act)
+                _open_onnx(p)
+                paths.append(p)
+                if k < len(stages_float) - 1:
+                    feats = np.asarray(sf.predict(feats, verbose=0, batch_size=256)[0])
+            self.step = "ONNX export of the unsplit model"
+            full = d / "full.onnx"
+            export_int8_onnx(
+                full_float, full, calib, io_quant=tfl["full_quant"], activation_type=act
+            )
+            _open_onnx(full)
+            full_f = d / "full_float.onnx"
+            export_float_onnx(full_float, full_f)
+        except Exception as exc:
+            self._drop_onnx(exc)
+            return None
         self._lap("onnx")
         return {"stages": paths, "full": full, "full_float": full_f, "act": act}
 
+    def _drop_onnx(self, exc: BaseException) -> None:
+        """Finish the package without ONNX, saying which step failed and why."""
+        text = exc.message if isinstance(exc, EdgekitError) else str(exc)
+        first = (text.strip().splitlines() or [""])[0][:300]
+        why = f"{self.step} failed ({type(exc).__name__}: {first})"
+        self.missing["onnx"] = why
+        shutil.rmtree(self.root / "onnx", ignore_errors=True)
+        msg = (
+            f"ONNX is left out of the package: {why}. The TFLite stages are complete; "
+            "--formats tflite skips ONNX next time"
+        )
+        self.notes.append(msg)
+        self._say(msg)
+
     def _validate(
         self, data: Dataset, tfl: dict[str, Any], onnx: dict[str, Any] | None, n_exits: int
-    ) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    ) -> tuple[list[dict[str, float]], dict[str, Any], dict[str, Any] | None]:
         self._say(f"validating on {len(data.x_test)} test images")
         y = data.y_test
         x_q = Quantizer(InputSpec(tuple(data.input_shape)), tfl["quant"][0]["input"]).batch(
@@ -528,8 +669,14 @@ class _Conversion:
         }
         if onnx is not None:
             xo = x_q.view(np.uint8) ^ np.uint8(0x80) if onnx["act"] == "uint8" else x_q
-            ochain = run_chain(onnxruntime, onnx["stages"], xo)
-            ofull = run_full(onnxruntime, onnx["full"], xo, n_exits)
+            try:
+                self.step = "running the ONNX stages in onnxruntime"
+                ochain = run_chain(onnxruntime, onnx["stages"], xo)
+                ofull = run_full(onnxruntime, onnx["full"], xo, n_exits)
+            except Exception as exc:
+                self._drop_onnx(exc)
+                self._lap("validate")
+                return acc, agree, None
             for i, (c, f) in enumerate(zip(ochain, ofull)):
                 acc[i]["onnx_int8"] = float((c.argmax(1) == y).mean())
                 acc[i]["onnx_int8_unsplit"] = float((f.argmax(1) == y).mean())
@@ -541,7 +688,7 @@ class _Conversion:
                 float((c.argmax(1) == o.argmax(1)).mean()) for c, o in zip(chain, ochain)
             ]
         self._lap("validate")
-        return acc, agree
+        return acc, agree, onnx
 
     def _sizes(self, tfl: dict[str, Any], onnx: dict[str, Any] | None) -> dict[str, Any]:
         sizes: dict[str, Any] = {
@@ -618,6 +765,24 @@ class _Conversion:
             tools=_tool_versions(),
             split_points=tuple(range(1, len(stages))),
         )
+
+
+def _what_to_do(step: str) -> str:
+    if "ONNX" in step:
+        return "--formats tflite writes the package without ONNX"
+    if "TFLite" in step or "QAT" in step or "quantization" in step:
+        return "try --quant ptq; if that fails too, report it with the model"
+    return "report it with the model and the command line"
+
+
+def _add_hint(exc: EdgekitError, more: str) -> None:
+    exc.hint = f"{exc.hint}; {more}" if exc.hint else more
+    exc.args = (f"{exc.message}\n  hint: {exc.hint}",)
+
+
+def _open_onnx(path: Path) -> None:
+    """Open an ONNX stage the way a device does, so a file onnxruntime refuses is caught here."""
+    onnxruntime.open_stage(path, 1)
 
 
 def _default_epochs(n_train: int, o: ConvertOptions) -> int:

@@ -57,6 +57,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         name=args.name,
         fast=args.fast,
         force=args.force,
+        keep_work=args.keep_work,
         seed=args.seed,
         verbose=not args.quiet,
         layout=args.layout,
@@ -310,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="package name (default: from --out)")
     c.add_argument("--fast", action="store_true", help="small, quick run (tests, smoke checks)")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
+    c.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the trained model in OUT.work/ (kept anyway when a later step fails); "
+        "--model OUT.work/trained.keras reuses it without training",
+    )
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print report.json instead of a table")
     c.add_argument("--quiet", action="store_true", help="no progress output")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit import ChecksumError, ModelError, OutputExistsError, read_manifest
+from edgekit import ChecksumError, ConversionError, ModelError, OutputExistsError, read_manifest
 from edgekit.data import load_digits
 
 pytestmark = pytest.mark.slow
@@ -167,7 +167,7 @@ def test_interrupted_force_run_keeps_previous_package(
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(_convert, "write_report", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ConversionError, match=r"writing the report failed \(RuntimeError: disk"):
         convert(
             "digits",
             copy,
@@ -179,7 +179,9 @@ def test_interrupted_force_run_keeps_previous_package(
             verbose=False,
         )
     assert read_manifest(copy) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.edgepkg"]
+    # Only the trained model is kept, next to the package, for a rerun without training.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.edgepkg", "keep.edgepkg.work"]
+    assert [p.name for p in (tmp_path / "keep.edgepkg.work").iterdir()] == ["trained.keras"]
 
 
 def test_missing_exit_layer(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 INPUT = "input"
-_MAX_HEAD_DIMS = 4096
+_MAX_HEAD_DIMS = 1024
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def cut_name(k: int) -> str:
 
 def pool_kernel(shape: Sequence[int], grid: int = 4) -> tuple[tuple[int, int] | None, int]:
     """AveragePool kernel bringing ``(C, H, W)`` to at most ``grid x grid`` (smaller when the
-    flattened size would pass 4096), and the flattened size. ``(C,)`` features: no pool."""
+    flattened size would pass 1024), and the flattened size. ``(C,)`` features: no pool."""
     if len(shape) == 1:
         return None, int(shape[0])
     c, h, w = (int(v) for v in shape)

@@ -37,9 +37,9 @@ class HeadConfig:
     """How a head trains: epochs (early stopping on validation loss), Adam step, batch,
     hidden width, and the weight of the model's logits in the target (1: label-free)."""
 
-    epochs: int = 12
+    epochs: int = 8
     learning_rate: float = 2e-3
-    batch_size: int = 128
+    batch_size: int = 256
     hidden: int = 128
     distill: float = 0.5
     patience: int = 3
@@ -168,13 +168,14 @@ def train_head(
     m1 = [np.zeros_like(p) for p in params]
     m2 = [np.zeros_like(p) for p in params]
     step = 0
-    b1, b2 = 0.9, 0.999
+    b1, b2 = np.float32(0.9), np.float32(0.999)
     best: tuple[float, list[np.ndarray]] = (np.inf, [p.copy() for p in params])
     history: list[dict[str, float]] = []
     bad = 0
     n = len(xt)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
+    keep_scale = np.float32(1 / (1 - cfg.dropout))
     start = time.monotonic()
     for epoch in range(cfg.epochs):
         perm = rng.permutation(n)
@@ -184,7 +185,7 @@ def train_head(
             xb, tb = xt[idx], t_tr[idx]
             w1, c1, w2, c2 = params
             hid = np.maximum(xb @ w1 + c1, 0)
-            mask = (rng.random(hid.shape) >= cfg.dropout).astype(np.float32) / (1 - cfg.dropout)
+            mask = (rng.random(hid.shape, dtype=np.float32) >= cfg.dropout) * keep_scale
             hd = hid * mask
             p = _softmax(hd @ w2 + c2)
             losses.append(float(-(tb * np.log(p + 1e-8)).sum(1).mean()))
@@ -196,14 +197,15 @@ def train_head(
             g_c1 = g_h.sum(0)
             step += 1
             # cosine decay over the whole run
-            lr = cfg.learning_rate * 0.5 * (1 + np.cos(np.pi * step / total_steps))
+            lr = np.float32(cfg.learning_rate * 0.5 * (1 + np.cos(np.pi * step / total_steps)))
             for i, g in enumerate((g_w1, g_c1, g_w2, g_c2)):
                 if i in (0, 2):
                     g = g + cfg.weight_decay * params[i]
                 m1[i] = b1 * m1[i] + (1 - b1) * g
                 m2[i] = b2 * m2[i] + (1 - b2) * g * g
-                mh, vh = m1[i] / (1 - b1**step), m2[i] / (1 - b2**step)
-                params[i] -= (lr * mh / (np.sqrt(vh) + 1e-8)).astype(np.float32)
+                mh = m1[i] / np.float32(1 - b1**step)
+                vh = m2[i] / np.float32(1 - b2**step)
+                params[i] -= lr * mh / (np.sqrt(vh) + np.float32(1e-8))
         w1, c1, w2, c2 = params
         pv = _softmax(np.maximum(xv @ w1 + c1, 0) @ w2 + c2)
         val_loss = float(-(t_va * np.log(pv + 1e-8)).sum(1).mean())

@@ -153,11 +153,12 @@ class _Intake:
         te = compute_features(fm, data.x_test, n, label="test", verbose=o.verbose)
         self.lap("features")
         label_free = getattr(o, "labels", "auto") == "none"
-        epochs = o.epochs if o.epochs is not None else (4 if o.fast else 12)
+        epochs = o.epochs if o.epochs is not None else (4 if o.fast else 8)
         cfg = HeadConfig(
             epochs=epochs,
             learning_rate=o.learning_rate,
-            batch_size=o.batch_size,
+            # numpy steps cost mostly overhead below a few hundred rows
+            batch_size=max(o.batch_size, 256),
             distill=o.distill,
             seed=o.seed,
         )

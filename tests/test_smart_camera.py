@@ -111,7 +111,7 @@ def _mjpeg_parts(url: str, n: int) -> list[bytes]:
     r = c.getresponse()
     assert r.status == 200
     boundary = r.getheader("Content-Type", "").split("boundary=")[1]
-    parts = []
+    parts: list[bytes] = []
     try:
         while len(parts) < n:
             line = r.fp.readline().strip()

@@ -395,6 +395,25 @@ def test_image_folder_rgb(tmp_path: Path) -> None:
     assert gray.input_shape == (16, 8, 1)
 
 
+def test_image_folder_says_how_many_images_it_resized(tmp_path: Path) -> None:
+    make_folder(tmp_path, {"red": (255, 0, 0), "blue": (0, 0, 255)}, mode="RGB")
+    ds = load_image_folder(tmp_path)
+    assert ds.notes == (
+        "resized 2 of 20 images to 10x12 (height x width) (2 at 9x7); pass image_size=(H, W) "
+        "or resize them yourself to choose",
+    )
+    assert ds.limit(4).notes == ds.notes
+    assert (
+        load_image_folder(tmp_path, image_size=(9, 7))
+        .notes[0]
+        .startswith("resized 18 of 20 images to 9x7")
+    )
+    same = tmp_path / "same"
+    make_folder(same, {"a": (1, 2, 3), "b": (4, 5, 6)}, mode="RGB")
+    ds2 = load_image_folder(same, image_size=(10, 12))
+    assert "resized 2 of 20" in ds2.notes[0]
+
+
 def test_image_folder_grayscale(tmp_path: Path) -> None:
     make_folder(tmp_path, {"dark": (30,), "light": (220,)}, mode="L")
     ds = load_image_folder(tmp_path)

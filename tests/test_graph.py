@@ -105,3 +105,46 @@ def test_subclassed_and_multi_input_models_are_refused() -> None:
     a, b = k.Input((4, 4, 1)), k.Input((4, 4, 1))
     with pytest.raises(ModelError, match="2 inputs"):
         check_functional(k.Model([a, b], k.layers.Add()([a, b])))
+
+
+def _fused_cnn(batch_norm: bool) -> object:
+    k = keras()
+    layers = k.layers
+    inp = k.Input((16, 16, 3))
+    x = layers.Rescaling(1 / 255.0, name="rescale")(inp)
+    for i in range(3):
+        x = layers.Conv2D(
+            8,
+            3,
+            strides=2 if i else 1,
+            padding="same",
+            name=f"c{i}",
+            activation=None if batch_norm else "relu",
+        )(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"bn{i}")(x)
+            x = layers.ReLU(name=f"r{i}")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return k.Model(inp, layers.Dense(3)(x))
+
+
+def test_conv_with_fused_activation_is_a_cut_point_and_nothing_sits_at_zero_macs() -> None:
+    names = [p.layer for p in cut_points(_fused_cnn(batch_norm=False))]
+    assert names == ["c0", "c1", "c2"]  # not "rescale": no MACs before it
+    bn = [p.layer for p in cut_points(_fused_cnn(batch_norm=True))]
+    assert bn == ["r0", "r1", "r2"]  # a conv followed by its batch norm is not a cut
+    assert all(p.macs > 0 for p in cut_points(_fused_cnn(batch_norm=False)))
+
+
+def test_fractions_get_distinct_cut_points() -> None:
+    cuts = pick_cuts(_fused_cnn(batch_norm=False), fractions=[0.25, 0.5, 0.75])
+    assert [c.layer for c in cuts] == ["c0", "c1", "c2"]
+
+
+@pytest.mark.parametrize("name", ["no_such_layer", "c1"])
+def test_a_bad_exit_name_lists_the_valid_cut_points(name: str) -> None:
+    with pytest.raises(ModelError) as err:
+        pick_cuts(_fused_cnn(batch_norm=True), layers=[name])
+    hint = err.value.hint or ""
+    assert "valid exit layers: r0 (" in hint and "r2 (" in hint
+    assert err.value.context["valid"] == ["r0", "r1", "r2"]

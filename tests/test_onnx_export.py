@@ -250,3 +250,32 @@ def test_bad_arguments(net: Net, tmp_path: Path, change: dict[str, Any], match: 
     kwargs: dict[str, Any] = {"calib": net.calib, "io_quant": net.io0, **change}
     with pytest.raises(ConversionError, match=match):
         export_int8_onnx(net.stage0, tmp_path / "x.onnx", **kwargs)
+
+
+def test_merged_constants_are_unshared_and_the_int8_model_opens(tmp_path: Path) -> None:
+    """Untrained batch norms and zero biases are equal constants, which TensorFlow merges
+    into one initializer read by many nodes; every read gets its own copy, so ORT's
+    quantizer never writes two quantized tensors under one name."""
+    layers = keras.layers
+    inp = keras.Input((8, 8, 4), name="input")
+    x = inp
+    for i in range(4):
+        x = layers.DepthwiseConv2D(3, padding="same", name=f"dw{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(6.0, name=f"relu{i}")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, layers.Dense(3, name="logits")(x))
+    from edgekit.converters._onnx import _float_model_proto
+
+    graph = _float_model_proto(model, 17).graph
+    inits = {i.name for i in graph.initializer}
+    reads = [name for n in graph.node for name in n.input if name in inits]
+    assert len(reads) == len(set(reads))
+    calib = np.random.default_rng(0).random((16, 8, 8, 4), dtype=np.float32)
+    path = tmp_path / "q.onnx"
+    export_int8_onnx(model, path, calib, io_quant={"input": INPUT_QUANT})
+    names = [i.name for i in onnx.load(str(path)).graph.initializer]
+    assert len(names) == len(set(names))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {"input": np.zeros((2, 8, 8, 4), np.uint8)})
+    assert out.shape == (2, 3)

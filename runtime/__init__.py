@@ -20,27 +20,31 @@ from ._policies import (
     BanditPolicy,
     FullPolicy,
     OraclePolicy,
-    Policy,
     SplitBanditPolicy,
     SplitPolicy,
     ThresholdPolicy,
     parse_policy,
 )
+from ._policy import NEVER, Decision, Needs, Outcome, Policy
 from ._prediction import OffloadInfo, Prediction
 from .backends import StageRunner
 
 __all__ = [
     "ALGORITHMS",
     "DEFAULT_ARMS",
+    "NEVER",
     "BanditConfig",
     "BanditPolicy",
+    "Decision",
     "EdgeModel",
     "FullPolicy",
     "InputError",
     "ModelClosedError",
+    "Needs",
     "OffloadConfig",
     "OffloadInfo",
     "OraclePolicy",
+    "Outcome",
     "Policy",
     "Prediction",
     "SplitBanditPolicy",

@@ -30,6 +30,7 @@ class Quantizer:
         "_inv",
         "_lo",
         "_lut",
+        "_zp",
         "dtype",
         "hi",
         "q",
@@ -50,6 +51,7 @@ class Quantizer:
         self._fbuf = np.empty(self.shape, np.float32)
         self._inv = np.float32(1.0 / q.scale)
         self._lo, self.hi = np.float32(lo), np.float32(hi)
+        self._zp = np.float32(q.zero_point)
         # Other shapes one image may come in: (1, H, W, C) and, for one channel, (H, W).
         h, w, c = self.shape
         self._forms = {(1, h, w, c)} | ({(h, w)} if c == 1 else set())
@@ -105,10 +107,9 @@ class Quantizer:
                     "input holds NaN or infinite values",
                     hint="check the camera/sensor reading or the preprocessing before predict",
                 )
+            f += self._zp  # rint(v) + zp == rint(v + zp): zp is an integer
             np.rint(f, out=f)
-            f += self.q.zero_point
-            np.clip(f, self._lo, self.hi, out=f)
-            out[...] = f
+            np.clip(f, self._lo, self.hi, out=out, casting="unsafe")
         else:
             raise InputError(
                 f"input has dtype {x.dtype}; expected uint8 pixels or float32 scaled like the "

@@ -23,7 +23,8 @@ from ._confidence import Confidence
 from ._input import Quantizer
 from ._offload import OffloadClient, OffloadConfig, OffloadFailure
 from ._persist import Autosave
-from ._policies import NEVER, BanditPolicy, FullPolicy, Policy, parse_policy
+from ._policies import parse_policy
+from ._policy import NEVER, Outcome, Policy
 from ._prediction import OffloadInfo, Prediction
 from ._stats import Stats
 from .backends import StageRunner
@@ -90,7 +91,7 @@ def load(
         pol = parse_policy(policy, offload=ocfg is not None, **policy_options)
     else:
         pol = policy
-    if pol.offloads and ocfg is None:
+    if pol.needs.offloads and ocfg is None:
         raise ValueError(f"policy {pol.describe()!r} offloads; pass offload='http://HOST:PORT'")
     client = None
     sha = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
@@ -148,6 +149,9 @@ class ModelClosedError(EdgekitError, RuntimeError):
     """``predict`` (or another inference call) on a model after ``close()``."""
 
 
+_new_prediction = tuple.__new__  # a Prediction without NamedTuple's Python-level __new__
+
+
 class EdgeModel:
     """A loaded package. ``predict`` runs stages until the policy says stop.
 
@@ -167,7 +171,7 @@ class EdgeModel:
         root: Path,
         manifest: Manifest,
         backend: str,
-        runners: Sequence[backends.StageRunner],
+        runners: Sequence[StageRunner],
         policy: Policy,
         confidence: str = "max_softmax",
         full: Any = None,
@@ -196,24 +200,23 @@ class EdgeModel:
             if s.logits.quant is None:
                 raise PackageError(f"stage {s.index} has no logits quantization")
             self._conf.append(Confidence(s.logits.quant.scale, confidence))
+        self._conf_one = [c.one for c in self._conf]
         policy.bind(n, [e.macs_fraction for e in manifest.exits], package=package_sha256)
+        needs = policy.needs
+        if needs.cost not in ("latency", "macs"):
+            raise ValueError(f"policy {policy.describe()!r} needs cost {needs.cost!r}")
+        self._needs = needs
+        self._select = policy.select
+        self._observe = policy.observe
         self.stats_ = Stats(n, [e.macs_fraction for e in manifest.exits])
-        self._cost_mode = getattr(getattr(policy, "config", None), "cost", "latency")
         self._full = full
-        self._needs_all = policy.needs_all_exits
-        self._budget = (
-            policy.adapt_budget
-            if isinstance(policy, BanditPolicy) and policy.config.budget_ms is not None
-            else None
-        )
-        self._run_all = tuple([NEVER] * n)
-        self._all_confs = not isinstance(policy, FullPolicy)
+        self._run_all = (NEVER,) * n
         self._confs = [0.0] * n
         self._labels = [0] * n
         self._last = n - 1
-        self._client = client
-        # Only a policy that may offload takes the split path; others run as without a server.
-        self._offloading = client is not None and policy.offloads
+        # Only a policy that may offload talks to the server; others run as without one.
+        self._server = client
+        self._client = client if needs.offloads else None
         # The quantization of each stage's input, as this backend's tensors carry it.
         self._stage_q: list[QuantParams] = []
         for s in stages:
@@ -242,134 +245,114 @@ class EdgeModel:
         with self._lock:
             if self._closed:
                 raise _closed_error()
-            if self._offloading:
-                return self._predict_split(x)
             return self._predict(x)
 
     def _predict(self, x: np.ndarray) -> Prediction:
-        th = self.policy.select()
-        if th == self._run_all and self._full is not None:
+        client = self._client
+        ready = client is not None and client.ready()
+        th, split = self._select(ready)
+        if split is None and self._full is not None and th == self._run_all:
             return self._predict_unsplit(x)
         t0 = perf_counter()
-        h: Any = self._quant.one(np.asarray(x))
-        runners, conf, confs, labels = self._runners, self._conf, self._confs, self._labels
-        last, run_all = self._last, self._needs_all
+        h: Any = self._quant.one(x if type(x) is np.ndarray else np.asarray(x))
+        if split is None:
+            k, _ = self._stages(h, 0, self.n_exits, th)
+            return self._local(t0, k, k, th)
+        k, h = self._stages(h, 0, split, th)
+        if k >= 0:  # stopped early, before the split point
+            return self._local(t0, k, k, th)
+        return self._offload(t0, split, h, th, ready)
+
+    def _stages(
+        self, h: Any, k: int, end: int, th: Sequence[float]
+    ) -> tuple[int, np.ndarray | None]:
+        """The stage loop: run stages ``k..end-1`` until an exit's confidence reaches its
+        threshold (the last exit always answers). Returns (that exit, None), or (-1, the
+        input of stage ``end``) when none stopped."""
+        runners, conf, confs, labels = self._runners, self._conf_one, self._confs, self._labels
         marks = self.stats_.marks
-        k = 0
-        while True:
+        last, run_all = self._last, self._needs.all_exits
+        while k < end:
             feats, logits = runners[k](h)
-            labels[k], confs[k] = conf[k].one(logits)
+            labels[k], c = conf[k](logits)
+            confs[k] = c
             marks[k] = perf_counter()
-            if k == last or (confs[k] >= th[k] and not run_all):
-                break
+            if k == last or (c >= th[k] and not run_all):
+                return k, None
             h = feats
             k += 1
-        exit_k = self._exit(k)
-        costs = self.stats_.record(t0, k, exit_k, self._cost_mode)
-        return self._finish(k, exit_k, costs, marks[k] - t0)
+        return -1, h
+
+    def _local(self, t0: float, k: int, exit_k: int, th: Sequence[float]) -> Prediction:
+        """Count, tell the policy and answer for an input that stopped at exit ``k``."""
+        if self._needs.all_exits:
+            exit_k = self._credit(k)
+        stats = self.stats_
+        costs = stats.record(t0, k, exit_k, self._needs.cost)
+        seconds = stats.marks[k] - t0
+        ms = seconds * 1e3
+        self._observe(Outcome(k, self._confs, costs, costs[exit_k], ms))
+        lab = self._labels[exit_k]
+        return _new_prediction(
+            Prediction,
+            (lab, self._confs[exit_k], exit_k, k + 1, ms, False, self._names[lab], None),
+        )
 
     def _predict_unsplit(self, x: np.ndarray) -> Prediction:
         """When every stage will run anyway, one call of the unsplit model is cheaper."""
         t0 = perf_counter()
-        h = self._quant.one(np.asarray(x))
-        labels, confs, conf, last = self._labels, self._confs, self._conf, self._last
-        if self._all_confs:
-            for k, lg in enumerate(self._full(h)):
-                labels[k], confs[k] = conf[k].one(lg)
+        h = self._quant.one(x if type(x) is np.ndarray else np.asarray(x))
+        labels, confs, conf, last = self._labels, self._confs, self._conf_one, self._last
+        full: Any = self._full
+        if self._needs.confidences:
+            for k, lg in enumerate(full(h)):
+                labels[k], confs[k] = conf[k](lg)
         else:
-            labels[last], confs[last] = conf[last].one(self._full.final(h))
+            labels[last], confs[last] = conf[last](full.final(h))
         seconds = perf_counter() - t0
-        exit_k = self._exit(last)
-        costs = self.stats_.record_unsplit(seconds, exit_k, self._cost_mode)
-        return self._finish(last, exit_k, costs, seconds)
+        exit_k = self._credit(last) if self._needs.all_exits else last
+        costs = self.stats_.record_unsplit(seconds, exit_k, self._needs.cost)
+        ms = seconds * 1e3
+        self._observe(Outcome(last, confs, costs, costs[exit_k], ms))
+        lab = labels[exit_k]
+        return _new_prediction(
+            Prediction, (lab, confs[exit_k], exit_k, last + 1, ms, False, self._names[lab], None)
+        )
 
-    def _predict_split(self, x: np.ndarray) -> Prediction:
-        """With a server: run stages here up to the policy's split point (stopping early
-        when confident), send the next stage's input, and finish here if that fails."""
-        pol, client = self.policy, self._client
+    def _offload(self, t0: float, s: int, h: Any, th: Sequence[float], ready: bool) -> Prediction:
+        """Send the input of stage ``s`` to the server; when that fails, carry on here
+        from the features already computed (no input is lost)."""
+        client = self._client
         assert client is not None
-        ready = client.ready()
-        pol.offload_ready = ready
-        th = pol.select()
-        s = pol.split
-        if s >= self.n_exits and th == self._run_all and self._full is not None:
-            return self._predict_unsplit(x)
-        t0 = perf_counter()
-        h: Any = self._quant.one(np.asarray(x))
-        runners, conf, confs, labels = self._runners, self._conf, self._confs, self._labels
-        last = self._last
-        stats = self.stats_
-        marks = stats.marks
-        mode = self._cost_mode
-        k = 0
-        while k < s:
-            feats, logits = runners[k](h)
-            labels[k], confs[k] = conf[k].one(logits)
-            marks[k] = perf_counter()
-            if k == last or confs[k] >= th[k]:
-                costs = stats.record(t0, k, k, mode)
-                return self._finish(k, k, costs, marks[k] - t0)
-            h = feats
-            k += 1
-        # Offload the input of stage s (k == s here).
+        stats, mode, last, confs = self.stats_, self._needs.cost, self._last, self._confs
         t_send = perf_counter()
         res = client.infer(s, h, self._stage_q[s]) if ready else None
         if res is not None and not isinstance(res, OffloadFailure):
             seconds = perf_counter() - t0
             costs, paid = stats.record_offload(t0, s, seconds, s, res.bytes_sent, res.rtt_s, mode)
-            pol.observe_offload(s, confs, costs, res.confidence, paid)
-            if self._budget is not None:
-                self._budget(seconds * 1e3)
+            ms = seconds * 1e3
+            self._observe(Outcome(s - 1, confs, costs, paid, ms, s, res.confidence))
             info = OffloadInfo(s, res.bytes_sent, res.rtt_s * 1e3)
             return Prediction(
-                res.label,
-                res.confidence,
-                last,
-                s,
-                seconds * 1e3,
-                True,
-                self._names[res.label],
-                info,
+                res.label, res.confidence, last, s, ms, True, self._names[res.label], info
             )
-        # The server did not answer: carry on here from the features already computed.
         if res is None:
             client.skipped += 1
             res = OffloadFailure("open", "the circuit breaker is open", 0, 0.0)
         gap = perf_counter() - t_send
-        while True:
-            feats, logits = runners[k](h)
-            labels[k], confs[k] = conf[k].one(logits)
-            marks[k] = perf_counter()
-            if k == last or confs[k] >= th[k]:
-                break
-            h = feats
-            k += 1
+        k, _ = self._stages(h, s, self.n_exits, th)
         costs, paid = stats.record_fallback(t0, k, k, s, gap, res.bytes_sent, mode)
-        pol.observe_fallback(s, k, confs, costs, paid)
-        seconds = marks[k] - t0
-        if self._budget is not None:
-            self._budget(seconds * 1e3)
-        lab = labels[k]
+        ms = (stats.marks[k] - t0) * 1e3
+        self._observe(Outcome(k, confs, costs, paid, ms, s, None))
+        lab = self._labels[k]
         info = OffloadInfo(s, res.bytes_sent, res.rtt_s * 1e3, True, f"{res.kind}: {res.message}")
-        return Prediction(lab, confs[k], k, k + 1, seconds * 1e3, False, self._names[lab], info)
+        return Prediction(lab, confs[k], k, k + 1, ms, False, self._names[lab], info)
 
-    def _exit(self, k: int) -> int:
-        """The exit credited after running up to exit ``k``: ``k`` itself, or for the
-        oracle the earliest exit that agrees with the last one run."""
-        if not self._needs_all:
-            return k
+    def _credit(self, k: int) -> int:
+        """For a policy that runs every exit (the oracle): the earliest exit run that
+        agrees with the last one."""
         final = self._labels[k]
         return next(i for i in range(k + 1) if self._labels[i] == final)
-
-    def _finish(self, k: int, exit_k: int, costs: list[float], seconds: float) -> Prediction:
-        """Tell the policy what happened and build the record (shared by both paths)."""
-        self.policy.observe(k, self._confs, costs)
-        if self._budget is not None:
-            self._budget(seconds * 1e3)
-        lab = self._labels[exit_k]
-        return Prediction(
-            lab, self._confs[exit_k], exit_k, k + 1, seconds * 1e3, False, self._names[lab]
-        )
 
     def predict_batch(self, xs: np.ndarray | Iterable[np.ndarray]) -> list[Prediction]:
         """Classify a batch, one input at a time (the policy learns as it goes)."""
@@ -413,8 +396,8 @@ class EdgeModel:
         arms = self.policy.arm_values()
         if arms:
             out["arms"] = arms
-        if self._client is not None:
-            out["offload"] = {**self.stats_.offload_summary(), **self._client.stats()}
+        if self._server is not None:
+            out["offload"] = {**self.stats_.offload_summary(), **self._server.stats()}
         return out
 
     def feedback(self, prediction: Prediction, label: int) -> None:
@@ -435,8 +418,8 @@ class EdgeModel:
             if self._closed:
                 return
             self._closed = True
-            if self._client is not None:
-                self._client.close()
+            if self._server is not None:
+                self._server.close()
             for r in self._runners:
                 r.close()
             self._runners = []

@@ -1,14 +1,9 @@
-"""Exit policies: where to stop, and where to offload, per input.
+"""The built-in exit policies: full, threshold, oracle, split, and the bandits.
 
-A policy gives, before each input, a threshold per exit (``select``); the model stops at
-the first exit whose confidence reaches it. After the input it is told what happened
-(``observe``): the exit taken, the confidences seen and the cost of each exit so far.
-
-With a server (``load(..., offload=URL)``), a policy that ``offloads`` also sets ``split``
-in ``select``: the device runs stages ``0..split-1`` (stopping early as usual) and sends
-the input of stage ``split`` to the server; ``split == n_exits`` means "all on the device".
-Offloaded inputs are reported with ``observe_offload``, inputs that the device finished
-itself after a failed offload with ``observe_fallback``.
+Each implements the contract of :mod:`._policy`: ``select(ready)`` gives a
+:class:`Decision` per input, ``observe(outcome)`` learns from what happened. The bandits
+learn online, without labels, which threshold (and, with a server, which split point)
+gives the best confidence for its cost; what they learn is saved to ``state_path``.
 """
 
 from __future__ import annotations
@@ -23,108 +18,50 @@ from typing import Any
 
 from ._bandit import ALGORITHMS, Algorithm, make_algorithm
 from ._persist import StateError, finite, read_state, write_state
+from ._policy import NEVER, Decision, Needs, Outcome, Policy
 
 __all__ = [
     "DEFAULT_ARMS",
+    "BanditConfig",
     "BanditPolicy",
     "FullPolicy",
     "OraclePolicy",
-    "Policy",
     "SplitBanditPolicy",
     "SplitPolicy",
     "ThresholdPolicy",
     "parse_policy",
 ]
 
-NEVER = math.inf
 DEFAULT_ARMS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, NEVER)
 
 
-class Policy:
-    """Base class. Subclasses set ``name`` and override ``select`` (and ``observe``)."""
+class _Fixed(Policy):
+    """A policy with one decision for every input."""
 
-    name = "policy"
-    needs_all_exits = False  # run every stage whatever the confidences (oracle)
-    offloads = False  # may choose a split point (needs a server)
-    split = 0  # set by ``bind`` and ``select``: the stage whose input goes to the server
-    offload_ready = True  # set by the model before ``select``: may the server be used now?
-
-    def bind(
-        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
-    ) -> None:
-        """Called once by the model with the package's exits (``package``: the sha256 of
-        its manifest, which a saved state must match)."""
-        self.n_exits = n_exits
-        self.macs_fractions = list(macs_fractions)
-        self.split = n_exits
-        self.package = package
-
-    def select(self) -> Sequence[float]:
+    def _decide(self, n_exits: int) -> Decision:
         raise NotImplementedError
-
-    def observe(self, exit_taken: int, confs: Sequence[float], costs: Sequence[float]) -> None:
-        """``confs[k]`` and ``costs[k]`` (fraction of the full model) for exits 0..exit_taken."""
-
-    def observe_offload(
-        self, split: int, confs: Sequence[float], costs: Sequence[float], conf: float, paid: float
-    ) -> None:
-        """The server answered an input sent at ``split``: ``confs``/``costs`` hold exits
-        ``0..split-1`` (run here), ``conf`` is the server's confidence (the last exit's) and
-        ``paid`` what the caller waited, as a fraction of the full model's local latency."""
-
-    def observe_fallback(
-        self,
-        split: int,
-        exit_taken: int,
-        confs: Sequence[float],
-        costs: Sequence[float],
-        paid: float,
-    ) -> None:
-        """The offload at ``split`` failed (or was skipped) and the device finished the input
-        itself at ``exit_taken``; ``paid`` includes the time lost on the attempt."""
-
-    def feedback(self, correct: bool, exit_taken: int) -> None:
-        """A label arrived for an earlier prediction (used by policies that can use it)."""
-
-    def arm_values(self) -> dict[str, Any]:
-        return {}
-
-    @property
-    def persists(self) -> bool:
-        """True when the policy keeps learned state on disk (``checkpoint`` returns work)."""
-        return False
-
-    def checkpoint(self) -> Callable[[], None] | None:
-        """Copy the learned state (called under the model's lock) and return a function
-        that writes the copy to disk, or None when nothing changed since the last one."""
-        return None
-
-    def save(self) -> None:
-        """Persist learned state now (bandits)."""
-        write = self.checkpoint()
-        if write is not None:
-            write()
-
-    def describe(self) -> str:
-        return self.name
-
-
-class FullPolicy(Policy):
-    """Always run to the last exit."""
-
-    name = "full"
 
     def bind(
         self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
     ) -> None:
         super().bind(n_exits, macs_fractions, package=package)
-        self._th = tuple([NEVER] * n_exits)
+        self._decision = self._decide(n_exits)
 
-    def select(self) -> Sequence[float]:
-        return self._th
+    def select(self, ready: bool) -> Decision:
+        return self._decision
 
 
-class ThresholdPolicy(Policy):
+class FullPolicy(_Fixed):
+    """Always run to the last exit."""
+
+    name = "full"
+    needs = Needs(confidences=False)
+
+    def _decide(self, n_exits: int) -> Decision:
+        return Decision((NEVER,) * n_exits)
+
+
+class ThresholdPolicy(_Fixed):
     """Stop at the first exit whose confidence reaches a fixed threshold (one per exit)."""
 
     name = "threshold"
@@ -132,43 +69,31 @@ class ThresholdPolicy(Policy):
     def __init__(self, threshold: float | Sequence[float] = 0.9) -> None:
         self.threshold = threshold
 
-    def bind(
-        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
-    ) -> None:
-        super().bind(n_exits, macs_fractions, package=package)
+    def _decide(self, n_exits: int) -> Decision:
         th = self.threshold
         ths = [float(th)] * n_exits if isinstance(th, (int, float)) else [float(t) for t in th]
         if len(ths) == n_exits - 1:
             ths.append(NEVER)
         if len(ths) != n_exits:
             raise ValueError(f"{len(ths)} thresholds for {n_exits} exits")
-        self._th = tuple(ths)
-
-    def select(self) -> Sequence[float]:
-        return self._th
+        return Decision(tuple(ths))
 
     def describe(self) -> str:
         return f"threshold:{self.threshold}"
 
 
-class OraclePolicy(Policy):
+class OraclePolicy(_Fixed):
     """Evaluation only: runs every exit, then credits the earliest exit that agrees with
     the final one (the iso-accuracy oracle). Its cost is what that exit would have cost."""
 
     name = "oracle"
-    needs_all_exits = True
+    needs = Needs(all_exits=True)
 
-    def bind(
-        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
-    ) -> None:
-        super().bind(n_exits, macs_fractions, package=package)
-        self._th = tuple([NEVER] * n_exits)
-
-    def select(self) -> Sequence[float]:
-        return self._th
+    def _decide(self, n_exits: int) -> Decision:
+        return Decision((NEVER,) * n_exits)
 
 
-class SplitPolicy(Policy):
+class SplitPolicy(_Fixed):
     """A fixed split point (for benchmarks and fixed deployments): run stages
     ``0..split-1`` here, stopping early at the first of their exits whose confidence
     reaches ``threshold`` (never, by default), then send the input of stage ``split`` to
@@ -177,7 +102,7 @@ class SplitPolicy(Policy):
     """
 
     name = "split"
-    offloads = True
+    needs = Needs(offloads=True)
 
     def __init__(self, split: int, threshold: float = NEVER) -> None:
         if split < 0:
@@ -185,20 +110,13 @@ class SplitPolicy(Policy):
         self.at = int(split)
         self.threshold = float(threshold)
 
-    def bind(
-        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
-    ) -> None:
-        super().bind(n_exits, macs_fractions, package=package)
+    def _decide(self, n_exits: int) -> Decision:
         if self.at >= n_exits:
             raise ValueError(
                 f"split point {self.at} is past the last stage; this package has stages "
                 f"0..{n_exits - 1} (split S sends the input of stage S)"
             )
-        self._th = tuple([self.threshold] * (n_exits - 1) + [NEVER])
-        self.split = self.at
-
-    def select(self) -> Sequence[float]:
-        return self._th
+        return Decision((self.threshold,) * (n_exits - 1) + (NEVER,), self.at)
 
     def describe(self) -> str:
         t = "" if self.threshold == NEVER else f":{self.threshold}"
@@ -258,63 +176,38 @@ class BanditConfig:
     rtt_window: int = 100
 
 
-class BanditPolicy(Policy):
-    """Learns online, without labels, which threshold gives the best confidence for cost.
+class _Learning(Policy):
+    """What both bandits share: the config, lambda and its budget, the algorithm over
+    ``n`` arms, labels as feedback, and the state on disk (tied to the package)."""
 
-    Arms are thresholds. Running deeper reveals what every lower threshold would have
-    done on this input, so each input updates all the arms whose outcome it determines
-    (side observations). The state is saved atomically to ``state_path`` and reloaded,
-    so learning survives restarts.
-    """
+    _offloads = False
 
-    name = "bandit"
-
-    def __init__(self, config: BanditConfig | None = None, **kwargs: Any) -> None:
+    def __init__(self, config: BanditConfig | None, kwargs: dict[str, Any]) -> None:
         self.config = config or BanditConfig(**kwargs)
         c = self.config
         if c.cost not in ("latency", "macs"):
             raise ValueError("cost must be 'latency' or 'macs'")
-        self.arms = tuple(sorted(c.arms))
-        self.algo: Algorithm = make_algorithm(c.algorithm, len(self.arms), c.seed, **c.options)
+        if c.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"unknown bandit algorithm {c.algorithm!r}; choose from {sorted(ALGORITHMS)}"
+            )
         _check_lam(c.lam)
         self.lam = c.lam
         self.chosen = 0
         self._dirty = False
-        self._ths: list[tuple[float, ...]] = []
         self._mean_ms = 0.0
+        self._budget = c.budget_ms
+        self.needs = Needs(cost=c.cost, offloads=self._offloads)
+        self.package: str | None = None
+        self.algo: Algorithm
 
-    def bind(
-        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
-    ) -> None:
-        super().bind(n_exits, macs_fractions, package=package)
-        self._ths = [tuple([a] * (n_exits - 1) + [NEVER]) for a in self.arms]
-        if self.config.state_path:
-            self._load(Path(self.config.state_path))
-
-    def select(self) -> Sequence[float]:
-        self.chosen = self.algo.choose()
-        return self._ths[self.chosen]
-
-    def observe(self, exit_taken: int, confs: Sequence[float], costs: Sequence[float]) -> None:
-        last = self.n_exits - 1
-        lam = self.lam
-        scale = 1.0 + lam
-        rewards = []
-        # Arms are sorted, and the exit a threshold takes never moves earlier as the
-        # threshold grows, so one pointer walks the exits for all arms.
-        k = 0
-        for i, a in enumerate(self.arms):
-            while k < last and k <= exit_taken and confs[k] < a:
-                k += 1
-            if k > exit_taken:
-                break  # this and higher thresholds would have gone deeper than was seen
-            rewards.append((i, (confs[k] - lam * costs[k] + lam) / scale))
-        self.algo.update(self.chosen, rewards)
-        self._dirty = True
+    def _algorithm(self, n_arms: int) -> Algorithm:
+        c = self.config
+        return make_algorithm(c.algorithm, n_arms, c.seed, **c.options)
 
     def adapt_budget(self, latency_ms: float) -> None:
         """With a latency budget, move lambda toward meeting it (a Lagrangian step)."""
-        b = self.config.budget_ms
+        b = self._budget
         if b is None:
             return
         self._mean_ms = 0.99 * self._mean_ms + 0.01 * latency_ms if self._mean_ms else latency_ms
@@ -326,23 +219,8 @@ class BanditPolicy(Policy):
             self.algo.update(self.chosen, [(self.chosen, 0.0)])
             self._dirty = True
 
-    def arm_values(self) -> dict[str, Any]:
-        vals = self.algo.values()
-        cnts = self.algo.counts()
-        return {
-            "algorithm": self.algo.name,
-            "lambda": self.lam,
-            "arms": [
-                {"threshold": a if a != NEVER else "never", "value": v, "count": n}
-                for a, v, n in zip(self.arms, vals, cnts)
-            ],
-            "best": self.arms[
-                max(range(len(vals)), key=lambda i: -1 if math.isnan(vals[i]) else vals[i])
-            ],
-        }
-
-    def describe(self) -> str:
-        return f"bandit:{self.algo.name}"
+    def _encode_arms(self) -> list[Any]:
+        raise NotImplementedError
 
     # -- persistence ----------------------------------------------------------------
 
@@ -355,9 +233,6 @@ class BanditPolicy(Policy):
             "lambda": self.lam,
             "algo": self.algo.state(),
         }
-
-    def _encode_arms(self) -> list[Any]:
-        return [a if a != NEVER else None for a in self.arms]
 
     @property
     def persists(self) -> bool:
@@ -389,22 +264,93 @@ class BanditPolicy(Policy):
             if s.get("algorithm") != self.algo.name or s.get("arms") != self._encode_arms():
                 raise StateError("it was saved for other arms or another algorithm")
             lam = finite(s.get("lambda", self.lam), "lambda", 0.0, MAX_LAMBDA)
-            algo = make_algorithm(
-                self.config.algorithm, len(self.arms), self.config.seed, **self.config.options
-            )
+            algo = self._algorithm(self.algo.n)
             algo.load(s["algo"])
         except (StateError, ValueError, KeyError, TypeError, IndexError) as exc:
             warnings.warn(
                 f"edgekit: bandit state {p} is unreadable ({exc}); starting fresh",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             self._dirty = True  # the next save replaces the bad file
             return
         self.algo, self.lam = algo, lam
 
 
-class SplitBanditPolicy(BanditPolicy):
+class BanditPolicy(_Learning):
+    """Learns online, without labels, which threshold gives the best confidence for cost.
+
+    Arms are thresholds. Running deeper reveals what every lower threshold would have
+    done on this input, so each input updates all the arms whose outcome it determines
+    (side observations). The state is saved atomically to ``state_path`` and reloaded,
+    so learning survives restarts.
+    """
+
+    name = "bandit"
+
+    def __init__(self, config: BanditConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(config, kwargs)
+        self.arms = tuple(sorted(self.config.arms))
+        self.algo = self._algorithm(len(self.arms))
+        self._decisions: list[Decision] = []
+
+    def bind(
+        self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
+    ) -> None:
+        super().bind(n_exits, macs_fractions, package=package)
+        self._decisions = [Decision((a,) * (n_exits - 1) + (NEVER,)) for a in self.arms]
+        if self.config.state_path:
+            self._load(Path(self.config.state_path))
+
+    def select(self, ready: bool) -> Decision:
+        self.chosen = i = self.algo.choose()
+        return self._decisions[i]
+
+    def observe(self, outcome: Outcome) -> None:
+        self._observe(outcome[0], outcome[1], outcome[2])
+        if self._budget is not None:
+            self.adapt_budget(outcome.latency_ms)
+
+    def _observe(self, exit_taken: int, confs: Sequence[float], costs: Sequence[float]) -> None:
+        last = self.n_exits - 1
+        lam = self.lam
+        scale = 1.0 + lam
+        rewards = []
+        # Arms are sorted, and the exit a threshold takes never moves earlier as the
+        # threshold grows, so one pointer walks the exits for all arms.
+        k = 0
+        for i, a in enumerate(self.arms):
+            while k < last and k <= exit_taken and confs[k] < a:
+                k += 1
+            if k > exit_taken:
+                break  # this and higher thresholds would have gone deeper than was seen
+            rewards.append((i, (confs[k] - lam * costs[k] + lam) / scale))
+        self.algo.update(self.chosen, rewards)
+        self._dirty = True
+
+    def arm_values(self) -> dict[str, Any]:
+        vals = self.algo.values()
+        cnts = self.algo.counts()
+        return {
+            "algorithm": self.algo.name,
+            "lambda": self.lam,
+            "arms": [
+                {"threshold": a if a != NEVER else "never", "value": v, "count": n}
+                for a, v, n in zip(self.arms, vals, cnts)
+            ],
+            "best": self.arms[
+                max(range(len(vals)), key=lambda i: -1 if math.isnan(vals[i]) else vals[i])
+            ],
+        }
+
+    def describe(self) -> str:
+        return f"bandit:{self.algo.name}"
+
+    def _encode_arms(self) -> list[Any]:
+        return [a if a != NEVER else None for a in self.arms]
+
+
+class SplitBanditPolicy(_Learning):
     """The bandit with a server: arms are (split point, threshold) pairs.
 
     Local arms (one per threshold in ``config.arms``) run everything here, stopping early
@@ -427,28 +373,18 @@ class SplitBanditPolicy(BanditPolicy):
     own offloads again (as the discounted and sliding-window algorithms explore it),
     which is what lets the choice follow a link that changes.
 
-    While the server is unavailable (``offload_ready`` false: the circuit breaker is
+    While the server is unavailable (``select(ready=False)``: the circuit breaker is
     open) only local arms are chosen.
     """
 
-    offloads = True
+    name = "bandit"
+    _offloads = True
 
     def __init__(self, config: BanditConfig | None = None, **kwargs: Any) -> None:
-        self.config = config or BanditConfig(**kwargs)
+        super().__init__(config, kwargs)
         c = self.config
-        if c.cost not in ("latency", "macs"):
-            raise ValueError("cost must be 'latency' or 'macs'")
-        if c.algorithm not in ALGORITHMS:
-            raise ValueError(
-                f"unknown bandit algorithm {c.algorithm!r}; choose from {sorted(ALGORITHMS)}"
-            )
         self.thresholds = tuple(sorted(c.arms))
         self.split_thresholds = tuple(sorted(c.split_arms if c.split_arms else c.arms))
-        _check_lam(c.lam)
-        self.lam = c.lam
-        self.chosen = 0
-        self._dirty = False
-        self._mean_ms = 0.0
         self.pairs: tuple[tuple[int, float], ...] = ()
         self.rtt_window = int(c.rtt_window)
         self._n = 0  # inputs seen
@@ -456,7 +392,7 @@ class SplitBanditPolicy(BanditPolicy):
         self._link_at: list[int] = []  # per split: input count of the newest
         self._quota: list[float] = []  # per split: estimates still allowed
         # Until bind, a placeholder over the local arms (the split arms need the exits).
-        self.algo = make_algorithm(c.algorithm, len(self.thresholds), c.seed, **c.options)
+        self.algo = self._algorithm(len(self.thresholds))
 
     def bind(
         self, n_exits: int, macs_fractions: Sequence[float], *, package: str | None = None
@@ -478,20 +414,30 @@ class SplitBanditPolicy(BanditPolicy):
         self._n_local = len(self.thresholds)
         self._all_t = sorted(set(self.thresholds) | set(self.split_thresholds))
         self._arm_st = [(s, self._all_t.index(t)) for s, t in pairs]
-        self._split_of = [s for s, _ in pairs]
-        self._ths = [tuple([t] * (n_exits - 1) + [NEVER]) for _, t in pairs]
+        self._decisions = [
+            Decision((t,) * (n_exits - 1) + (NEVER,), None if s == n_exits else s) for s, t in pairs
+        ]
         self._links = [deque(maxlen=8) for _ in range(n_exits)]
         self._link_at = [-(1 << 30)] * n_exits
         self._quota = [0.0] * n_exits
-        self.algo = make_algorithm(c.algorithm, len(pairs), c.seed, **c.options)
+        self.algo = self._algorithm(len(pairs))
         if c.state_path:
             self._load(Path(c.state_path))
 
-    def select(self) -> Sequence[float]:
-        i = self.algo.choose(None if self.offload_ready else self._n_local)
-        self.chosen = i
-        self.split = self._split_of[i]
-        return self._ths[i]
+    def select(self, ready: bool) -> Decision:
+        self.chosen = i = self.algo.choose(None if ready else self._n_local)
+        return self._decisions[i]
+
+    def observe(self, outcome: Outcome) -> None:
+        k, confs, costs, paid, ms, split, conf = outcome
+        if split is None:
+            self._observe(k, confs, costs, None)
+        elif conf is not None:
+            self._observe_offload(split, confs, costs, conf, paid)
+        else:  # the offload failed: the device finished the input at exit k
+            self._observe(k, confs, costs, (self.chosen, _reward(confs[k], paid, self.lam)))
+        if self._budget is not None:
+            self.adapt_budget(ms)
 
     def _first_exits(self, confs: Sequence[float], seen: int) -> list[int]:
         """For each threshold, the first exit among those run (``0..seen``, never the last
@@ -504,21 +450,6 @@ class SplitBanditPolicy(BanditPolicy):
                 k += 1
             out.append(k if k <= lim else -1)
         return out
-
-    def observe(self, exit_taken: int, confs: Sequence[float], costs: Sequence[float]) -> None:
-        self._observe(exit_taken, confs, costs, None)
-
-    def observe_fallback(
-        self,
-        split: int,
-        exit_taken: int,
-        confs: Sequence[float],
-        costs: Sequence[float],
-        paid: float,
-    ) -> None:
-        self._observe(
-            exit_taken, confs, costs, (self.chosen, _reward(confs[exit_taken], paid, self.lam))
-        )
 
     def _link_costs(self, upto: int) -> list[float]:
         """Per split point below ``upto``: the link cost to assume for an estimate (the
@@ -579,9 +510,11 @@ class SplitBanditPolicy(BanditPolicy):
     def _spend(self, s: int) -> None:
         self._quota[s] -= 1.0
 
-    def observe_offload(
+    def _observe_offload(
         self, split: int, confs: Sequence[float], costs: Sequence[float], conf: float, paid: float
     ) -> None:
+        """The server answered an input sent at ``split``: ``confs`` hold exits
+        ``0..split-1`` (run here), ``conf`` is the server's confidence (the last exit's)."""
         lam, n, last = self.lam, self.n_exits, self.n_exits - 1
         local = costs[split - 1] if split else 0.0
         self._links[split].append(max(0.0, paid - local))

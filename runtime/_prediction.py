@@ -1,8 +1,9 @@
-"""What ``predict`` returns: a small immutable record."""
+"""What ``predict`` returns: a small immutable record (a NamedTuple: cheap to make)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["OffloadInfo", "Prediction"]
 
@@ -25,8 +26,7 @@ class OffloadInfo:
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):
     """One inference: the class, how sure, where it stopped and what it cost.
 
     ``score`` is the confidence at the exit taken (the policy's measure: max-softmax by

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ._policies import NEVER, BanditPolicy, Policy, parse_policy
+from ._policies import BanditPolicy, parse_policy
+from ._policy import NEVER, Outcome, Policy
 
 __all__ = ["Recording", "ReplayResult", "fixed_threshold_sweep", "oracle_point", "replay"]
 
@@ -167,7 +168,7 @@ def replay(
     costs_l = rec.exit_costs(cost).tolist()
     cum_ms = np.cumsum(base_ms).tolist()
     last = n_exits - 1
-    budget = pol.adapt_budget if isinstance(pol, BanditPolicy) else None
+    all_exits = pol.needs.all_exits
     chosen = np.zeros(n, np.int64) if isinstance(pol, BanditPolicy) else None
     start = time.perf_counter()
     for i in range(n):
@@ -176,20 +177,18 @@ def replay(
             cum = np.cumsum(ms)
             cum_ms = cum.tolist()
             costs_l = (cum / cum[-1]).tolist() if cost == "latency" else costs_l
-        th = pol.select()
+        th = pol.select(False).thresholds
         if chosen is not None:
             chosen[i] = pol.chosen  # type: ignore[attr-defined]
         c = confs[i]
-        if pol.needs_all_exits:
+        if all_exits:
             row = rec.labels[i]
             k = int(np.argmax(row == row[-1]))
         else:
             k = 0
             while k < last and c[k] < th[k]:
                 k += 1
-        pol.observe(k if not pol.needs_all_exits else last, c, costs_l)
-        if budget is not None:
-            budget(cum_ms[k])
+        pol.observe(Outcome(last if all_exits else k, c, costs_l, costs_l[k], cum_ms[k]))
         exits[i] = k
         paid[i] = costs_l[k]
         lat[i] = cum_ms[k]

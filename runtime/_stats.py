@@ -9,7 +9,8 @@ import numpy as np
 
 __all__ = ["Stats"]
 
-_RING = 1 << 16
+_RING = 1 << 16  # latencies kept for the percentiles (a power of two)
+_MASK = _RING - 1
 
 
 class Stats:
@@ -31,7 +32,7 @@ class Stats:
         self.macs = [float(m) for m in macs_fractions]
         steps = [self.macs[0]] + [b - a for a, b in zip(self.macs, self.macs[1:])]
         self._macs_ratio = [max(s, 1e-6) / max(steps[0], 1e-6) for s in steps]
-        self._lat = np.zeros(_RING)
+        self._lat = [0.0] * _RING  # a list: one store per input, no numpy call
         self._costs = [0.0] * n
         self._full_s = 0.0  # the full model's local latency, as estimated by the last costs
         # split computing: per split point, inputs the server answered, bytes and time
@@ -42,8 +43,18 @@ class Stats:
         self.fallback_bytes = 0
 
     def record(self, t0: float, k: int, exit_k: int, mode: str) -> list[float]:
-        self._stages(t0, k, -1, 0.0)
-        return self.record_unsplit(self.marks[k] - t0, exit_k, mode)
+        """Count an input that ran stages 0..k here (``marks`` hold their end times)."""
+        marks, ema = self.marks, self.ema
+        prev = t0
+        for i in range(k + 1):
+            m = marks[i]
+            d = m - prev
+            prev = m
+            e = ema[i]
+            ema[i] = d if e == 0.0 else e + 0.05 * (d - e)
+        costs = self._count(prev - t0, exit_k, mode)
+        self.cost_sum += costs[exit_k]
+        return costs
 
     def _stages(self, t0: float, k: int, gap_at: int, gap: float) -> None:
         """Average the times of stages 0..k from ``marks``; stage ``gap_at`` started
@@ -68,23 +79,28 @@ class Stats:
         return costs
 
     def _count(self, seconds: float, exit_k: int, mode: str) -> list[float]:
-        self._lat[self.count % _RING] = seconds
-        self.count += 1
+        c = self.count
+        self._lat[c & _MASK] = seconds
+        self.count = c + 1
         self.hist[exit_k] += 1
         costs, ema = self._costs, self.ema
-        if ema[0] == 0.0:
+        base = ema[0]
+        if base == 0.0:
             costs[:] = self.macs
             return costs
-        base, cum = ema[0], 0.0
+        cum = 0.0
+        ratio = self._macs_ratio
         for i in range(self.n):
-            cum += ema[i] if ema[i] > 0.0 else base * self._macs_ratio[i]
+            e = ema[i]
+            cum += e if e > 0.0 else base * ratio[i]
             costs[i] = cum
         self._full_s = cum
         if mode == "macs":
             costs[:] = self.macs
         else:
+            inv = 1.0 / cum
             for i in range(self.n):
-                costs[i] /= cum
+                costs[i] *= inv
         return costs
 
     def record_offload(
@@ -125,7 +141,7 @@ class Stats:
 
     def summary(self) -> dict[str, Any]:
         n = min(self.count, _RING)
-        lat = self._lat[:n] * 1e3
+        lat = np.array(self._lat[:n]) * 1e3
         pct = (
             {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)}
             if n

@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
+from edgekit.runtime import NEVER, BanditPolicy, Outcome, parse_policy
 from edgekit.runtime._bandit import ALGORITHMS, make_algorithm
 from edgekit.runtime._confidence import Confidence
-from edgekit.runtime._policies import NEVER, BanditPolicy, parse_policy
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
@@ -54,7 +54,7 @@ def test_side_observations_update_every_determined_arm() -> None:
     pol = BanditPolicy(arms=(0.5, 0.9, NEVER), lam=0.0)
     pol.bind(3, [0.2, 0.5, 1.0])
     pol.chosen = 1  # threshold 0.9: stopped at exit 1 (conf 0.95)
-    pol.observe(1, [0.6, 0.95, 0.0], [0.2, 0.5, 1.0])
+    pol.observe(Outcome(1, [0.6, 0.95, 0.0], [0.2, 0.5, 1.0], 0.5, 0.0))
     counts = pol.algo.counts()
     # arm 0.5 would have stopped at exit 0, arm 0.9 at exit 1: both known;
     # "never" would have gone deeper than what was seen: unknown.
@@ -67,7 +67,7 @@ def test_reward_charges_cost() -> None:
     pol = BanditPolicy(arms=(0.5, NEVER), lam=0.5)
     pol.bind(2, [0.3, 1.0])
     pol.chosen = 1
-    pol.observe(1, [0.7, 0.9], [0.3, 1.0])
+    pol.observe(Outcome(1, [0.7, 0.9], [0.3, 1.0], 1.0, 0.0))
     v = pol.algo.values()
     assert v[0] == pytest.approx((0.7 - 0.5 * 0.3 + 0.5) / 1.5)
     assert v[1] == pytest.approx((0.9 - 0.5 * 1.0 + 0.5) / 1.5)
@@ -134,7 +134,7 @@ def test_feedback_penalises_an_early_exit_that_was_wrong() -> None:
     pol = BanditPolicy(arms=(0.5, NEVER), lam=0.0)
     pol.bind(2, [0.3, 1.0])
     pol.chosen = 0
-    pol.observe(0, [0.9, 0.0], [0.3, 1.0])
+    pol.observe(Outcome(0, [0.9, 0.0], [0.3, 1.0], 0.3, 0.0))
     assert pol.algo.values()[0] == pytest.approx(0.9)
     pol.feedback(correct=False, exit_taken=0)
     assert pol.algo.counts()[0] == 2.0

@@ -8,18 +8,45 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.runtime._offload import CircuitBreaker
-from edgekit.runtime._policies import (
+from edgekit.runtime import (
     NEVER,
     BanditPolicy,
+    Outcome,
+    Policy,
     SplitBanditPolicy,
     SplitPolicy,
     parse_policy,
 )
+from edgekit.runtime._offload import CircuitBreaker
 
 N = 4  # exits
 MACS = [0.1, 0.4, 0.6, 1.0]
 COSTS = [0.1, 0.4, 0.6, 1.0]
+
+
+def local(pol: Policy, k: int, confs: list[float], costs: list[float]) -> None:
+    """Tell ``pol`` that an input ran here up to exit ``k``."""
+    pol.observe(Outcome(k, confs, costs, costs[k], 0.0))
+
+
+def offloaded(
+    pol: Policy, s: int, confs: list[float], costs: list[float], conf: float, paid: float
+) -> None:
+    """Tell ``pol`` that the server answered an input sent at ``s`` with ``conf``."""
+    pol.observe(Outcome(s - 1, confs, costs, paid, 0.0, s, conf))
+
+
+def fallback(
+    pol: Policy, s: int, k: int, confs: list[float], costs: list[float], paid: float
+) -> None:
+    """Tell ``pol`` that an offload at ``s`` failed and the device finished at exit ``k``."""
+    pol.observe(Outcome(k, confs, costs, paid, 0.0, s, None))
+
+
+def split_of(pol: Policy, ready: bool = True) -> tuple[tuple[float, ...], int]:
+    """The next decision as (thresholds, split), N for "all here"."""
+    d = pol.select(ready)
+    return d.thresholds, N if d.split is None else d.split
 
 
 def _bandit(**kw: object) -> SplitBanditPolicy:
@@ -46,32 +73,26 @@ def test_arms_are_split_threshold_pairs() -> None:
 
 def test_select_sets_the_split_and_keeps_to_local_arms_when_offload_is_unavailable() -> None:
     pol = _bandit(arms=(0.5, NEVER), algorithm="thompson")
-    pol.offload_ready = False
     for _ in range(200):
-        pol.select()
-        assert pol.split == N  # only local arms while the breaker is open
-    pol.offload_ready = True
+        assert split_of(pol, ready=False)[1] == N  # only local arms while the breaker is open
     seen = set()
     for _ in range(200):
-        pol.select()
-        seen.add(pol.split)
+        seen.add(split_of(pol)[1])
     assert seen - {N}, "offload arms are chosen again once the server is available"
 
 
 @pytest.mark.parametrize("algorithm", ["ucb", "ducb", "swucb", "thompson", "exp3"])
 def test_every_algorithm_respects_the_local_only_limit(algorithm: str) -> None:
     pol = _bandit(arms=(0.5, 0.9, NEVER), algorithm=algorithm)
-    pol.offload_ready = False
     for _ in range(300):
-        pol.select()
-        assert pol.split == N
-        pol.observe(N - 1, [0.6, 0.7, 0.8, 0.9], COSTS)
+        assert split_of(pol, ready=False)[1] == N
+        local(pol, N - 1, [0.6, 0.7, 0.8, 0.9], COSTS)
 
 
 def test_local_input_reveals_local_arms_and_offload_arms_that_exit_before_their_split() -> None:
     pol = _bandit(arms=(0.5, 0.9, NEVER), lam=0.0)
     pol.chosen = _arm(pol, None, NEVER)
-    pol.observe(3, [0.6, 0.95, 0.3, 0.8], COSTS)  # ran every exit here
+    local(pol, 3, [0.6, 0.95, 0.3, 0.8], COSTS)  # ran every exit here
     cnt = dict(zip(pol.pairs, pol.algo.counts()))
     val = dict(zip(pol.pairs, pol.algo.values()))
     assert cnt[(N, 0.5)] == cnt[(N, 0.9)] == cnt[(N, NEVER)] == 1
@@ -91,7 +112,7 @@ def test_offload_reveals_every_arm_offloading_at_the_same_split() -> None:
     pol.chosen = _arm(pol, 2, NEVER)
     # exits 0 and 1 ran here (0.55, 0.7); the server answered with confidence 0.97 and
     # the caller waited 0.3 of the full local model's latency.
-    pol.observe_offload(2, [0.55, 0.7, 0.0, 0.0], COSTS, 0.97, 0.3)
+    offloaded(pol, 2, [0.55, 0.7, 0.0, 0.0], COSTS, 0.97, 0.3)
     cnt = dict(zip(pol.pairs, pol.algo.counts()))
     val = dict(zip(pol.pairs, pol.algo.values()))
     r_off = (0.97 - lam * 0.3 + lam) / (1 + lam)
@@ -106,7 +127,7 @@ def test_offload_reveals_every_arm_offloading_at_the_same_split() -> None:
 def test_offload_at_the_last_stage_also_reveals_the_local_full_model() -> None:
     pol = _bandit(arms=(0.9, NEVER), lam=0.0)
     pol.chosen = _arm(pol, 3, NEVER)
-    pol.observe_offload(3, [0.5, 0.6, 0.7, 0.0], COSTS, 0.99, 0.8)
+    offloaded(pol, 3, [0.5, 0.6, 0.7, 0.0], COSTS, 0.99, 0.8)
     val = dict(zip(pol.pairs, pol.algo.values()))
     # the server's confidence is the last exit's; locally it would have cost costs[-1]
     assert val[(N, NEVER)] == pytest.approx(0.99) and val[(N, 0.9)] == pytest.approx(0.99)
@@ -116,14 +137,14 @@ def test_a_slow_round_trip_costs_more_than_running_locally() -> None:
     lam = 0.15
     pol = _bandit(arms=(NEVER,), lam=lam, splits=(0,))
     pol.chosen = _arm(pol, 0, NEVER)
-    pol.observe_offload(0, [0.0] * 4, COSTS, 0.9, 3.0)  # 3x the local model's latency
+    offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, 3.0)  # 3x the local model's latency
     pol.chosen = _arm(pol, None, NEVER)
-    pol.observe(3, [0.5, 0.6, 0.7, 0.9], COSTS)
+    local(pol, 3, [0.5, 0.6, 0.7, 0.9], COSTS)
     v = dict(zip(pol.pairs, pol.algo.values()))
     assert v[(0, NEVER)] < v[(N, NEVER)]
     # a round trip so slow that the reward would be negative is clipped at 0
     pol.chosen = _arm(pol, 0, NEVER)
-    pol.observe_offload(0, [0.0] * 4, COSTS, 0.9, 100.0)
+    offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, 100.0)
     assert min(pol.algo.values()) >= 0.0
 
 
@@ -137,14 +158,14 @@ def test_fresh_round_trips_estimate_offload_arms_that_were_not_played() -> None:
     full = [0.5, 0.6, 0.7, 0.8]
     pol.chosen = _arm(pol, 0, NEVER)
     for link in (0.3, 2.0):  # link costs measured at split 0 (2.0: a cold start)
-        pol.observe_offload(0, [0.0] * 4, COSTS, 0.9, link)
+        offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, link)
     pol.chosen = _arm(pol, None, NEVER)
-    pol.observe(3, full, COSTS)
+    local(pol, 3, full, COSTS)
     assert _counts(pol)[(0, NEVER)] == 2  # two measurements are not enough to estimate
     pol.chosen = _arm(pol, 0, NEVER)
-    pol.observe_offload(0, [0.0] * 4, COSTS, 0.9, 0.4)
+    offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, 0.4)
     pol.chosen = _arm(pol, None, NEVER)
-    pol.observe(3, full, COSTS)  # ran to the end here: the last exit's confidence is known
+    local(pol, 3, full, COSTS)  # ran to the end here: the last exit's confidence is known
     c = _counts(pol)
     assert c[(0, NEVER)] == 4  # estimated with the median link cost, 0.4
     assert c[(1, NEVER)] == c[(2, NEVER)] == c[(3, NEVER)] == 0  # never measured there
@@ -154,13 +175,13 @@ def test_fresh_round_trips_estimate_offload_arms_that_were_not_played() -> None:
     assert v[(0, NEVER)] == pytest.approx(sum(max(0.0, r) for r in rewards) / 4)
     # An offload at split 2 also estimates split 0 (exits before 2 ran here).
     pol.chosen = _arm(pol, 2, NEVER)
-    pol.observe_offload(2, [0.5, 0.6, 0, 0], COSTS, 0.9, 0.4 + 0.2)
+    offloaded(pol, 2, [0.5, 0.6, 0, 0], COSTS, 0.9, 0.4 + 0.2)
     assert _counts(pol)[(0, NEVER)] == 5
     # After rtt_window inputs without a round trip at a split, no more estimates.
     for _ in range(10):
-        pol.observe(3, full, COSTS)
+        local(pol, 3, full, COSTS)
     stale = _counts(pol)
-    pol.observe(3, full, COSTS)
+    local(pol, 3, full, COSTS)
     assert _counts(pol)[(0, NEVER)] == stale[(0, NEVER)]
     assert _counts(pol)[(N, NEVER)] == stale[(N, NEVER)] + 1
 
@@ -169,24 +190,24 @@ def test_one_measurement_licenses_a_bounded_number_of_estimates() -> None:
     pol = _bandit(arms=(NEVER,), rtt_window=10_000)
     pol.chosen = _arm(pol, 0, NEVER)
     for _ in range(3):
-        pol.observe_offload(0, [0.0] * 4, COSTS, 0.9, 0.3)
+        offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, 0.3)
     pol.chosen = _arm(pol, None, NEVER)
     for _ in range(100):
-        pol.observe(3, [0.5, 0.6, 0.7, 0.8], COSTS)
+        local(pol, 3, [0.5, 0.6, 0.7, 0.8], COSTS)
     assert _counts(pol)[(0, NEVER)] == 3 + 30  # ten per measured round trip
     off = _bandit(arms=(NEVER,), rtt_window=0)  # estimates off
     off.chosen = _arm(off, 0, NEVER)
     for _ in range(3):
-        off.observe_offload(0, [0.0] * 4, COSTS, 0.9, 0.3)
+        offloaded(off, 0, [0.0] * 4, COSTS, 0.9, 0.3)
     off.chosen = _arm(off, None, NEVER)
-    off.observe(3, [0.5, 0.6, 0.7, 0.8], COSTS)
+    local(off, 3, [0.5, 0.6, 0.7, 0.8], COSTS)
     assert _counts(off)[(0, NEVER)] == 3
 
 
 def test_fallback_charges_the_chosen_arm_what_was_paid() -> None:
     pol = _bandit(arms=(0.9, NEVER), lam=0.5)
     pol.chosen = _arm(pol, 1, NEVER)
-    pol.observe_fallback(1, 3, [0.5, 0.6, 0.7, 0.8], COSTS, 2.0)
+    fallback(pol, 1, 3, [0.5, 0.6, 0.7, 0.8], COSTS, 2.0)
     val = dict(zip(pol.pairs, pol.algo.values()))
     cnt = dict(zip(pol.pairs, pol.algo.counts()))
     assert val[(1, NEVER)] == pytest.approx(max(0.0, (0.8 - 0.5 * 2.0 + 0.5) / 1.5))
@@ -198,8 +219,7 @@ def _simulate(pol: SplitBanditPolicy, rtt: float, steps: int, rng: random.Random
     """Inputs whose exits grow in confidence; offloading at s costs COSTS[s-1] + rtt."""
     splits = []
     for _ in range(steps):
-        th = pol.select()
-        s = pol.split
+        th, s = split_of(pol)
         base = rng.uniform(0.3, 0.7)
         confs = [min(1.0, base + 0.1 * k) for k in range(N)]
         k = 0
@@ -207,9 +227,9 @@ def _simulate(pol: SplitBanditPolicy, rtt: float, steps: int, rng: random.Random
             k += 1
         if s < N and k == s:  # reached the split: offload
             paid = (COSTS[s - 1] if s else 0.0) + rtt
-            pol.observe_offload(s, confs, COSTS, confs[-1], paid)
+            offloaded(pol, s, confs, COSTS, confs[-1], paid)
         else:
-            pol.observe(k, confs, COSTS)
+            local(pol, k, confs, COSTS)
         splits.append(s if s < N and k == s else N)
     return splits
 
@@ -254,12 +274,12 @@ def test_arm_values_name_split_and_threshold() -> None:
 
 def test_parse_split_policies() -> None:
     p = parse_policy("split:2", offload=True)
-    assert isinstance(p, SplitPolicy) and p.offloads
+    assert isinstance(p, SplitPolicy) and p.needs.offloads
     p.bind(N, MACS)
-    assert p.split == 2 and list(p.select()) == [NEVER] * N
+    assert p.select(True) == ((NEVER,) * N, 2)
     q = parse_policy("split:1:0.8", offload=True)
     q.bind(N, MACS)
-    assert q.split == 1 and list(q.select())[:3] == [0.8] * 3 and q.describe() == "split:1:0.8"
+    assert q.select(True) == ((0.8,) * 3 + (NEVER,), 1) and q.describe() == "split:1:0.8"
     assert isinstance(parse_policy("bandit:swucb", offload=True), SplitBanditPolicy)
     assert type(parse_policy("bandit:swucb")) is BanditPolicy
     assert parse_policy("local").name == "full"

@@ -69,7 +69,9 @@ def _save(
     return p
 
 
-def _classifier(tmp: Path, *, residual_only: bool = False, opset: int = 17, meta=None) -> Path:
+def _classifier(
+    tmp: Path, *, residual_only: bool = False, opset: int = 17, meta: dict | None = None
+) -> Path:
     """input (N,3,8,8) -> conv -> relu -> conv -> relu [-> + input] -> GAP -> Flatten -> Gemm."""
     rng = np.random.default_rng(0)
     c1, w1 = _conv("c1", "input", 3, 3, rng)
@@ -262,8 +264,7 @@ def test_vgg_package_predicts_uint8_images(vgg_pkg: Path) -> None:
     with edgekit.load(vgg_pkg, policy="full") as m:
         assert m.backend == "onnxruntime"
         labels = [m.predict(img).label for img in x]
-    want = [data.labels[i] for i in data.y_test[:100]]
-    assert np.mean([a == b for a, b in zip(labels, want)]) > 0.85
+    assert np.mean(np.array(labels) == data.y_test[:100]) > 0.85
 
 
 @pytest.mark.slow
@@ -358,7 +359,7 @@ def test_mobilenet_v3_converts(tmp_path: Path) -> None:
     assert any("HardSwish" in n for n in res.report["notes"])
     with edgekit.load(res.path, policy="full") as m:
         p = m.predict((x[0] * 255).astype(np.uint8))
-    assert p.label in res.manifest.labels
+    assert 0 <= p.label < 3 and p.name == res.manifest.labels[p.label]
 
 
 def test_wrong_image_size_is_a_dataset_error(tmp_path: Path) -> None:

@@ -3,14 +3,23 @@
 Runs inside the device's edgekit environment, so it imports only the runtime (numpy and
 one interpreter) and prints one JSON document on stdout. Errors print
 ``{"error": ..., "hint": ...}`` and exit 2.
+
+``place ROOT SHA256`` is the device's half of a push: the host only uploads files into
+``ROOT/.incoming/`` under their sha256; the device reads the manifest with that sha256,
+applies the package rule itself (it does not trust the host), and copies each file to its
+place in ``ROOT/NAME/releases/RID.partial/``, refusing symlinks and paths that leave it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import platform
+import re
+import stat
 import sys
 import time
 from pathlib import Path
@@ -120,10 +129,133 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _real_dir(parent: Path, name: str) -> Path:
+    """``parent/name`` as a real folder (created if missing); a symlink there is refused."""
+    path = parent / name
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise _Refused(f"{path} is {'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a folder'}")
+    return path
+
+
+def _check_way(base: Path, parts: list[str]) -> None:
+    """Refuse if anything that exists on the way from ``base`` through ``parts`` is a
+    symlink, or a file where a folder must be (nothing is created)."""
+    cur = base
+    for i, part in enumerate(parts):
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            return
+        what = "/".join(parts[: i + 1])
+        if stat.S_ISLNK(st.st_mode):
+            raise _Refused(f"{what} under {base} is a symlink; nothing was written")
+        if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
+            raise _Refused(f"{what} under {base} is not a folder; nothing was written")
+
+
+class _Refused(Exception):
+    """The device refuses what the host asked: the package breaks the package rule."""
+
+    hint = "the package or the device's push folder was tampered with; convert and push again"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = f"the device refused the package: {message}"
+
+
+def _copy_checked(src: Path, dest: Path, digest: str) -> None:
+    """Copy ``src`` to ``dest`` (never through a symlink), checking its sha256 on the way."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "rb") as fin:
+            if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+                raise _Refused(f"{src.name} is not a regular file")
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(out, "wb") as fout:
+                for block in iter(lambda: fin.read(1 << 20), b""):
+                    h.update(block)
+                    fout.write(block)
+        if h.hexdigest() != digest:
+            raise _Refused(f"{dest.name} arrived with the wrong sha256")
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _place(args: argparse.Namespace) -> dict[str, Any]:
+    from edgekit._errors import PackageError
+    from edgekit._package import (
+        MANIFEST,
+        MAX_MANIFEST_BYTES,
+        Manifest,
+        check_package_path,
+        file_sha256,
+    )
+
+    digest = args.package
+    if not args.root:
+        raise _Refused("place needs --root")
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise _Refused(f"{digest[:80]!r} is not a sha256")
+    root = Path(args.root)
+    incoming = root / ".incoming"
+    src = incoming / digest
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
+    if hashlib.sha256(raw).hexdigest() != digest:
+        raise _Refused("the manifest arrived with the wrong sha256")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _Refused("the manifest is not JSON") from None
+    try:  # the package rule, applied again on the device
+        manifest = Manifest.from_dict(data)
+        wanted = {check_package_path(rel): d for rel, d in manifest.files.items()}
+    except PackageError as exc:
+        raise _Refused(f"{exc.message}; nothing was written") from None
+    layers = [manifest.name, "releases", f"{digest[:12]}.partial"]
+    everything = sorted([*wanted.items(), (MANIFEST, digest)])
+    # First check every path as it stands, without writing anything; then write.
+    for rel, _ in everything:
+        _check_way(root, [*layers, *rel.split("/")])
+    partial = root
+    for part in layers:
+        partial = _real_dir(partial, part)
+    placed = 0
+    for rel, d in everything:
+        folder = partial
+        *dirs, leaf = rel.split("/")
+        for part in dirs:
+            folder = _real_dir(folder, part)
+        dest = folder / leaf
+        if os.path.lexists(dest):
+            st = os.lstat(dest)
+            if not stat.S_ISREG(st.st_mode):
+                raise _Refused(f"{rel} in {partial} is not a regular file")
+            if file_sha256(dest) == d:
+                continue
+        if not os.path.lexists(incoming / d):
+            raise _Refused(f"{rel} ({d[:12]}) never arrived in {incoming}")
+        _copy_checked(incoming / d, dest, d)
+        placed += 1
+    for d in {*wanted.values(), digest}:
+        (incoming / d).unlink(missing_ok=True)
+    return {"ok": True, "release": str(partial), "placed": placed, "files": len(wanted) + 1}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgekit.devices._agent")
-    p.add_argument("command", choices=["smoke", "predict", "bench"])
-    p.add_argument("package")
+    p.add_argument("command", choices=["smoke", "predict", "bench", "place"])
+    p.add_argument("package", help="the package folder (place: the manifest's sha256)")
+    p.add_argument("--root", help="place: the push root on the device")
     p.add_argument("--backend", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--policy", default="full")
@@ -133,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        out = {"smoke": _smoke, "predict": _predict, "bench": _bench}[args.command](args)
+        commands = {"smoke": _smoke, "predict": _predict, "bench": _bench, "place": _place}
+        out = commands[args.command](args)
     except Exception as exc:  # reported to the host as JSON, whatever it was
         err: dict[str, Any] = {
             "error": getattr(exc, "message", str(exc)),

@@ -177,7 +177,7 @@ class _Push:
             self.step = "environment"
             self._ensure_env(wh, profile)
             self.step = "package"
-            folder = self._ensure_release()
+            folder = self._ensure_release(wh)
             if deploy == self.previous and folder == self.layout.release(self.rid):
                 self.log(f"{deploy} is already current; nothing to switch")
                 return self._result(deploy, t0, changed=False, smoke={})
@@ -342,11 +342,30 @@ class _Push:
             got[path.removeprefix("./")] = digest
         return got
 
-    def _ensure_release(self) -> str:
-        """Make sure a verified copy of the package exists; return its folder."""
+    def _incoming(self) -> set[str]:
+        """The sha256 of every file in ``ROOT/.incoming`` whose content matches its name."""
+        out = self.sh(
+            f"cd {q(self.layout.incoming)} 2>/dev/null || exit 0; "
+            "find . -maxdepth 1 -type f -exec sha256sum {} +",
+            timeout=600,
+        )
+        got = set()
+        for line in out.splitlines():
+            digest, _, path = line.partition("  ")
+            if path.removeprefix("./") == digest:
+                got.add(digest)
+        return got
+
+    def _ensure_release(self, wh: Wheelhouse) -> str:
+        """Make sure a verified copy of the package exists; return its folder.
+
+        Files travel to ``ROOT/.incoming/SHA256`` (a name the manifest cannot influence);
+        the device then places them itself (``_agent place``), re-checking every path.
+        """
         final = self.layout.release(self.rid)
+        mdigest = hashlib.sha256((self.package / MANIFEST).read_bytes()).hexdigest()
         files = dict(self.manifest.files)
-        files[MANIFEST] = hashlib.sha256((self.package / MANIFEST).read_bytes()).hexdigest()
+        files[MANIFEST] = mdigest
         listing = self._listing()
         in_final = {
             k.split("/", 1)[1]: v for k, v in listing.items() if k.startswith(f"{self.rid}/")
@@ -362,7 +381,7 @@ class _Push:
             )
             self.stats["repaired"] = tuple(bad)
         partial = f"{final}.partial"
-        # Any file the device holds with the right content is copied there, not sent.
+        # Any file the device holds with the right content is copied, not sent.
         by_digest: dict[str, str] = {}
         for path, digest in listing.items():
             by_digest.setdefault(digest, path)
@@ -371,30 +390,54 @@ class _Push:
             for k, v in listing.items()
             if k.startswith(f"{self.rid}.partial/")
         }
+        arrived = self._incoming()
+        local = {d: self.package / rel for rel, d in sorted(files.items())}
+        needed = sorted({d for rel, d in files.items() if in_partial.get(rel) != d} | {mdigest})
         copies, sends = [], []
-        for rel, digest in sorted(files.items()):
-            if in_partial.get(rel) == digest:
+        for digest in needed:
+            if digest in arrived:
                 continue
             src = by_digest.get(digest)
             if src is not None:
-                copies.append((src, rel))
+                copies.append((src, digest))
             else:
-                sends.append((self.package / rel, f"{partial}/{rel}"))
-        dirs = sorted({str(PurePosixPath(rel).parent) for rel in files} - {"."})
+                sends.append((local[digest], f"{self.layout.incoming}/{digest}"))
+        inc = self.layout.incoming
         self.sh(
-            f"mkdir -p {q(partial)} "
-            + " ".join(q(f"{partial}/{d}") for d in dirs)
+            f"mkdir -p {q(inc)}"
             + "".join(
-                f"; cp -f {q(self.layout.releases + '/' + s)} {q(partial + '/' + r)}"
-                for s, r in copies
+                f"; cp -f {q(self.layout.releases + '/' + s)} {q(inc + '/' + d)}" for s, d in copies
             )
         )
         self.stats["files_reused"] = len(files) - len(sends)
         if sends:
             self._send(sends, atomic=False)
         self.stats["files_sent"] = len(sends)
+        self._place(wh, mdigest)
         self._verify(partial, files)
         return partial
+
+    def _place(self, wh: Wheelhouse, mdigest: str) -> None:
+        """Have the device check the package rule itself and place the files."""
+        py = f"{self.layout.env(wh.key)}/bin/python"
+        res = self.conn.run(
+            f"{q(py)} -m edgekit.devices._agent place {q(mdigest)} --root {q(self.opts.root)}",
+            timeout=600,
+            check=False,
+        )
+        try:
+            out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            out = {"error": (res.stderr or res.stdout).strip()[-500:] or f"exit {res.exit_code}"}
+        if res.ok and out.get("ok"):
+            return
+        msg = str(out.get("error"))
+        self._raise_disk_full_if(msg, "placing the package files")
+        raise PushError(
+            f"{self.name}: {msg}; {self.previous or 'the previous version'} is still current",
+            hint=out.get("hint") or "push again",
+            target=self.name,
+        )
 
     def _verify(self, folder: str, files: dict[str, str]) -> None:
         listing = "".join(f"{d}  {rel}\n" for rel, d in sorted(files.items()))

@@ -10,17 +10,27 @@
     ROOT/NAME/current -> deploys/...     switched atomically (rename of a new symlink)
     ROOT/NAME/history                    one deploy per line, the last is current
     ROOT/current -> NAME/current         the package pushed last
+    ROOT/.incoming/SHA256                files arriving, named by their content (push places
+                                         them into RID.partial on the device, re-checking
+                                         every path: see ``_agent place``)
+
+NAME is checked against the package rule (``edgekit._package.check_name``) before any
+path is built from it, so no path here leaves ROOT.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
+
+from edgekit._package import check_name
 
 __all__ = ["DEFAULT_ROOT", "Layout", "q"]
 
 DEFAULT_ROOT = "/opt/edgekit"
 KEEP = 3  # deploys kept per package for rollback
+_HEX = re.compile(r"[0-9a-f]{12}")
 
 
 def q(s: str) -> str:
@@ -33,6 +43,14 @@ class Layout:
 
     root: str
     name: str
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+
+    @property
+    def incoming(self) -> str:
+        """Where files arrive before the device places them, named by their sha256."""
+        return f"{self.root}/.incoming"
 
     @property
     def pkg(self) -> str:
@@ -58,6 +76,8 @@ class Layout:
         return f"{self.root}/envs/{key}"
 
     def release(self, rid: str) -> str:
+        if not _HEX.fullmatch(rid):
+            raise ValueError(f"a release id is 12 hex digits, not {rid!r:.40}")
         return f"{self.releases}/{rid}"
 
     def state_script(self) -> str:
@@ -90,5 +110,6 @@ class Layout:
             '[ -d "$rel" ] || continue; id=${rel#releases/}; '
             'ls deploys 2>/dev/null | grep -q "^$id-" || rm -rf "$rel"; done; '
             f'for e in {r}/envs/*; do [ -d "$e" ] || continue; k=${{e##*/}}; '
-            f'ls -d {r}/*/deploys/*-"$k" >/dev/null 2>&1 || rm -rf "$e"; done; true'
+            f'ls -d {r}/*/deploys/*-"$k" >/dev/null 2>&1 || rm -rf "$e"; done; '
+            f"rm -rf {q(self.incoming)}; true"
         )

@@ -430,7 +430,7 @@ class Manifest:
         if len(files) > _MAX_FILES:
             raise _bad("files", f"lists more than {_MAX_FILES} files")
         for rel, digest in files.items():
-            check_package_path(rel, field_name=f"files key {rel!r:.80}")
+            check_package_path(rel, field_name="files key")
             if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
                 raise _bad(f"files[{rel!r:.80}]", "must be a sha256 (64 lowercase hex digits)")
         for rel in files:  # a file cannot also be a folder of another

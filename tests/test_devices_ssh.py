@@ -281,3 +281,98 @@ def test_fleet_push_reports_every_target(
     assert list(results) == ["hostdev", dead, "jumped"]
     assert results["hostdev"].ok and results["jumped"].ok
     assert not results[dead].ok and "cannot reach" in results[dead].error.message  # type: ignore[union-attr]
+
+
+# -- a hostile package never writes outside its release folder ----------------------------
+
+
+def _trust_setup(tmp_path: Path) -> tuple[Path, Path]:
+    """A device root ``tmp/edgekit`` and a folder beside it that nothing may touch."""
+    outside = tmp_path / "outside"
+    outside.mkdir(parents=True)
+    (outside / "keep.txt").write_text("untouched")
+    return tmp_path / "edgekit", outside
+
+
+_SKIP = (".incoming", ".lock")  # the content-addressed upload area, the push lock
+
+
+def test_crafted_packages_are_refused_before_anything_is_sent(
+    ssh_config: Path, tmp_path: Path, digits_pkg: Path
+) -> None:
+    from _trust import changes, snapshot, with_escaping_key, with_name, with_symlink
+
+    from edgekit import PackageError
+
+    root, _ = _trust_setup(tmp_path / "dev")
+    assert push_one(digits_pkg, "hostdev", _opts(ssh_config, root)).ok
+    crafted = [
+        with_escaping_key(digits_pkg, tmp_path / "h" / "k1" / "k2" / "k3" / "k4" / "k.edgepkg"),
+        with_symlink(digits_pkg, tmp_path / "h" / "s.edgepkg", tmp_path / "h" / "secret.txt"),
+        with_name(digits_pkg, tmp_path / "h" / "n.edgepkg", "../../x"),
+    ]
+    before = snapshot(tmp_path / "dev")
+    for pkg in crafted:
+        with pytest.raises(PackageError, match=r"symlink|not a plain relative|package name"):
+            push_one(pkg, "hostdev", _opts(ssh_config, root))
+        with pytest.raises(PackageError):
+            push(pkg, ["hostdev"], _opts(ssh_config, root))
+    assert changes(before, snapshot(tmp_path / "dev")) == []
+
+
+def test_device_rechecks_what_a_lax_host_sends(
+    ssh_config: Path, tmp_path: Path, digits_pkg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _trust import changes, lax_host, snapshot, with_escaping_key, with_name
+
+    root, outside = _trust_setup(tmp_path / "dev")
+    opts = _opts(ssh_config, root)
+    assert push_one(digits_pkg, "hostdev", opts).ok
+    key_pkg = with_escaping_key(
+        digits_pkg, tmp_path / "h" / "k1" / "k2" / "k3" / "k4" / "k.edgepkg"
+    )
+    name_pkg = with_name(digits_pkg, tmp_path / "h" / "n.edgepkg", "../../x")
+    skip = (*[f"dev/edgekit/{s}" for s in _SKIP], "h")
+    before = snapshot(tmp_path, skip=skip)
+    lax_host(monkeypatch)  # the host no longer checks: only the device stands in the way
+    for pkg, why in ((key_pkg, "not a plain relative path"), (name_pkg, "package name")):
+        res = push_one(pkg, "hostdev", opts)
+        assert not res.ok and res.error is not None
+        assert "device refused" in res.error.message and why in res.error.message
+        assert "still current" in res.error.message
+    assert changes(before, snapshot(tmp_path, skip=skip)) == []
+    assert not (outside / "pwned.txt").exists()
+    monkeypatch.undo()
+    # The device still works and the first package is still current.
+    assert len(predict_on_device("hostdev", _digits(2), options=opts)["labels"]) == 2
+
+
+def test_device_refuses_to_write_through_a_symlink_it_finds(
+    ssh_config: Path, tmp_path: Path, digits_pkg: Path
+) -> None:
+    from _trust import changes, snapshot
+
+    from edgekit.devices._push import package_release_id
+
+    root, outside = _trust_setup(tmp_path / "dev")
+    opts = _opts(ssh_config, root)
+    assert push_one(digits_pkg, "hostdev", opts).ok
+    v2 = tmp_path / "v2" / digits_pkg.name
+    shutil.copytree(digits_pkg, v2)
+    _touch_report(v2)
+    # Something on the device planted a link where the next release's files will go.
+    partial = root / "digits" / "releases" / f"{package_release_id(v2)}.partial"
+    partial.mkdir(parents=True)
+    (partial / "tflite").symlink_to(outside)
+    skip = (*[f"dev/edgekit/{s}" for s in _SKIP], "v2")
+    before = snapshot(tmp_path, skip=skip)
+    res = push_one(v2, "hostdev", opts)
+    assert not res.ok and res.error is not None
+    assert "device refused" in res.error.message and "symlink" in res.error.message
+    assert changes(before, snapshot(tmp_path, skip=skip)) == []
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+    # With the link gone, the same push goes through and the upload area is cleaned up.
+    (partial / "tflite").unlink()
+    again = push_one(v2, "hostdev", opts)
+    assert again.ok and again.changed, again.error
+    assert not (root / ".incoming").exists()

@@ -291,3 +291,97 @@ def test_sigterm_removes_the_partial_folder(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert not partial.exists(), err[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# -- the device's own check (``_agent place``, run here as the device runs it) -------------
+
+
+def _stage_upload(root: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> str:
+    """Put files in ``root/.incoming`` under their sha256, as the host's push does."""
+    import hashlib
+
+    inc = root / ".incoming"
+    inc.mkdir(parents=True, exist_ok=True)
+    for data in files.values():
+        (inc / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    manifest = {**manifest, "files": {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}}
+    raw = json.dumps(manifest).encode()
+    digest = hashlib.sha256(raw).hexdigest()
+    (inc / digest).write_bytes(raw)
+    return digest
+
+
+def _place(root: Path, digest: str) -> dict[str, Any]:
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "edgekit.devices._agent", "place", digest, "--root", str(root)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (res.returncode == 0) == ("error" not in out)
+    return out
+
+
+_FILES = {"tflite/stage_0.tflite": b"stage bytes", "tflite/full.tflite": b"full bytes"}
+
+
+def test_device_places_a_good_package(tmp_path: Path) -> None:
+    root = tmp_path / "edgekit"
+    digest = _stage_upload(root, _FILES, VALID)
+    out = _place(root, digest)
+    assert out["ok"] and out["placed"] == 3
+    rel = root / "tiny" / "releases" / f"{digest[:12]}.partial"
+    assert (rel / "tflite" / "stage_0.tflite").read_bytes() == b"stage bytes"
+    assert not list((root / ".incoming").iterdir())  # what was used is cleaned up
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"name": "../../x"}, "package name"),
+        ({"name": "a/b"}, "package name"),
+        ({"files": {"l/" + "../" * 5 + "outside/pwned.txt": b"x"}}, "not a plain relative path"),
+        ({"files": {"/tmp/pwned.txt": b"x"}}, "not a plain relative path"),
+    ],
+)
+def test_device_refuses_a_crafted_manifest(
+    tmp_path: Path, change: dict[str, Any], why: str
+) -> None:
+    from _trust import changes, snapshot
+
+    root = tmp_path / "edgekit"
+    files = {**_FILES, **change.get("files", {})}
+    manifest = {**VALID, **{k: v for k, v in change.items() if k != "files"}}
+    digest = _stage_upload(root, files, manifest)
+    before = snapshot(tmp_path)
+    out = _place(root, digest)
+    assert "device refused" in out["error"] and why in out["error"]
+    assert changes(before, snapshot(tmp_path)) == []
+
+
+def test_device_refuses_a_manifest_that_is_not_what_the_host_named(tmp_path: Path) -> None:
+    root = tmp_path / "edgekit"
+    digest = _stage_upload(root, _FILES, VALID)
+    (root / ".incoming" / digest).write_text(json.dumps({**VALID, "name": "other"}))
+    assert "wrong sha256" in _place(root, digest)["error"]
+    assert "not a sha256" in _place(root, "../../etc/passwd")["error"]
+
+
+@pytest.mark.parametrize("where", ["tiny", "tiny/releases", "REL", "REL/tflite"])
+def test_device_refuses_to_write_through_a_symlink(tmp_path: Path, where: str) -> None:
+    from _trust import changes, snapshot
+
+    root = tmp_path / "edgekit"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    digest = _stage_upload(root, _FILES, VALID)
+    link = root / where.replace("REL", f"tiny/releases/{digest[:12]}.partial")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside)
+    before = snapshot(tmp_path)
+    out = _place(root, digest)
+    assert "device refused" in out["error"] and "symlink" in out["error"]
+    assert changes(before, snapshot(tmp_path)) == []
+    assert list(outside.iterdir()) == []

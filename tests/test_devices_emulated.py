@@ -237,3 +237,85 @@ def test_unknown_host_key_of_device(
     with pytest.raises(UnknownHostKeyError) as err:
         c.run("true")
     assert virtual_device.host_key_fingerprint in err.value.message
+
+
+# -- a hostile package never writes outside its release folder ----------------------------
+
+_SKIP = ("edgekit/.incoming", "edgekit/.lock")  # under the device's /opt
+
+
+def test_crafted_packages_never_leave_the_release_folder(
+    pushed: dict[str, object],
+    ssh_config: Path,
+    fmnist_fast_pkg: Path,
+    virtual_device: VirtualDevice,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from _trust import changes, lax_host, snapshot, with_escaping_key, with_name, with_symlink
+
+    from edgekit import PackageError
+
+    opts = _opts(ssh_config)
+    assert push_one(fmnist_fast_pkg, "pi0", opts).ok  # make it current again
+    opt = virtual_device.rootfs / "opt"
+    top = sorted(p.name for p in virtual_device.rootfs.iterdir())
+    key_pkg = with_escaping_key(fmnist_fast_pkg, tmp_path / "k1" / "k2" / "k3" / "k4" / "k.edgepkg")
+    name_pkg = with_name(fmnist_fast_pkg, tmp_path / "n.edgepkg", "../../x")
+    link_pkg = with_symlink(fmnist_fast_pkg, tmp_path / "s.edgepkg", tmp_path / "secret.txt")
+    before = snapshot(opt, skip=_SKIP)
+    # The host refuses all three before it connects.
+    for pkg in (key_pkg, name_pkg, link_pkg):
+        with pytest.raises(PackageError):
+            push_one(pkg, "pi0", opts)
+    # With the host's checks off, the device refuses the two it can see.
+    lax_host(monkeypatch)
+    for pkg, why in ((key_pkg, "not a plain relative path"), (name_pkg, "package name")):
+        res = push_one(pkg, "pi0", opts)
+        assert not res.ok and res.error is not None
+        assert "device refused" in res.error.message and why in res.error.message
+    monkeypatch.undo()
+    assert changes(before, snapshot(opt, skip=_SKIP)) == []
+    assert sorted(p.name for p in virtual_device.rootfs.iterdir()) == top  # no /x
+    assert not (opt / "outside").exists()
+    assert (
+        len(predict_on_device("pi0", np.zeros((1, 28, 28, 1), np.uint8), options=opts)["labels"])
+        == 1
+    )
+
+
+def test_device_refuses_a_symlink_in_the_release_folder(
+    pushed: dict[str, object],
+    ssh_config: Path,
+    fmnist_fast_pkg: Path,
+    virtual_device: VirtualDevice,
+    tmp_path: Path,
+) -> None:
+    from _trust import changes, snapshot
+
+    from edgekit.devices._push import package_release_id
+
+    opts = _opts(ssh_config)
+    v2 = tmp_path / "v2" / fmnist_fast_pkg.name
+    shutil.copytree(fmnist_fast_pkg, v2)
+    rep = json.loads((v2 / "report.json").read_text())
+    rep["note"] = "symlink test"
+    (v2 / "report.json").write_text(json.dumps(rep))
+    from edgekit._package import read_manifest, write_manifest
+
+    name = write_manifest(v2, read_manifest(v2, verify=False)).name
+    opt = virtual_device.rootfs / "opt"
+    (opt / "outside").mkdir(exist_ok=True)
+    partial = opt / "edgekit" / name / "releases" / f"{package_release_id(v2)}.partial"
+    partial.mkdir(parents=True)
+    (partial / "tflite").symlink_to("/opt/outside")  # as the device resolves it
+    try:
+        before = snapshot(opt, skip=_SKIP)
+        res = push_one(v2, "pi0", opts)
+        assert not res.ok and res.error is not None
+        assert "device refused" in res.error.message and "symlink" in res.error.message
+        assert changes(before, snapshot(opt, skip=_SKIP)) == []
+        assert list((opt / "outside").iterdir()) == []
+    finally:
+        shutil.rmtree(partial)
+        shutil.rmtree(opt / "outside")

@@ -33,6 +33,18 @@ MOBILENET = FIXTURES / "mobilenet_v3_small.onnx"
 MEAN, STD = (0.286,), (0.353,)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Backbone features are cached per model and images: in a fresh folder here."""
+    old = os.environ.get("EDGEKIT_CACHE")
+    os.environ["EDGEKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEKIT_CACHE", None)
+    else:
+        os.environ["EDGEKIT_CACHE"] = old
+
+
 def _need(*paths: Path) -> None:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -255,6 +267,17 @@ def test_vgg_package(vgg_pkg: Path) -> None:
     assert any("ONNX-only" in n for n in report["notes"])
     assert (vgg_pkg / "plots" / "accuracy_cost.png").is_file()
     assert report["sizes"]["onnx"]["int8_unsplit"] < report["sizes"]["onnx"]["float"] / 3
+
+
+@pytest.mark.slow
+def test_features_cached(vgg_pkg: Path) -> None:
+    from edgekit.converters._onnxin._heads import cache_dir
+
+    files = list(cache_dir().glob("*.npz"))
+    assert len(files) == 3  # train, val, test of the vgg conversion
+    with np.load(files[0]) as z:
+        assert {"logits", "pooled_0", "pooled_1", "pooled_2"} == set(z.files)
+        assert z["pooled_0"].dtype == np.float16
 
 
 @pytest.mark.slow

@@ -385,3 +385,47 @@ def test_device_refuses_to_write_through_a_symlink(tmp_path: Path, where: str) -
     assert "device refused" in out["error"] and "symlink" in out["error"]
     assert changes(before, snapshot(tmp_path)) == []
     assert list(outside.iterdir()) == []
+
+
+# -- every caller goes through the one rule -------------------------------------------------
+
+
+def test_load_and_verify_refuse_a_path_outside_the_package(tmp_path: Path) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    import edgekit
+
+    pkg = tmp_path / "p.edgepkg"
+    (pkg / "tflite").mkdir(parents=True)
+    for rel, data in _FILES.items():
+        (pkg / rel).write_bytes(data)
+    outside = tmp_path / "other.tflite"
+    outside.write_bytes(b"stage bytes")
+    bad = copy.deepcopy(VALID)
+    bad["files"] = {k: hashlib.sha256(v).hexdigest() for k, v in _FILES.items()}
+    bad["stages"][0]["files"]["tflite"] = str(outside)  # absolute, to another file
+    (pkg / "manifest.json").write_text(json.dumps(bad))
+    with pytest.raises(PackageError, match=r"stages\[0\]\.files\['tflite'\]"):
+        edgekit.load(pkg)
+    res = subprocess.run(
+        [sys.executable, "-m", "edgekit", "verify", str(pkg)], capture_output=True, text=True
+    )
+    assert res.returncode == 2 and "stages[0].files['tflite']" in res.stderr
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b"])
+def test_device_operations_refuse_a_bad_name_before_connecting(name: str) -> None:
+    from edgekit.devices._ops import deployments, rollback, run_on_device
+    from edgekit.devices._push import PushOptions
+
+    opts = PushOptions(verbose=False)
+    unreachable = "root@127.0.0.1:1"  # never contacted: the name is refused first
+    for op in (
+        lambda: rollback(unreachable, package=name, options=opts),
+        lambda: deployments(unreachable, package=name, options=opts),
+        lambda: run_on_device(unreachable, "true", package=name, options=opts),
+    ):
+        with pytest.raises(PackageError, match="package name"):
+            op()

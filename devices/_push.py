@@ -158,6 +158,9 @@ class _Push:
             self.info = info
             self._check_python(info)
             profile = info.profile(self.opts.backend)
+            if self.opts.backend is None and profile.format not in self.manifest.formats:
+                # an ONNX-only package (ONNX intake) runs on onnxruntime wherever it goes
+                profile = info.profile("onnxruntime")
             if profile.format not in self.manifest.formats:
                 raise PushError(
                     f"{self.name}: the {profile.backend} backend runs {profile.format} models, "

@@ -453,7 +453,7 @@ def load_image_folder(
             raise unreadable(path, exc) from exc
     x = np.stack(pixels)
     y = np.asarray(targets, dtype=np.int64)
-    notes = ()
+    notes: tuple[str, ...] = ()
     resized = sum(n for size, n in sizes.items() if size != (height, width))
     if resized:
         others = ", ".join(
@@ -560,7 +560,14 @@ def load_npz(
         checked["val"] = (x_pool[keep[val]], y_pool[keep[val]])
         keep = keep[rest]
     checked["train"] = (x_pool[keep], y_pool[keep])
-    return _make_dataset(file.stem, labels, source, **checked)
+    return _make_dataset(
+        file.stem,
+        labels,
+        source,
+        train=checked["train"],
+        val=checked["val"],
+        test=checked["test"],
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -130,8 +130,8 @@ def cut_points(model: Any) -> list[CutPoint]:
             continue
         if id(layer.get_output_at(0)) in outputs or last_use[i] == i:
             continue  # a model output or a dead end, not a boundary
-        if cls == "BatchNormalization" and _feeds_activation(layer):
-            continue  # keep BN + activation in one stage (fused in int8)
+        if _feeds_activation(layer):
+            continue  # keep BN/add/conv + activation in one stage (fused in int8)
         if len(layer.get_output_at(0).shape) != 4:
             continue  # exits and stages sit on feature maps
         points.append(CutPoint(i, layer.name, cum, cum / total, _shape(layer.get_output_at(0))))

@@ -148,3 +148,14 @@ def test_a_bad_exit_name_lists_the_valid_cut_points(name: str) -> None:
     hint = err.value.hint or ""
     assert "valid exit layers: r0 (" in hint and "r2 (" in hint
     assert err.value.context["valid"] == ["r0", "r1", "r2"]
+
+
+def test_an_add_followed_by_its_activation_is_cut_after_the_activation() -> None:
+    k = keras()
+    layers = k.layers
+    inp = k.Input((8, 8, 4))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inp)
+    y = layers.Conv2D(8, 3, padding="same", name="branch")(x)
+    x = layers.ReLU(name="post")(layers.Add(name="sum")([x, y]))
+    model = k.Model(inp, layers.Dense(2)(layers.GlobalAveragePooling2D()(x)))
+    assert [p.layer for p in cut_points(model)] == ["stem", "post"]

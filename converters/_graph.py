@@ -24,6 +24,8 @@ _FOLDED = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "ELU", "PReL
 # A cut after padding would leave the pad in one stage and its conv in the next.
 _UNCUTTABLE = ("Dense", "ZeroPadding2D")
 _ACTIVATIONS = ("ReLU", "Activation", "LeakyReLU", "ELU")
+# Exits placed by MAC fraction stay below this share of the model's MACs.
+MAX_EXIT_FRACTION = 0.9
 
 
 def _shape(t: Any) -> tuple[int, ...]:
@@ -180,10 +182,12 @@ def pick_cuts(
                     hint="give fractions of the model's MACs such as 0.15,0.4",
                 )
         # Each fraction gets the nearest cut point not taken by an earlier one, so three
-        # fractions give three exits whenever the model has three cut points.
+        # fractions give three exits whenever the model has three cut points. An exit past
+        # MAX_EXIT_FRACTION of the MACs would save almost nothing over the final one.
         after = -1
+        useful = [p for p in points if p.fraction <= MAX_EXIT_FRACTION] or points[:1]
         for f in sorted(fractions or ()):
-            free = [p for p in points if p.position > after]
+            free = [p for p in useful if p.position > after]
             if not free:
                 break
             best = min(free, key=lambda p: (abs(p.fraction - f), p.position))

@@ -136,9 +136,18 @@ def test_conv_with_fused_activation_is_a_cut_point_and_nothing_sits_at_zero_macs
     assert all(p.macs > 0 for p in cut_points(_fused_cnn(batch_norm=False)))
 
 
-def test_fractions_get_distinct_cut_points() -> None:
-    cuts = pick_cuts(_fused_cnn(batch_norm=False), fractions=[0.25, 0.5, 0.75])
-    assert [c.layer for c in cuts] == ["c0", "c1", "c2"]
+def test_fractions_get_distinct_cut_points_short_of_the_end() -> None:
+    k = keras()
+    inp = k.Input((8, 8, 8))
+    x = inp
+    for i in range(4):  # equal MACs: cut points at 25, 50, 75 and ~100%
+        x = k.layers.Conv2D(8, 3, padding="same", activation="relu", name=f"c{i}")(x)
+    model = k.Model(inp, k.layers.Dense(2)(k.layers.GlobalAveragePooling2D()(x)))
+    cuts = pick_cuts(model, fractions=[0.3, 0.35, 0.4])
+    assert [c.layer for c in cuts] == ["c0", "c1", "c2"]  # three exits, not one
+    cuts = pick_cuts(model, fractions=[0.5, 0.95])
+    assert [c.layer for c in cuts] == ["c1", "c2"]  # c3 (~100%) would save nothing
+    assert [c.layer for c in pick_cuts(model, layers=["c3"])] == ["c3"]  # by name: allowed
 
 
 @pytest.mark.parametrize("name", ["no_such_layer", "c1"])

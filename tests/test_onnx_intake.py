@@ -400,3 +400,21 @@ def test_wrong_image_size_is_a_dataset_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="28x28 with 1 channel"):
         convert(str(tmp_path / "d.npz"), tmp_path / "x.edgepkg", model=str(VGG), verbose=False)
     assert not (tmp_path / "x.edgepkg").exists()
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x00not onnx at all" * 64)
+    cmd = [sys.executable, "-m", "edgekit", "convert", "--model", str(bad), "--dataset", "digits"]
+    r = subprocess.run([*cmd, "--out", str(tmp_path / "x.edgepkg")], capture_output=True, text=True)
+    assert r.returncode != 0 and "is not an ONNX model" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "x.edgepkg").exists()
+    r = subprocess.run(
+        [*cmd, "--mean", "half", "--out", str(tmp_path / "y.edgepkg")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "not a number or comma-separated numbers" in r.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import re
 import socket
 import subprocess
@@ -43,10 +42,8 @@ KEYS = {
 
 
 @pytest.fixture(scope="module")
-def pkg(request: pytest.FixtureRequest) -> Path:
-    if os.environ.get("E_DEV_PKG"):
-        return Path(os.environ["E_DEV_PKG"])
-    return Path(request.getfixturevalue("fmnist_fast_pkg"))
+def pkg(fmnist_fast_pkg: Path) -> Path:
+    return fmnist_fast_pkg
 
 
 def _frames(n: int, zoom: int = 4, seed: int = 3) -> list[np.ndarray]:

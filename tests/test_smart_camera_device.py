@@ -39,12 +39,8 @@ def _stats(host: str) -> dict[str, Any] | None:
 
 
 @pytest.fixture(scope="module")
-def pkg(request: pytest.FixtureRequest) -> Path:
-    import os
-
-    if os.environ.get("E_DEV_PKG"):
-        return Path(os.environ["E_DEV_PKG"])
-    return Path(request.getfixturevalue("fmnist_fast_pkg"))
+def pkg(fmnist_fast_pkg: Path) -> Path:
+    return fmnist_fast_pkg
 
 
 def test_camera_app_on_the_virtual_pi(

@@ -4,7 +4,6 @@ go to the server, the server is killed, and every input is still answered (local
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def pkg(request: pytest.FixtureRequest) -> Path:
-    if os.environ.get("E_DEV_PKG"):
-        return Path(os.environ["E_DEV_PKG"])
-    return Path(request.getfixturevalue("fmnist_fast_pkg"))
+def pkg(fmnist_fast_pkg: Path) -> Path:
+    return fmnist_fast_pkg
 
 
 def test_split_demo_server_killed_nothing_lost(pkg: Path, tmp_path: Path) -> None:

@@ -136,6 +136,9 @@ class Camera:
         self._glass: deque[float] = deque(maxlen=4096)
         self._times: deque[float] = deque(maxlen=64)
         self._model_stats: dict[str, Any] = {}
+        # EdgeModel.stats() is refreshed by the loop (the model's only user), at most every
+        # stats_every_s and only while someone reads stats(): no work when nobody looks.
+        self._stats_wanted = True
         self.classified = 0
         self.cached = 0
         self.results = 0
@@ -165,7 +168,8 @@ class Camera:
                 now = time.perf_counter()
                 if now >= end:
                     break
-                if now >= next_stats:
+                if now >= next_stats and self._stats_wanted:
+                    self._stats_wanted = False
                     self._refresh_model_stats()
                     next_stats = now + cfg.stats_every_s
                 f = self.capture.get(timeout=0.25)
@@ -275,6 +279,7 @@ class Camera:
             return None if self._latest is None else self._latest.to_json()
 
     def stats(self) -> dict[str, Any]:
+        self._stats_wanted = True
         with self._lock:
             glass = np.fromiter(self._glass, float) if self._glass else None
             times = list(self._times)

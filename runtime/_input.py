@@ -107,9 +107,12 @@ class Quantizer:
                     "input holds NaN or infinite values",
                     hint="check the camera/sensor reading or the preprocessing before predict",
                 )
-            f += self._zp  # rint(v) + zp == rint(v + zp): zp is an integer
-            np.rint(f, out=f)
-            np.clip(f, self._lo, self.hi, out=out, casting="unsafe")
+            # rint(v) + zp == rint(v + zp) (zp is an integer); then clip and cast. Plain
+            # ufuncs: np.clip's Python wrapper alone costs more than all of these.
+            f += self._zp
+            np.maximum(f, self._lo, out=f)
+            np.minimum(f, self.hi, out=f)
+            np.rint(f, out=out, casting="unsafe")
         else:
             raise InputError(
                 f"input has dtype {x.dtype}; expected uint8 pixels or float32 scaled like the "

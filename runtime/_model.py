@@ -271,14 +271,22 @@ class EdgeModel:
         input of stage ``end``) when none stopped."""
         runners, conf, confs, labels = self._runners, self._conf_one, self._confs, self._labels
         marks = self.stats_.marks
-        last, run_all = self._last, self._needs.all_exits
+        last, run_all, skip = self._last, self._needs.all_exits, not self._needs.confidences
         while k < end:
             feats, logits = runners[k](h)
-            labels[k], c = conf[k](logits)
-            confs[k] = c
-            marks[k] = perf_counter()
-            if k == last or (c >= th[k] and not run_all):
+            if k == last:
+                labels[k], confs[k] = conf[k](logits)
+                marks[k] = perf_counter()
                 return k, None
+            t = th[k]
+            if skip and t == NEVER:  # nothing to decide here, and nobody asked
+                marks[k] = perf_counter()
+            else:
+                labels[k], c = conf[k](logits)
+                confs[k] = c
+                marks[k] = perf_counter()
+                if c >= t and not run_all:
+                    return k, None
             h = feats
             k += 1
         return -1, h

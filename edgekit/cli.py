@@ -310,7 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration-size", type=int, default=500)
     c.add_argument("--name", help="package name (default: from --out)")
     c.add_argument("--fast", action="store_true", help="small, quick run (tests, smoke checks)")
-    c.add_argument("--force", action="store_true", help="replace --out if it exists")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out if it is an edge package or an empty folder (nothing else)",
+    )
     c.add_argument(
         "--keep-work",
         action="store_true",

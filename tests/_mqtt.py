@@ -15,6 +15,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -54,16 +55,16 @@ class Broker:
     def __init__(self, folder: Path, port: int | None = None, extra: str = "") -> None:
         self.folder = folder
         self.port = port or free_port()
-        self.data = folder / "data"
-        self.data.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         self.log = folder / "mosquitto.log"
+        # As root, mosquitto runs as its own user, which cannot enter pytest's 0700 folders:
+        # its persistence goes into a folder of its own under /tmp, owned by that user.
+        self.data = Path(tempfile.mkdtemp(prefix="edgekit-mosquitto-"))
         user = ""
         if os.geteuid() == 0:
-            # As root, mosquitto switches to its own user: that user must own the folder.
             try:
                 pw = pwd.getpwnam("mosquitto")
                 os.chown(self.data, pw.pw_uid, pw.pw_gid)
-                os.chmod(folder, 0o755)
             except KeyError:
                 user = "user root\n"
         anon = "" if "password_file" in extra else "allow_anonymous true\n"
@@ -95,6 +96,11 @@ class Broker:
         (self.proc.kill if kill else self.proc.terminate)()
         self.proc.wait(10)
         self.proc = None
+
+    def remove(self) -> None:
+        """Stop, and delete the persistence folder."""
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
 
 
 def have_mosquitto() -> bool:

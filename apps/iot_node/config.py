@@ -58,6 +58,7 @@ class Config:
     max_request_bytes: int = 4 << 20
     max_pixels: int = 4096 * 4096
     poll_s: float = 0.05
+    settle_s: float = 0.5  # an inbox file younger than this may still be being written
     watch_s: float = 1.0  # how often the package link is checked for a new deployment
     stats_s: float = 30.0
     drain_s: float = 5.0  # on SIGTERM, how long to wait for PUBACKs

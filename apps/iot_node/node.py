@@ -85,7 +85,7 @@ class Node:
         state = Path(cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(state / "outbox.sqlite3", cfg.outbox_cap)
-        self.inbox = Inbox(cfg.inbox_dir)
+        self.inbox = Inbox(cfg.inbox_dir, settle_s=cfg.settle_s)
         self._ids: Iterator[str] = (
             f"{cfg.device}-{self.outbox.boot}-{n}" for n in itertools.count(1)
         )
@@ -283,12 +283,12 @@ class Node:
         if self.outbox.seen(f"cmd:{cid}"):
             result.update(ok=True, duplicate=True)
         else:
+            self.counts["commands"] += 1
             try:
                 result.update(ok=True, **self._apply(cmd, body))
             except Exception as exc:  # a bad policy string, a broken package: say so, go on
                 result.update(ok=False, error=str(exc))
             self.outbox.add([], handed=self._handed, seen=[f"cmd:{cid}"])
-            self.counts["commands"] += 1
         self._cmd_result(msg, result)
 
     def _apply(self, cmd: Any, body: dict[str, Any]) -> dict[str, Any]:
@@ -323,6 +323,7 @@ class Node:
             "deploy_error": self.deploy_error,
             **self.counts,
             "outbox_depth": self.outbox.depth,
+            "in_flight": len(self._inflight),
             "dropped": self.outbox.dropped,
             "connected": self.link.connected.is_set(),
             "model": self.model.stats(),

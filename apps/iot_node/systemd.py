@@ -24,6 +24,8 @@ class Notifier:
                 addr = "\0" + addr[1:]
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.connect(addr)
+            # Never block the node: a datagram socket's sender blocks when the queue is full.
+            self._sock.setblocking(False)
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         pid = os.environ.get("WATCHDOG_PID")
         if pid and int(pid) != os.getpid():

@@ -211,9 +211,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=150, help="images in the synthetic set")
     ap.add_argument("--row-timeout", type=float, default=900.0, help="seconds per row")
     ap.add_argument("--budget", type=float, default=None, help="stop starting rows after S s")
+    ap.add_argument(
+        "--merge", nargs="+", metavar="DIR", help="combine the tables of earlier runs (shards)"
+    )
     ap.add_argument("--row", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.merge:
+        merged: dict[tuple[str, str], dict[str, Any]] = {}
+        for d in args.merge:  # later shards win for the same (model, mode)
+            for r in json.loads((Path(d) / "arch_matrix.json").read_text()):
+                merged[(r["model"], r["mode"])] = r
+        order = {n: i for i, n in enumerate([*HANDWRITTEN, *APPLICATIONS])}
+        rows = sorted(merged.values(), key=lambda r: (order.get(r["model"], 99), r["mode"]))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "arch_matrix.json").write_text(json.dumps(rows, indent=2))
+        (out / "arch_matrix.md").write_text(markdown(rows))
+        print(markdown(rows))
+        return 0
     if args.row:
         row = _row(args.row[0], args.row[1], out / "work", args.images)
         print("ROW " + json.dumps(row))

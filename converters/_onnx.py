@@ -230,7 +230,7 @@ def export_int8_onnx(
                 hint="check that calib holds representative, finite samples",
             ) from exc
 
-        _make_io_8bit(qmodel, _ELEM_TYPE[activation_type])
+        _make_io_8bit(qmodel, _ELEM_TYPE[activation_type], wanted[INPUT_NAME])
         try:
             onnx.checker.check_model(qmodel, full_check=True)
         except Exception as exc:
@@ -381,12 +381,14 @@ def _must_keep_activations(graph: Any, wanted: Mapping[str, QuantParams]) -> boo
     return False
 
 
-def _make_io_8bit(proto: Any, elem_type: int) -> None:
+def _make_io_8bit(proto: Any, elem_type: int, input_quant: QuantParams) -> None:
     """Turn the QDQ model's float input/outputs into the 8-bit tensors around them.
 
     Input:  input(float) -> Q -> X_q -> DQ ...   becomes   input(8-bit) -> DQ ...
     Output: ... Q -> Y_q -> DQ -> out(float)      becomes   ... Q -> out(8-bit)
     A float output that other nodes also read keeps its DQ under a new name for those nodes.
+    When ORT left the input unquantized (its first op is one ORT runs in float, such as
+    Relu or GlobalAveragePool), a DequantizeLinear with ``input_quant`` is put in front.
     """
     graph = proto.graph
     users = _consumers(graph)
@@ -403,10 +405,9 @@ def _make_io_8bit(proto: Any, elem_type: int) -> None:
     quants = [n for n in users.get(inp.name, []) if n.op_type == "QuantizeLinear"]
     others = [n for n in users.get(inp.name, []) if n.op_type != "QuantizeLinear"]
     if not quants:
-        raise ConversionError(
-            "ONNX Runtime did not quantize the model input",
-            hint="the first layer may be an op ORT does not quantize",
-        )
+        _dequantize_input(graph, inp, others, elem_type, input_quant)
+        _make_outputs_8bit(graph, elem_type, remove)
+        return
     first = quants[0]
     for q in quants:
         _check_elem_type(graph, q, elem_type, inp.name)
@@ -426,6 +427,37 @@ def _make_io_8bit(proto: Any, elem_type: int) -> None:
         )
         graph.node.insert(0, node)
     inp.type.tensor_type.elem_type = elem_type
+    _make_outputs_8bit(graph, elem_type, remove)
+
+
+def _dequantize_input(
+    graph: Any, inp: Any, readers: list[Any], elem_type: int, q: QuantParams
+) -> None:
+    onnx = _onnx_module()
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    zp_dtype = np.uint8 if elem_type == _ELEM_TYPE["uint8"] else np.int8
+    scale, zp = f"{inp.name}_ek_scale", f"{inp.name}_ek_zero_point"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(q.scale, np.float32), scale),
+            numpy_helper.from_array(np.array(q.zero_point, zp_dtype), zp),
+        ]
+    )
+    deq = f"{inp.name}_dequantized"
+    for n in readers:
+        n.input[:] = [deq if i == inp.name else i for i in n.input]
+    node = helper.make_node("DequantizeLinear", [inp.name, scale, zp], [deq], name=f"{deq}_node")
+    graph.node.insert(0, node)
+    inp.type.tensor_type.elem_type = elem_type
+
+
+def _make_outputs_8bit(graph: Any, elem_type: int, remove: list[Any]) -> None:
+    def rename(old: str, new: str) -> None:
+        for n in graph.node:
+            for seq in (n.input, n.output):
+                for i, name in enumerate(seq):
+                    if name == old:
+                        seq[i] = new
 
     producers = _producers(graph)
     users = _consumers(graph)

@@ -279,3 +279,27 @@ def test_merged_constants_are_unshared_and_the_int8_model_opens(tmp_path: Path) 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = sess.run(None, {"input": np.zeros((2, 8, 8, 4), np.uint8)})
     assert out.shape == (2, 3)
+
+
+@pytest.mark.parametrize("first", ["relu", "pool"])
+def test_a_stage_starting_with_an_op_ort_keeps_float_gets_8bit_input(
+    first: str, tmp_path: Path
+) -> None:
+    """A tail stage may begin with ReLU or global pooling, which ORT does not quantize."""
+    layers = keras.layers
+    inp = keras.Input((4, 4, 8), name="input")
+    x = layers.ReLU()(inp) if first == "relu" else inp
+    x = layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, layers.Dense(3, name="logits")(x))
+    calib = np.random.default_rng(0).normal(size=(32, 4, 4, 8)).astype(np.float32)
+    q = tflite_quant(calib)
+    path = tmp_path / "tail.onnx"
+    used = export_int8_onnx(model, path, calib, io_quant={"input": q}, activation_type="int8")
+    assert used["input"] == QuantParams(float(np.float32(q.scale)), q.zero_point, "int8")
+    x_q = np.clip(np.round(calib / q.scale) + q.zero_point, -128, 127).astype(np.int8)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {"input": x_q})
+    lq = used["logits"]
+    got = (out.astype(np.float32) - lq.zero_point) * lq.scale
+    want = model.predict(calib, verbose=0)
+    assert np.abs(got - want).max() < 0.1 * (np.abs(want).max() + 1e-3)

@@ -572,7 +572,10 @@ def _split_body(body: bytes, headers: Mapping[str, str] | None) -> tuple[Any, me
         # ValueError covers bad UTF-8, bad JSON and an integer longer than Python converts
         what = "JSON header" if raw is not None else "body"
         hint = None
-        if raw is None and body[:1] == b"{":
+        binary_after = isinstance(exc, UnicodeDecodeError) or (
+            isinstance(exc, json.JSONDecodeError) and exc.msg == "Extra data"
+        )
+        if raw is None and body[:1] == b"{" and binary_after:
             hint = f"a binary request needs the {HEADER_LENGTH} header"
         why = "too deeply nested" if isinstance(exc, RecursionError) else str(exc)[:200]
         raise ProtocolError(f"the {what} is not valid JSON ({why})", hint=hint) from None

@@ -7,8 +7,6 @@ exactly alike.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import hmac
 import json
 import logging
@@ -33,8 +31,6 @@ from edgekit.runtime._kserve import (
     InferRequest,
     ProtocolError,
     choose_encoding,
-    decode_infer_request,
-    decompress,
     encode_infer_response,
     error_body,
     model_name,
@@ -46,6 +42,7 @@ from edgekit.runtime._kserve import (
 
 from ._batcher import Batcher, Closed
 from ._config import ServeConfig
+from ._decode import Decoder
 from ._tail import Tail, TailInput, open_tails
 
 __all__ = ["Handler", "Reply", "load_handler"]
@@ -54,8 +51,6 @@ _log = logging.getLogger("edgekit.serve")
 
 VERSION = "1"  # the only model version served
 _COMPRESS_MIN = 1024  # smaller responses are not worth compressing
-_THREAD_DECODE = 256 << 10  # bodies above this (decompressed) are decoded off the event loop
-_DECODERS = 2  # threads decoding large bodies: bounds the CPU and memory a flood can take
 _JSON = {"Content-Type": "application/json"}
 PUBLIC = "/v2/health/live"  # the only route that needs no token (liveness probes)
 
@@ -100,7 +95,7 @@ class Handler:
             max_workers=config.workers or min(len(self.tails), os.cpu_count() or 1),
             thread_name_prefix="edgekit-tail",
         )
-        self._decoder = ThreadPoolExecutor(_DECODERS, thread_name_prefix="edgekit-decode")
+        self._decoder = Decoder(limit=config.max_body_bytes, max_rows=config.max_rows)
         delay = config.max_delay_ms / 1e3
         self.batchers = [
             Batcher(t, max_batch=t.max_batch, max_delay=delay, executor=self._executor)
@@ -297,7 +292,7 @@ class Handler:
     async def infer(
         self, name: str, split: int | None, headers: Mapping[str, str], body: bytes
     ) -> Reply:
-        req = await self._decode(body, headers)
+        req = await self._decoder.decode(body, headers)
         want = req.parameters.get("package_sha256")
         if want is not None and want != self.sha256:
             theirs = (want if isinstance(want, str) else short_repr(want))[:16]
@@ -334,34 +329,6 @@ class Handler:
                 compress=enc,
             )
         return Reply(200, hdrs, body_out)
-
-    async def _decode(self, body: bytes, headers: Mapping[str, str]) -> InferRequest:
-        """Decode small requests on the event loop, large ones (decompressed size) in a
-        thread: a small gzip body that inflates to megabytes must not stall the loop."""
-        limit, rows = self.config.max_body_bytes, self.config.max_rows
-        enc = headers.get("content-encoding")
-        raw: bytes | None = body if len(body) <= _THREAD_DECODE else None
-        if enc is not None and raw is not None:
-            try:  # bounded work on the loop: at most _THREAD_DECODE bytes come out
-                raw = decompress(body, enc, limit=_THREAD_DECODE)
-            except ProtocolError as exc:
-                if exc.status != 413:
-                    raise
-                raw = None
-            headers = {k: v for k, v in headers.items() if k != "content-encoding"}
-        if raw is not None:
-            return decode_infer_request(raw, headers, limit=limit, max_rows=rows)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._decoder,
-            functools.partial(
-                decode_infer_request,
-                body,
-                {**headers, **({"content-encoding": enc} if enc else {})},
-                limit=limit,
-                max_rows=rows,
-            ),
-        )
 
     def _split_param(self, value: Any) -> int:
         n = len(self.tails)
@@ -458,7 +425,7 @@ class Handler:
         for b in self.batchers:
             await b.close()
         self._executor.shutdown(wait=True)
-        self._decoder.shutdown(wait=True)
+        self._decoder.close()
         for t in self.tails:
             t.close()
 

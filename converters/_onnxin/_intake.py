@@ -25,7 +25,7 @@ from edgekit._package import (
 )
 from edgekit._progress import say
 from edgekit.data import Dataset, load_dataset
-from edgekit.runtime._input import Quantizer
+from edgekit.runtime import Quantizer
 from edgekit.runtime.backends import onnxruntime as ort_backend
 
 from .._report import write_report

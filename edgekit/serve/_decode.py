@@ -7,7 +7,8 @@ it ``/v2/health/live``). At most ``max_pending`` large decodes wait at once; mor
 
 The workers are forked when the decoder is made (so a user's script needs no
 ``if __name__ == "__main__"`` guard, which spawned workers would), and only ever run
-:func:`decode_infer_request`. Where fork does not exist, threads do the work instead.
+:func:`decode_infer_request`. Where fork does not exist (or with ``processes=False``),
+threads do the work instead.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Decoder:
         workers: int | None = None,
         max_pending: int | None = None,
         inline: int = INLINE,
+        processes: bool = True,
     ) -> None:
         self.limit, self.max_rows, self.inline = limit, max_rows, inline
         self.workers = workers or min(2, os.cpu_count() or 1)
@@ -59,6 +61,7 @@ class Decoder:
         self._pool: Executor | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._processes = processes
         self._executor()  # fork now, while the process is small and quiet
 
     async def decode(self, body: bytes, headers: Mapping[str, str]) -> InferRequest:
@@ -105,7 +108,7 @@ class Decoder:
             if self._closed:
                 raise ProtocolError("the server is shutting down", status=503)
             if self._pool is None:
-                self._pool = _start(self.workers)
+                self._pool = _start(self.workers, self._processes)
             return self._pool
 
     def close(self) -> None:
@@ -138,8 +141,9 @@ def _init_worker() -> None:
             pass
 
 
-def _start(workers: int) -> Executor:
-    if "fork" not in multiprocessing.get_all_start_methods() or not os.path.isdir("/proc/self/fd"):
+def _start(workers: int, processes: bool) -> Executor:
+    forkable = "fork" in multiprocessing.get_all_start_methods() and os.path.isdir("/proc/self/fd")
+    if not (processes and forkable):
         return ThreadPoolExecutor(workers, thread_name_prefix="edgekit-decode")
     pool = ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker

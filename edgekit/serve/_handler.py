@@ -82,6 +82,8 @@ class Handler:
         tails: Sequence[Tail],
         config: ServeConfig,
         backend: str,
+        *,
+        decode_processes: bool = True,
     ) -> None:
         self.root = root
         self.manifest = manifest
@@ -95,7 +97,9 @@ class Handler:
             max_workers=config.workers or min(len(self.tails), os.cpu_count() or 1),
             thread_name_prefix="edgekit-tail",
         )
-        self._decoder = Decoder(limit=config.max_body_bytes, max_rows=config.max_rows)
+        self._decoder = Decoder(
+            limit=config.max_body_bytes, max_rows=config.max_rows, processes=decode_processes
+        )
         delay = config.max_delay_ms / 1e3
         self.batchers = [
             Batcher(t, max_batch=t.max_batch, max_delay=delay, executor=self._executor)

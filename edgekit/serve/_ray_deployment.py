@@ -55,7 +55,10 @@ class EdgekitTail:
             threads=config.threads,
             max_batch=config.max_batch,
         )
-        self.handler = Handler(self._root, manifest, tails, config, config.backend)
+        # threads, not forked decoders: a Ray worker runs gRPC, which does not survive fork
+        self.handler = Handler(
+            self._root, manifest, tails, config, config.backend, decode_processes=False
+        )
 
     def __serve_build_asgi_app__(self) -> Any:
         return App(self.handler)

@@ -285,78 +285,82 @@ def test_fleet_push_reports_every_target(
 
 # -- a hostile package never writes outside its release folder ----------------------------
 
+_SKIP = ("edgekit/.incoming", "edgekit/.lock")  # the content-addressed upload area, the lock
 
-def _trust_setup(tmp_path: Path) -> tuple[Path, Path]:
-    """A device root ``tmp/edgekit`` and a folder beside it that nothing may touch."""
-    outside = tmp_path / "outside"
-    outside.mkdir(parents=True)
+
+@pytest.fixture(scope="module")
+def trust_dev(
+    ssh_config: Path, digits_pkg: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """A device root ``DEV/edgekit`` with digits pushed (its environment made once), and a
+    folder ``DEV/outside`` beside it that no push may touch."""
+    dev = tmp_path_factory.mktemp("trust-dev")
+    outside = dev / "outside"
+    outside.mkdir()
     (outside / "keep.txt").write_text("untouched")
-    return tmp_path / "edgekit", outside
-
-
-_SKIP = (".incoming", ".lock")  # the content-addressed upload area, the push lock
+    assert push_one(digits_pkg, "hostdev", _opts(ssh_config, dev / "edgekit")).ok
+    return dev / "edgekit", outside
 
 
 def test_crafted_packages_are_refused_before_anything_is_sent(
-    ssh_config: Path, tmp_path: Path, digits_pkg: Path
+    ssh_config: Path, tmp_path: Path, digits_pkg: Path, trust_dev: tuple[Path, Path]
 ) -> None:
     from _trust import changes, snapshot, with_escaping_key, with_name, with_symlink
 
     from edgekit import PackageError
 
-    root, _ = _trust_setup(tmp_path / "dev")
-    assert push_one(digits_pkg, "hostdev", _opts(ssh_config, root)).ok
+    root, _ = trust_dev
     crafted = [
-        with_escaping_key(digits_pkg, tmp_path / "h" / "k1" / "k2" / "k3" / "k4" / "k.edgepkg"),
-        with_symlink(digits_pkg, tmp_path / "h" / "s.edgepkg", tmp_path / "h" / "secret.txt"),
-        with_name(digits_pkg, tmp_path / "h" / "n.edgepkg", "../../x"),
+        with_escaping_key(digits_pkg, tmp_path / "k1" / "k2" / "k3" / "k4" / "k.edgepkg"),
+        with_symlink(digits_pkg, tmp_path / "s.edgepkg", tmp_path / "secret.txt"),
+        with_name(digits_pkg, tmp_path / "n.edgepkg", "../../x"),
     ]
-    before = snapshot(tmp_path / "dev")
+    before = snapshot(root.parent)
     for pkg in crafted:
         with pytest.raises(PackageError, match=r"symlink|not a plain relative|package name"):
             push_one(pkg, "hostdev", _opts(ssh_config, root))
         with pytest.raises(PackageError):
             push(pkg, ["hostdev"], _opts(ssh_config, root))
-    assert changes(before, snapshot(tmp_path / "dev")) == []
+    assert changes(before, snapshot(root.parent)) == []
 
 
 def test_device_rechecks_what_a_lax_host_sends(
-    ssh_config: Path, tmp_path: Path, digits_pkg: Path, monkeypatch: pytest.MonkeyPatch
+    ssh_config: Path,
+    tmp_path: Path,
+    digits_pkg: Path,
+    trust_dev: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from _trust import changes, lax_host, snapshot, with_escaping_key, with_name
 
-    root, outside = _trust_setup(tmp_path / "dev")
+    root, outside = trust_dev
     opts = _opts(ssh_config, root)
-    assert push_one(digits_pkg, "hostdev", opts).ok
-    key_pkg = with_escaping_key(
-        digits_pkg, tmp_path / "h" / "k1" / "k2" / "k3" / "k4" / "k.edgepkg"
-    )
-    name_pkg = with_name(digits_pkg, tmp_path / "h" / "n.edgepkg", "../../x")
-    skip = (*[f"dev/edgekit/{s}" for s in _SKIP], "h")
-    before = snapshot(tmp_path, skip=skip)
+    key_pkg = with_escaping_key(digits_pkg, tmp_path / "k1" / "k2" / "k3" / "k4" / "k.edgepkg")
+    name_pkg = with_name(digits_pkg, tmp_path / "n.edgepkg", "../../x")
+    before = snapshot(root.parent, skip=_SKIP)
     lax_host(monkeypatch)  # the host no longer checks: only the device stands in the way
     for pkg, why in ((key_pkg, "not a plain relative path"), (name_pkg, "package name")):
         res = push_one(pkg, "hostdev", opts)
         assert not res.ok and res.error is not None
         assert "device refused" in res.error.message and why in res.error.message
         assert "still current" in res.error.message
-    assert changes(before, snapshot(tmp_path, skip=skip)) == []
-    assert not (outside / "pwned.txt").exists()
     monkeypatch.undo()
-    # The device still works and the first package is still current.
+    assert changes(before, snapshot(root.parent, skip=_SKIP)) == []
+    assert not (root / ".." / ".." / "x").exists()
+    assert not (outside / "pwned.txt").exists()
+    # The device still works: the pushed package is still current.
     assert len(predict_on_device("hostdev", _digits(2), options=opts)["labels"]) == 2
 
 
 def test_device_refuses_to_write_through_a_symlink_it_finds(
-    ssh_config: Path, tmp_path: Path, digits_pkg: Path
+    ssh_config: Path, tmp_path: Path, digits_pkg: Path, trust_dev: tuple[Path, Path]
 ) -> None:
     from _trust import changes, snapshot
 
     from edgekit.devices._push import package_release_id
 
-    root, outside = _trust_setup(tmp_path / "dev")
+    root, outside = trust_dev
     opts = _opts(ssh_config, root)
-    assert push_one(digits_pkg, "hostdev", opts).ok
     v2 = tmp_path / "v2" / digits_pkg.name
     shutil.copytree(digits_pkg, v2)
     _touch_report(v2)
@@ -364,12 +368,11 @@ def test_device_refuses_to_write_through_a_symlink_it_finds(
     partial = root / "digits" / "releases" / f"{package_release_id(v2)}.partial"
     partial.mkdir(parents=True)
     (partial / "tflite").symlink_to(outside)
-    skip = (*[f"dev/edgekit/{s}" for s in _SKIP], "v2")
-    before = snapshot(tmp_path, skip=skip)
+    before = snapshot(root.parent, skip=_SKIP)
     res = push_one(v2, "hostdev", opts)
     assert not res.ok and res.error is not None
     assert "device refused" in res.error.message and "symlink" in res.error.message
-    assert changes(before, snapshot(tmp_path, skip=skip)) == []
+    assert changes(before, snapshot(root.parent, skip=_SKIP)) == []
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
     # With the link gone, the same push goes through and the upload area is cleaned up.
     (partial / "tflite").unlink()

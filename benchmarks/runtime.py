@@ -24,10 +24,18 @@ import numpy as np
 
 import edgekit
 from edgekit.data import load_dataset
-from edgekit.runtime._evaluate import bench, evaluate
-from edgekit.runtime._plots import plot_eval, plot_regret, regret_curve
-from edgekit.runtime._policies import DEFAULT_ARMS
-from edgekit.runtime._replay import Recording, fixed_threshold_sweep, oracle_point, replay
+from edgekit.evaluate import (
+    Recording,
+    bench,
+    evaluate,
+    fixed_threshold_sweep,
+    oracle_point,
+    plot_eval,
+    plot_regret,
+    regret_curve,
+    replay,
+)
+from edgekit.runtime import DEFAULT_ARMS
 
 from ._overhead import overhead, state_saving_tail
 

@@ -33,8 +33,7 @@ import numpy as np
 
 from edgekit._package import read_manifest
 from edgekit.data import load_dataset
-from edgekit.runtime import backends
-from edgekit.runtime._input import Quantizer
+from edgekit.runtime import Quantizer, backends
 from edgekit.runtime._kserve import (
     decode_infer_response,
     encode_split_request,

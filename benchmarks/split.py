@@ -110,11 +110,15 @@ def _device_model(pkg: Path, name: str, url: str, lam: float, slowdown: float, s
 
     spec, opts, remote = _policy_args(name, lam)
     kw: dict[str, Any] = {"offload": url, "offload_timeout_ms": 5000.0} if remote else {}
-    m = edgekit.load(pkg, backend="litert", policy=spec, threads=1, **kw, **opts)
-    m._full = None  # every local stage timed (and slowed) alike
-    if slowdown > 1:
-        m._runners = [_Slowed(r, (slowdown - 1) * s) for r, s in zip(m._runners, stage_s)]
-    return m
+
+    def slowed(k: int, runner: Any) -> Any:
+        return _Slowed(runner, (slowdown - 1) * stage_s[k])
+
+    wrap = slowed if slowdown > 1 else None
+    # unsplit=False: every local stage timed (and slowed) alike
+    return edgekit.load(
+        pkg, backend="litert", policy=spec, threads=1, wrap_stage=wrap, unsplit=False, **kw, **opts
+    )
 
 
 def _stream(m: Any, xs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -169,7 +173,7 @@ def _summary(r: dict[str, Any], n_stages: int) -> dict[str, Any]:
 
 def _stage_seconds(pkg: Path, xs: np.ndarray) -> list[float]:
     import edgekit
-    from edgekit.runtime._evaluate import measure_stage_ms
+    from edgekit.evaluate import measure_stage_ms
 
     with edgekit.load(pkg, backend="litert", policy="full", threads=1) as m:
         return (measure_stage_ms(m, xs, 300) / 1e3).tolist()

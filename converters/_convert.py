@@ -26,7 +26,7 @@ from edgekit._package import (
 )
 from edgekit._progress import say
 from edgekit.data import Dataset, load_dataset
-from edgekit.runtime._input import Quantizer
+from edgekit.runtime import Quantizer
 from edgekit.runtime.backends import litert, onnxruntime
 
 from ._exits import attach_exits, head_macs, split_trained, submodel

@@ -94,7 +94,7 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
 
 def _bench(args: argparse.Namespace) -> dict[str, Any]:
     import edgekit.runtime as rt
-    from edgekit.runtime._evaluate import cpu_info, measure_stage_ms
+    from edgekit.evaluate import cpu_info, measure_stage_ms
 
     out: dict[str, Any] = {"python": platform.python_version(), "cpu": cpu_info()}
     with rt.load(args.package, backend=args.backend, policy="full", threads=args.threads) as m:

@@ -110,8 +110,7 @@ def _test_split(spec: str, limit: int | None) -> tuple[Any, Any]:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import edgekit
-    from edgekit.runtime._evaluate import evaluate
-    from edgekit.runtime._replay import fixed_threshold_sweep
+    from edgekit.evaluate import evaluate, fixed_threshold_sweep
 
     x, y = _test_split(args.dataset, args.limit)
     opts: dict[str, Any] = {}
@@ -135,7 +134,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         rec.save(args.record)
     sweep = fixed_threshold_sweep(rec)
     if args.plots:
-        from edgekit.runtime._plots import plot_eval
+        from edgekit.evaluate import plot_eval
 
         points = {res["policy"]: res, "full": res["full_model"], "oracle": res["oracle"]}
         res["plots"] = [
@@ -168,7 +167,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from edgekit.runtime._replay import Recording, fixed_threshold_sweep, oracle_point, replay
+    from edgekit.evaluate import Recording, fixed_threshold_sweep, oracle_point, replay
 
     rec = Recording.load(args.recording)
     if args.repeat > 1:
@@ -187,7 +186,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         s["seconds"] = round(r.seconds, 3)
         results.append(s)
         if "arm_history" in r.extra:
-            from edgekit.runtime._plots import regret_curve
+            from edgekit.evaluate import regret_curve
 
             curves[s["policy"]] = regret_curve(rec, r, args.lam, args.cost)
             s["final_regret"] = float(curves[s["policy"]][-1])
@@ -198,7 +197,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         "fixed_thresholds": fixed_threshold_sweep(rec, cost=args.cost),
     }
     if args.plots and curves:
-        from edgekit.runtime._plots import plot_regret
+        from edgekit.evaluate import plot_regret
 
         out["plots"] = [str(plot_regret(Path(args.plots) / "regret.png", curves))]
     if args.json:
@@ -222,7 +221,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         except EdgekitError:
             xs = None  # the device benchmarks on random images of the package's input shape
         return remote_bench(args, xs)
-    from edgekit.runtime._evaluate import bench
+    from edgekit.evaluate import bench
 
     x, _ = _test_split(args.dataset, args.n)
     res = bench(

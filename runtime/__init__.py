@@ -11,7 +11,8 @@ learns online whether to answer here or send a stage's int8 input to ``edgekit s
 """
 
 from ._bandit import ALGORITHMS
-from ._input import InputError
+from ._confidence import Confidence
+from ._input import InputError, Quantizer
 from ._model import EdgeModel, ModelClosedError, load
 from ._offload import OffloadConfig
 from ._policies import (
@@ -35,6 +36,7 @@ __all__ = [
     "NEVER",
     "BanditConfig",
     "BanditPolicy",
+    "Confidence",
     "Decision",
     "EdgeModel",
     "FullPolicy",
@@ -47,6 +49,7 @@ __all__ = [
     "Outcome",
     "Policy",
     "Prediction",
+    "Quantizer",
     "SplitBanditPolicy",
     "SplitPolicy",
     "StageRunner",

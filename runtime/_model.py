@@ -390,6 +390,29 @@ class EdgeModel:
                 h = feats
         return labels, confs
 
+    def quantize(self, xs: np.ndarray) -> np.ndarray:
+        """Images (N, H, W, C) -> the 8-bit input tensors of stage 0, (N, H, W, C)."""
+        with self._lock:
+            return self._quant.batch(np.asarray(xs))
+
+    def stage_latency_ms(self, xs: np.ndarray, n: int = 300) -> np.ndarray:
+        """Median latency (ms) of each stage at batch 1 with its confidence, measured on
+        the first ``n`` of ``xs`` (each stage on the previous stage's real output)."""
+        with self._lock:
+            if self._closed:
+                raise _closed_error()
+            runners, conf = self._runners, self._conf_one
+            times = np.zeros((min(n, len(xs)), len(runners)))
+            for i in range(len(times)):
+                h: Any = self._quant.one(np.asarray(xs[i]))
+                for k, run in enumerate(runners):
+                    t0 = perf_counter()
+                    feats, logits = run(h)
+                    conf[k](logits)
+                    times[i, k] = perf_counter() - t0
+                    h = feats
+            return np.asarray(np.median(times, axis=0) * 1e3)
+
     # -- bookkeeping -----------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:

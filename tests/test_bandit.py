@@ -8,9 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from edgekit.runtime import NEVER, BanditPolicy, Outcome, parse_policy
+from edgekit.runtime import NEVER, BanditPolicy, Confidence, Outcome, parse_policy
 from edgekit.runtime._bandit import ALGORITHMS, make_algorithm
-from edgekit.runtime._confidence import Confidence
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
@@ -111,7 +110,7 @@ def test_confidence_matches_float_softmax(measure: str) -> None:
 
 
 def test_latency_budget_moves_lambda_until_it_is_met() -> None:
-    from edgekit.runtime._replay import Recording, replay
+    from edgekit.evaluate import Recording, replay
 
     rng = np.random.default_rng(0)
     n = 6000

@@ -12,8 +12,7 @@ import numpy as np
 
 from edgekit._errors import EdgekitError, PackageError
 from edgekit._package import Manifest, QuantParams
-from edgekit.runtime import backends
-from edgekit.runtime._confidence import Confidence
+from edgekit.runtime import Confidence, backends
 
 __all__ = ["Tail", "TailInput", "open_tails"]
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._policies import BanditPolicy, parse_policy
-from ._policy import NEVER, Outcome, Policy
+from edgekit.runtime import NEVER, BanditPolicy, Outcome, Policy, parse_policy
 
 __all__ = ["Recording", "ReplayResult", "fixed_threshold_sweep", "oracle_point", "replay"]
 

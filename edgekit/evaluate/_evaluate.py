@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 
 from edgekit._progress import Progress
+from edgekit.runtime import NEVER, EdgeModel, backends, load
 
-from ._model import EdgeModel, load
-from ._policies import NEVER
 from ._replay import Recording, fixed_threshold_sweep, oracle_point
 
 __all__ = ["bench", "cpu_info", "evaluate", "measure_stage_ms", "record"]
@@ -19,17 +18,7 @@ __all__ = ["bench", "cpu_info", "evaluate", "measure_stage_ms", "record"]
 
 def measure_stage_ms(model: EdgeModel, xs: np.ndarray, n: int = 300) -> np.ndarray:
     """Median latency (ms) of each stage at batch 1, plus its confidence computation."""
-    runners, conf = model._runners, model._conf
-    times = np.zeros((min(n, len(xs)), len(runners)))
-    for i in range(len(times)):
-        h: Any = model._quant.one(xs[i])
-        for k, run in enumerate(runners):
-            t0 = time.perf_counter()
-            feats, logits = run(h)
-            conf[k].one(logits)
-            times[i, k] = time.perf_counter() - t0
-            h = feats
-    return np.median(times, axis=0) * 1e3
+    return model.stage_latency_ms(xs, n)
 
 
 def record(model: EdgeModel, xs: np.ndarray, y: np.ndarray | None) -> Recording:
@@ -102,8 +91,6 @@ def bench(
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Stage latencies, float vs INT8, and edgekit's overhead over a raw interpreter."""
-    from . import backends
-
     root = Path(package)
     xs = xs[:n]
     out: dict[str, Any] = {
@@ -117,8 +104,8 @@ def bench(
     try:
         out["stage_latency_ms"] = measure_stage_ms(m, xs).tolist()
         fmt = backends.get(backend).FORMAT
-        feeds = np.stack([m._quant.one(x)[0] for x in xs])
-        floats = np.asarray(xs, np.float32).reshape(len(xs), 1, *m._quant.shape)
+        feeds = m.quantize(xs)
+        floats = np.asarray(xs, np.float32).reshape(len(xs), 1, *m.manifest.input.shape)
 
         def edgekit_full(i: int) -> None:
             m.predict(xs[i])
@@ -192,7 +179,7 @@ def _raw_runner(path: Path, fmt: str, data: np.ndarray, threads: int) -> Any:
         return run_tflite
     import onnxruntime as ort
 
-    from .backends.onnxruntime import session_options
+    from edgekit.runtime.backends.onnxruntime import session_options
 
     sess = ort.InferenceSession(
         str(path), session_options(threads), providers=["CPUExecutionProvider"]

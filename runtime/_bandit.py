@@ -54,37 +54,60 @@ class Algorithm:
 
 
 class _Averages(Algorithm):
-    """Arms summarised by (count, sum), optionally discounted by ``gamma`` every step."""
+    """Arms summarised by (count, sum), optionally discounted by ``gamma`` every step.
+
+    The discount is applied lazily: the true statistics are ``scale`` times the stored
+    ones, each step multiplies ``scale`` by ``gamma`` and adds new rewards divided by it,
+    so a step costs the same with 13 arms or 53 (no list is rebuilt). Means need no
+    correction (the scale cancels); counts do.
+    """
 
     def __init__(self, n_arms: int, seed: int | None = None, gamma: float = 1.0) -> None:
         super().__init__(n_arms, seed)
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma = {gamma!r} must be in (0, 1]")
         self.gamma = gamma
         self.cnt = [0.0] * n_arms
         self.sum = [0.0] * n_arms
+        self.scale = 1.0
 
     def update(self, chosen: int, rewards: Sequence[tuple[int, float]]) -> None:
         self.t += 1
+        cnt, total = self.cnt, self.sum
         if self.gamma < 1.0:
-            g = self.gamma
-            self.cnt = [c * g for c in self.cnt]
-            self.sum = [s * g for s in self.sum]
-        for arm, r in rewards:
-            self.cnt[arm] += 1.0
-            self.sum[arm] += r
+            self.scale *= self.gamma
+            if self.scale < 1e-100:  # fold the scale in before the stored sums overflow
+                self._fold()
+            inc = 1.0 / self.scale
+            for arm, r in rewards:
+                cnt[arm] += inc
+                total[arm] += r * inc
+        else:
+            for arm, r in rewards:
+                cnt[arm] += 1.0
+                total[arm] += r
+
+    def _fold(self) -> None:
+        s = self.scale
+        self.cnt[:] = [c * s for c in self.cnt]  # in place: callers hold the lists
+        self.sum[:] = [x * s for x in self.sum]
+        self.scale = 1.0
 
     def values(self) -> list[float]:
         return [s / c if c > 0 else math.nan for s, c in zip(self.sum, self.cnt)]
 
     def counts(self) -> list[float]:
-        return list(self.cnt)
+        s = self.scale
+        return [c * s for c in self.cnt]
 
     def state(self) -> dict[str, Any]:
-        return {"t": self.t, "cnt": list(self.cnt), "sum": list(self.sum)}
+        s = self.scale
+        return {"t": self.t, "cnt": [c * s for c in self.cnt], "sum": [x * s for x in self.sum]}
 
     def load(self, state: dict[str, Any]) -> None:
         t = count(state["t"], "t")
         cnt, total = _averages(state, self.n)
-        self.t, self.cnt, self.sum = t, cnt, total
+        self.t, self.cnt, self.sum, self.scale = t, cnt, total, 1.0
 
 
 class UCB1(_Averages):
@@ -99,16 +122,18 @@ class UCB1(_Averages):
         self.c = c
 
     def _horizon(self) -> float:
-        return sum(self.cnt) if self.gamma < 1.0 else self.t + 1.0
+        return sum(self.cnt) * self.scale if self.gamma < 1.0 else self.t + 1.0
 
     def choose(self, limit: int | None = None) -> int:
         log_t = 2.0 * math.log(max(2.0, self._horizon()))
         best, best_i = -math.inf, 0
+        cnt, total, scale, c = self.cnt, self.sum, self.scale, self.c
         for i in range(self.n if limit is None else limit):
-            n = self.cnt[i]
+            stored = cnt[i]
+            n = stored * scale
             if n < 0.5:
                 return i
-            v = self.sum[i] / n + self.c * math.sqrt(log_t / n)
+            v = total[i] / stored + c * math.sqrt(log_t / n)
             if v > best:
                 best, best_i = v, i
         return best_i
@@ -193,9 +218,11 @@ class Thompson(_Averages):
     def choose(self, limit: int | None = None) -> int:
         gauss = self.rng.gauss
         best, best_i = -math.inf, 0
+        scale = self.scale
         for i in range(self.n if limit is None else limit):
-            n = self.cnt[i]
-            mean = self.sum[i] / n if n > 0 else 0.5
+            stored = self.cnt[i]
+            n = stored * scale
+            mean = self.sum[i] / stored if stored > 0 else 0.5
             v = gauss(mean, self.sigma / math.sqrt(n + 1.0))
             if v > best:
                 best, best_i = v, i

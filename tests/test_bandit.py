@@ -141,3 +141,24 @@ def test_feedback_penalises_an_early_exit_that_was_wrong() -> None:
     pol.feedback(correct=True, exit_taken=0)  # a right answer changes nothing
     pol.feedback(correct=False, exit_taken=1)  # nor does a wrong final answer
     assert pol.algo.counts()[0] == 2.0
+
+
+@pytest.mark.parametrize("gamma", [0.998, 0.5])
+def test_lazy_discount_matches_discounting_every_step(gamma: float) -> None:
+    algo = make_algorithm("ducb", 5, seed=0, gamma=gamma)
+    cnt, total = [0.0] * 5, [0.0] * 5
+    rng = random.Random(3)
+    for _ in range(3000):  # gamma 0.5: the stored sums are folded in several times
+        rewards = [(a, rng.random()) for a in rng.sample(range(5), 2)]
+        algo.update(0, rewards)
+        cnt = [c * gamma for c in cnt]
+        total = [s * gamma for s in total]
+        for a, r in rewards:
+            cnt[a] += 1.0
+            total[a] += r
+    np.testing.assert_allclose(algo.counts(), cnt, rtol=1e-9)
+    np.testing.assert_allclose(algo.values(), [s / c for s, c in zip(total, cnt)], rtol=1e-9)
+    again = make_algorithm("ducb", 5, seed=0, gamma=gamma)
+    again.load(algo.state())
+    np.testing.assert_allclose(again.counts(), cnt, rtol=1e-9)
+    assert again.choose() == algo.choose()

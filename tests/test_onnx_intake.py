@@ -311,6 +311,32 @@ def test_vgg_tail_served(vgg_pkg: Path) -> None:
 
 
 @pytest.mark.slow
+def test_dynamo_export_with_external_data(vgg_pkg: Path, tmp_path: Path) -> None:
+    """The same network through the dynamo exporter (opset 18, .onnx.data beside it)."""
+    _need(VGG_DYNAMO)
+    data = _fmnist(3000, 600)
+    want = [e.macs_fraction for e in read_manifest(vgg_pkg).exits]
+    res = convert(
+        data,
+        tmp_path / "dyn.edgepkg",
+        model=str(VGG_DYNAMO),
+        mean=MEAN,
+        std=STD,
+        fast=True,
+        epochs=1,
+        verbose=False,
+    )
+    legacy = __import__("json").loads((vgg_pkg / "report.json").read_text())
+    assert res.report["model"]["opset"] == 18 and len(res.manifest.exits) == 4
+    assert [e.layer for e in res.manifest.exits[:-1]] == ["max_pool2d", "relu_2", "relu_4"]
+    assert [e.macs_fraction for e in res.manifest.exits] == pytest.approx(want)
+    # same weights: the model's own accuracy is the legacy export's
+    assert res.report["model"]["float_accuracy"] == legacy["model"]["float_accuracy"]
+    assert any("ReduceMean" in n for n in res.report["notes"])
+    assert res.report["agreement"]["onnx_chain_vs_unsplit"] >= 0.99
+
+
+@pytest.mark.slow
 def test_label_free_resnet_nhwc(tmp_path: Path) -> None:
     _need(RESNET)
     data = _fmnist(2000, 400)

@@ -129,7 +129,7 @@ def _mjpeg_parts(url: str, n: int) -> list[bytes]:
 def test_video_file_cli_log_stream_and_api(pkg: Path, clip: Path, tmp_path: Path) -> None:
     log = tmp_path / "out.jsonl"
     proc = _app([str(pkg), "--source", str(clip), "--fps", "20", "--port", "0", "--no-cache",
-                 "--log", str(log)])  # fmt: skip
+                 "--log", str(log), "--record", str(tmp_path / "out.avi")])  # fmt: skip
     try:
         url = _url(proc)
         parts = _mjpeg_parts(url, 2)
@@ -164,6 +164,9 @@ def test_video_file_cli_log_stream_and_api(pkg: Path, clip: Path, tmp_path: Path
     assert "60 frames, 60 classified, 0 from the cache, 0 dropped" in out
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert len(lines) == 60 and [r["seq"] for r in lines] == list(range(1, 61))
+    rec = cv2.VideoCapture(str(tmp_path / "out.avi"))  # the annotated video
+    assert int(rec.get(cv2.CAP_PROP_FRAME_COUNT)) == 60 and rec.read()[1].shape[0] >= 240
+    rec.release()
     for r in lines:
         assert set(r) == KEYS
         assert 0 <= r["exit"] <= 3 and 0.0 <= r["score"] <= 1.0 and r["glass_ms"] > 0
@@ -189,7 +192,9 @@ def test_image_folder_every_image_once(pkg: Path, tmp_path: Path) -> None:
     log = tmp_path / "folder.jsonl"
     with edgekit.load(pkg, policy="threshold:0.8") as model:
         cam, results = _run_camera(
-            model, open_source(str(folder)), CameraConfig(cache_threshold=None, log=log)
+            model,
+            open_source(str(folder)),
+            CameraConfig(cache_threshold=None, log=log, record=tmp_path / "rec"),
         )
         # the same images straight through the model, in the folder's sorted order
         files = sorted(folder.rglob("*.png"))
@@ -202,6 +207,8 @@ def test_image_folder_every_image_once(pkg: Path, tmp_path: Path) -> None:
     assert [r.label for r in results] == want
     assert len(log.read_text().splitlines()) == 12
     assert cam.stats()["classified"] == 12
+    recorded = sorted((tmp_path / "rec").glob("frame_*.jpg"))  # the annotated sequence
+    assert len(recorded) == 12 and min(Image.open(recorded[0]).size) >= 240
 
 
 def test_temporal_caching_saves_frames_and_changes_nothing(pkg: Path, tmp_path: Path) -> None:

@@ -130,6 +130,12 @@ class _Intake:
             cuts = pick_cuts(info, names=[str(e) for e in ex])
         else:
             cuts = pick_cuts(info, fractions=DEFAULT_EXITS)
+        if ex and len(cuts) < len(ex):
+            self.notes.append(
+                f"{len(ex)} exits asked for, {len(cuts)} distinct valid cut points among them"
+            )
+        elif not ex and len(cuts) < len(DEFAULT_EXITS):
+            self.notes.append(f"only {len(cuts)} distinct valid cut points near 25/50/75% MACs")
         if info.float_ops:
             self.notes.append(
                 "operators kept in float between INT8 neighbours (ONNX Runtime does not "

@@ -292,6 +292,26 @@ def test_camera_unplugged_retries_then_clear_error(pkg: Path, tmp_path: Path) ->
     assert cam.error is not None and "gave up after 3 attempts" in cam.error
 
 
+def test_network_camera_goes_away_mid_stream(pkg: Path, tmp_path: Path) -> None:
+    """A live source over the network (the MJPEG stream of another camera app, read by
+    OpenCV) that dies: reconnection attempts with backoff, then a clear message."""
+    upstream = _app([str(pkg), "--source", "test://fashion-mnist", "--loop", "--fps", "30",
+                     "--port", "0", "--duration", "4"])  # fmt: skip
+    try:
+        url = _url(upstream)
+        log = tmp_path / "live.jsonl"
+        proc = _app([str(pkg), "--source", url + "stream.mjpg", "--no-web", "--retries", "2",
+                     "--backoff", "0.2", "--log", str(log)])  # fmt: skip
+        _, err = proc.communicate(timeout=90)
+    finally:
+        upstream.kill()
+        upstream.wait()
+    assert proc.returncode == 1, err
+    assert "stopped delivering frames; gave up after 2 attempts" in err
+    assert "Traceback" not in err and "[tcp @" not in err
+    assert len(log.read_text().splitlines()) > 10  # it classified the live stream first
+
+
 def test_clear_errors_without_traceback(pkg: Path, tmp_path: Path) -> None:
     proc = _app([str(pkg), "--source", str(tmp_path / "missing.mp4"), "--no-web"])
     _, err = proc.communicate(timeout=60)

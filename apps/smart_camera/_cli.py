@@ -39,6 +39,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep only the newest frame for a file source too (cameras always do)",
     )
+    p.add_argument(
+        "--retries", type=int, default=5, help="reopen a lost camera this many times (default 5)"
+    )
+    p.add_argument(
+        "--backoff", type=float, default=0.5, help="first wait before reopening, doubling (0.5 s)"
+    )
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--policy", default="bandit", help="exit policy (default bandit)")
@@ -91,6 +97,8 @@ def run(a: argparse.Namespace) -> int:
         raise ValueError(f"--cache-threshold {a.cache_threshold} is not between 0 and 1")
     if a.fps is not None and a.fps <= 0:
         raise ValueError("--fps must be positive")
+    if a.retries < 0 or a.backoff <= 0:
+        raise ValueError("--retries must be 0 or more and --backoff positive")
     source = open_source(a.source, loop=a.loop, seed=a.seed)
     opts: dict[str, Any] = {}
     if a.offload:
@@ -99,7 +107,14 @@ def run(a: argparse.Namespace) -> int:
             opts["offload_token"] = a.offload_token
     model = edgekit.load(a.package, policy=a.policy, backend=a.backend, state=a.state, **opts)
     web: WebView | None = None
-    capture = Capture(source, realtime=True if a.realtime else None, fps=a.fps, max_frames=a.frames)
+    capture = Capture(
+        source,
+        realtime=True if a.realtime else None,
+        fps=a.fps,
+        retries=a.retries,
+        backoff_s=a.backoff,
+        max_frames=a.frames,
+    )
     cfg = CameraConfig(
         cache_threshold=None if a.no_cache else a.cache_threshold,
         cache_max_age=a.cache_max_age,

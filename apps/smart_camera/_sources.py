@@ -152,6 +152,8 @@ class VideoSource:
         self._open()
 
     def _open(self) -> None:
+        # FFmpeg's own log lines (connection refused...) would repeat what our errors say
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         try:
             import cv2
         except ImportError:

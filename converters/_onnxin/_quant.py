@@ -4,7 +4,6 @@ boundaries), so adjacent stages share the quantization of the tensor between the
 
 from __future__ import annotations
 
-import inspect
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -87,13 +86,7 @@ def quantize_graph(
                 f"{what}: ONNX Runtime static quantization failed: {exc}",
                 hint="an operator of the model may not be quantizable; the message names it",
             ) from exc
-        # converters/_onnx is changing this helper to take the input quantization (for
-        # graphs whose first op ORT leaves in float); work with both forms meanwhile.
-        make_io_8bit: Any = _make_io_8bit
-        if "input_quant" in inspect.signature(make_io_8bit).parameters:
-            make_io_8bit(q, _ELEM[activation_type], wanted["input"])
-        else:
-            make_io_8bit(q, _ELEM[activation_type])
+        _make_io_8bit(q, _ELEM[activation_type], wanted["input"])
         try:
             onnx.checker.check_model(q, full_check=True)
         except Exception as exc:

@@ -444,3 +444,14 @@ def test_cli_errors(tmp_path: Path) -> None:
         text=True,
     )
     assert r.returncode == 2 and "not a number or comma-separated numbers" in r.stderr
+
+
+def test_feature_cache_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.converters._onnxin._heads import _prune
+
+    for i in range(5):
+        (tmp_path / f"{i}.npz").write_bytes(b"x" * 400_000)
+        os.utime(tmp_path / f"{i}.npz", (1000 + i, 1000 + i))
+    monkeypatch.setenv("EDGEKIT_CACHE_MAX_MB", "1")
+    _prune(tmp_path, keep=tmp_path / "0.npz")  # the entry just written always stays
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["0.npz", "3.npz", "4.npz"]

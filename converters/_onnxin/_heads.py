@@ -109,9 +109,21 @@ def compute_features(
         arrays["logits"] = feats.logits
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
+        _prune(path.parent, keep=path)
     except OSError:
         pass  # no cache is not an error
     return feats
+
+
+def _prune(folder: Path, *, keep: Path) -> None:
+    """Delete the least recently written entries beyond ``$EDGEKIT_CACHE_MAX_MB`` (2048)."""
+    limit = float(os.environ.get("EDGEKIT_CACHE_MAX_MB", "2048")) * 2**20
+    entries = sorted(folder.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    total = 0
+    for p in entries:
+        total += p.stat().st_size
+        if total > limit and p != keep:
+            p.unlink(missing_ok=True)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ _PACKAGES = (
     "edgekit.runtime",
     "edgekit.runtime.backends",
     "edgekit.devices",
+    "edgekit.evaluate",  # the device agent's bench (numpy only)
     "edgekit.serve",
 )
 _ZIP_DATE = (2020, 1, 1, 0, 0, 0)

@@ -110,7 +110,7 @@ def load(
     rel = manifest.full.get(mod.FORMAT)
     if wrap_stage is not None:
         runners = [wrap_stage(k, r) for k, r in enumerate(runners)]
-    elif unsplit and rel is not None and hasattr(mod, "open_full"):
+    elif unsplit and rel is not None:
         full = mod.open_full(root / rel, len(manifest.stages), threads)
     try:
         return EdgeModel(root, manifest, name, runners, pol, confidence, full, client, sha)

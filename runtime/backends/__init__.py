@@ -1,22 +1,23 @@
-"""Interpreter backends, one module each, imported only when used.
+"""Interpreter backends: one small module each, imported only when used, each holding a
+``BACKEND`` object that implements :class:`Backend` (and the same names at module level).
 
-A backend module provides ``FORMAT`` (the artifact it runs: ``tflite`` or ``onnx``),
-``EXTRA`` (the pip extra that installs it), ``available() -> bool`` (cheap: no import of
-the interpreter), ``describe() -> str`` and ``open_stage(path, spec, threads)``
-returning a :class:`StageRunner`.
+The three TFLite interpreters (LiteRT, tflite-runtime, tensorflow.lite) share one
+implementation, :class:`~._tflite_common.TFLiteBackend`, and differ only in where their
+``Interpreter`` class comes from; the Edge TPU adds its delegate to it; onnxruntime has
+its own.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from edgekit._errors import MissingExtraError
 
-__all__ = ["NAMES", "PREFERENCE", "StageRunner", "auto", "get"]
+__all__ = ["NAMES", "PREFERENCE", "Backend", "FullRunner", "StageRunner", "auto", "get"]
 
 # Name -> module. Order of PREFERENCE is what "auto" tries.
 NAMES = {
@@ -41,11 +42,46 @@ class StageRunner(Protocol):
     def close(self) -> None: ...
 
 
-def get(name: str) -> ModuleType:
+class FullRunner(Protocol):
+    """The unsplit model: every exit's logits from one call, or only the last one's."""
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]: ...
+
+    def final(self, x: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """What the runtime needs from an interpreter."""
+
+    name: str
+    FORMAT: str  # the artifact it runs: "tflite" or "onnx"
+    EXTRA: str  # the pip extra that installs it
+
+    def available(self) -> bool:
+        """Cheap: can it run here? (No import of the interpreter.)"""
+        ...
+
+    def describe(self) -> str: ...
+
+    def open_stage(self, path: Path, threads: int | None = None) -> StageRunner: ...
+
+    def open_full(self, path: Path, n_exits: int, threads: int | None = None) -> FullRunner | None:
+        """The unsplit model, or None when this backend cannot run one."""
+        ...
+
+
+def _backend(name: str) -> Backend:
+    backend: Backend = importlib.import_module(NAMES[name]).BACKEND
+    return backend
+
+
+def get(name: str) -> Backend:
     """The backend module ``name``; :class:`MissingExtraError` if it cannot run here."""
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose from auto, {', '.join(NAMES)}")
-    mod = importlib.import_module(NAMES[name])
+    mod = _backend(name)
     if not mod.available():
         raise MissingExtraError(
             f"backend {name!r} is not available on this machine ({mod.describe()})",
@@ -60,7 +96,7 @@ def auto(formats: tuple[str, ...]) -> str:
     """The most preferred backend that is installed and can run one of ``formats``."""
     tried = []
     for name in PREFERENCE:
-        mod = importlib.import_module(NAMES[name])
+        mod = _backend(name)
         if mod.FORMAT in formats and mod.available():
             return name
         tried.append(name)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TFLiteStage"]
+__all__ = ["TFLiteBackend", "TFLiteFull", "TFLiteStage"]
 
 
 class _Signature:
@@ -81,5 +83,29 @@ class TFLiteFull(_Signature):
         return self._get(self._exits[-1])
 
 
-def open_with(interpreter_cls: Any, path: Path, threads: int | None, **kwargs: Any) -> TFLiteStage:
-    return TFLiteStage(interpreter_cls(model_path=str(path), num_threads=threads, **kwargs))
+class TFLiteBackend:
+    """A backend over one TFLite ``Interpreter`` class: ``interpreter()`` imports and
+    returns it (only when a model is opened); ``module`` is what must be installed."""
+
+    FORMAT = "tflite"
+
+    def __init__(
+        self, name: str, module: str, extra: str, text: str, interpreter: Callable[[], Any]
+    ) -> None:
+        self.name, self.EXTRA, self._module, self._text = name, extra, module, text
+        self._interpreter = interpreter
+
+    def available(self) -> bool:
+        return importlib.util.find_spec(self._module) is not None
+
+    def describe(self) -> str:
+        return self._text
+
+    def _open(self, path: Path, threads: int | None) -> Any:
+        return self._interpreter()(model_path=str(path), num_threads=threads)
+
+    def open_stage(self, path: Path, threads: int | None = None) -> TFLiteStage:
+        return TFLiteStage(self._open(path, threads))
+
+    def open_full(self, path: Path, n_exits: int, threads: int | None = None) -> TFLiteFull | None:
+        return TFLiteFull(self._open(path, threads), n_exits)

@@ -11,11 +11,10 @@ import ctypes.util
 import glob
 import importlib.util
 from pathlib import Path
+from typing import Any
 
-from ._tflite_common import TFLiteStage
+from ._tflite_common import TFLiteBackend, TFLiteFull, TFLiteStage
 
-FORMAT = "tflite"
-EXTRA = "litert"
 _LIB = "libedgetpu.so.1"
 
 
@@ -43,35 +42,55 @@ def _usb_coral() -> bool:
     return False
 
 
-def available() -> bool:
-    has_interp = any(
-        importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime")
-    )
-    return has_interp and _library() is not None and _device_present()
-
-
-def describe() -> str:
-    if _library() is None:
-        return "Edge TPU: libedgetpu not found (install libedgetpu1-std from Coral's repository)"
-    if not _device_present():
-        return "Edge TPU: libedgetpu found but no /dev/apex_* or USB Coral"
-    return "Edge TPU (libedgetpu delegate)"
-
-
-def open_stage(path: Path, threads: int | None = None) -> TFLiteStage:
-    compiled = path.with_name(path.stem + "_edgetpu.tflite")
-    if not compiled.is_file():
-        raise FileNotFoundError(
-            f"{compiled.name} is missing: the Edge TPU needs stages compiled with "
-            "edgetpu_compiler; run it on the package's tflite/stage_K.tflite files"
-        )
+def _interpreter() -> Any:
     try:
-        from ai_edge_litert.interpreter import Interpreter, load_delegate
+        from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        from tflite_runtime.interpreter import Interpreter, load_delegate
-    delegate = load_delegate(_LIB)
-    return TFLiteStage(
-        Interpreter(
-            model_path=str(compiled), num_threads=threads, experimental_delegates=[delegate]
+        from tflite_runtime.interpreter import Interpreter
+    return Interpreter
+
+
+class EdgeTPUBackend(TFLiteBackend):
+    """The shared TFLite backend, on stages compiled for the Edge TPU, with its delegate."""
+
+    def available(self) -> bool:
+        has_interp = any(
+            importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime")
         )
-    )
+        return has_interp and _library() is not None and _device_present()
+
+    def describe(self) -> str:
+        if _library() is None:
+            return (
+                "Edge TPU: libedgetpu not found (install libedgetpu1-std from Coral's repository)"
+            )
+        if not _device_present():
+            return "Edge TPU: libedgetpu found but no /dev/apex_* or USB Coral"
+        return "Edge TPU (libedgetpu delegate)"
+
+    def open_stage(self, path: Path, threads: int | None = None) -> TFLiteStage:
+        compiled = path.with_name(path.stem + "_edgetpu.tflite")
+        if not compiled.is_file():
+            raise FileNotFoundError(
+                f"{compiled.name} is missing: the Edge TPU needs stages compiled with "
+                "edgetpu_compiler; run it on the package's tflite/stage_K.tflite files"
+            )
+        try:
+            from ai_edge_litert.interpreter import load_delegate
+        except ImportError:
+            from tflite_runtime.interpreter import load_delegate
+        delegate = load_delegate(_LIB)
+        return TFLiteStage(
+            _interpreter()(
+                model_path=str(compiled), num_threads=threads, experimental_delegates=[delegate]
+            )
+        )
+
+    def open_full(self, path: Path, n_exits: int, threads: int | None = None) -> TFLiteFull | None:
+        return None  # the unsplit model is not compiled for the Edge TPU: stages only
+
+
+BACKEND = EdgeTPUBackend("edgetpu", "ai_edge_litert", "litert", "Edge TPU", _interpreter)
+FORMAT, EXTRA = BACKEND.FORMAT, BACKEND.EXTRA
+available, describe = BACKEND.available, BACKEND.describe
+open_stage, open_full = BACKEND.open_stage, BACKEND.open_full

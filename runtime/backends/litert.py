@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from typing import Any
 
-from ._tflite_common import TFLiteFull, TFLiteStage, open_with
-
-FORMAT = "tflite"
-EXTRA = "litert"
+from ._tflite_common import TFLiteBackend
 
 
-def available() -> bool:
-    return importlib.util.find_spec("ai_edge_litert") is not None
-
-
-def describe() -> str:
-    return "LiteRT (ai_edge_litert)"
-
-
-def open_stage(path: Path, threads: int | None = None) -> TFLiteStage:
+def _interpreter() -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
-    return open_with(Interpreter, path, threads)
+    return Interpreter
 
 
-def open_full(path: Path, n_exits: int, threads: int | None = None) -> TFLiteFull:
-    from ai_edge_litert.interpreter import Interpreter
-
-    return TFLiteFull(Interpreter(model_path=str(path), num_threads=threads), n_exits)
+BACKEND = TFLiteBackend(
+    "litert", "ai_edge_litert", "litert", "LiteRT (ai_edge_litert)", _interpreter
+)
+FORMAT, EXTRA = BACKEND.FORMAT, BACKEND.EXTRA
+available, describe = BACKEND.available, BACKEND.describe
+open_stage, open_full = BACKEND.open_stage, BACKEND.open_full

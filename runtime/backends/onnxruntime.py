@@ -124,3 +124,26 @@ def open_stage(path: Path, threads: int | None = None) -> OnnxStage:
 
     sess = ort.InferenceSession(str(path), session_options(threads), providers=providers())
     return OnnxStage(sess)
+
+
+class OnnxBackend:
+    """onnxruntime sessions with :func:`session_options` and the best providers."""
+
+    name = "onnxruntime"
+    FORMAT = FORMAT
+    EXTRA = EXTRA
+
+    def available(self) -> bool:
+        return available()
+
+    def describe(self) -> str:
+        return describe()
+
+    def open_stage(self, path: Path, threads: int | None = None) -> OnnxStage:
+        return open_stage(path, threads)
+
+    def open_full(self, path: Path, n_exits: int, threads: int | None = None) -> OnnxFull | None:
+        return open_full(path, n_exits, threads)
+
+
+BACKEND = OnnxBackend()

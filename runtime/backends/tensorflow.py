@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from typing import Any
 
-from ._tflite_common import TFLiteFull, TFLiteStage, open_with
-
-FORMAT = "tflite"
-EXTRA = "convert"
+from ._tflite_common import TFLiteBackend
 
 
-def available() -> bool:
-    return importlib.util.find_spec("tensorflow") is not None
-
-
-def describe() -> str:
-    return "tensorflow.lite (full TensorFlow)"
-
-
-def open_stage(path: Path, threads: int | None = None) -> TFLiteStage:
+def _interpreter() -> Any:
     import tensorflow as tf
 
-    return open_with(tf.lite.Interpreter, path, threads)
+    return tf.lite.Interpreter
 
 
-def open_full(path: Path, n_exits: int, threads: int | None = None) -> TFLiteFull:
-    import tensorflow as tf
-
-    return TFLiteFull(tf.lite.Interpreter(model_path=str(path), num_threads=threads), n_exits)
+BACKEND = TFLiteBackend(
+    "tensorflow", "tensorflow", "convert", "tensorflow.lite (full TensorFlow)", _interpreter
+)
+FORMAT, EXTRA = BACKEND.FORMAT, BACKEND.EXTRA
+available, describe = BACKEND.available, BACKEND.describe
+open_stage, open_full = BACKEND.open_stage, BACKEND.open_full

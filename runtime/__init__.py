@@ -8,6 +8,14 @@ Imports numpy and, when a model is loaded, one interpreter; nothing else.
 
 Split computing: ``edgekit.load(pkg, offload="http://server:8000", policy="bandit")``
 learns online whether to answer here or send a stage's int8 input to ``edgekit serve``.
+
+Structure: ``_model`` (``load``, ``EdgeModel``: the one stage loop), ``_policy`` (the
+policy contract: ``Policy``, ``Needs``, ``Decision``, ``Outcome``), ``_policies`` (the
+built-in policies), ``_bandit`` (the algorithms), ``_input`` (image -> int8),
+``_confidence`` (int8 logits -> confidence), ``_stats``, ``_prediction``, ``_persist``
+(state files, saved in the background), ``_offload`` (the server client), ``_kserve``
+(the wire codec, shared with the server), ``backends/`` (one typed ``Backend`` per
+interpreter). Host-side tools (evaluation, replay, plots) live in ``edgekit.evaluate``.
 """
 
 from ._bandit import ALGORITHMS

@@ -170,11 +170,17 @@ def _raw_runner(path: Path, fmt: str, data: np.ndarray, threads: int) -> Any:
         it = Interpreter(model_path=str(path), num_threads=threads)
         it.allocate_tensors()
         inp = it.get_input_details()[0]["index"]
-        set_tensor, invoke = it.set_tensor, it.invoke
+        sig = next(iter(it._get_full_signature_list().values()))["outputs"]
+        last = sig[max(sig, key=lambda k: int(k.rsplit("_", 1)[-1]))] if sig else None
+        set_tensor, invoke, get_tensor = it.set_tensor, it.invoke, it.get_tensor
 
+        # What any caller must do with a model: feed it, run it, read its answer (the
+        # last exit's logits; the float model's one output).
         def run_tflite(i: int) -> None:
             set_tensor(inp, data[i])
             invoke()
+            if last is not None:
+                get_tensor(last)
 
         return run_tflite
     import onnxruntime as ort

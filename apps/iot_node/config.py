@@ -53,8 +53,8 @@ class Config:
     session_expiry_s: int = 86_400  # the broker keeps our session (and queued commands) a day
     topic_prefix: str = "edgekit"
     outbox_cap: int = 100_000
-    max_inflight: int = 64
-    batch: int = 32  # inputs per outbox commit
+    max_inflight: int = 256  # events handed to paho at once (the rest wait on disk)
+    batch: int = 128  # inputs per outbox commit at most (fewer when fewer are waiting)
     max_request_bytes: int = 4 << 20
     max_pixels: int = 4096 * 4096
     poll_s: float = 0.05

@@ -36,6 +36,7 @@ class Link:
         self.inbox: collections.deque[mqtt.MQTTMessage] = collections.deque()
         self.acked: collections.deque[tuple[int, bool]] = collections.deque()
         self.connected = threading.Event()
+        self.wake = threading.Event()  # set when something arrives for the main thread
         self.connects = 0
         self.on_connected: list[Any] = []  # called (in paho's thread) after each CONNACK
         c = mqtt.Client(
@@ -95,6 +96,7 @@ class Link:
         for fn in self.on_connected:
             fn()
         self.connected.set()
+        self.wake.set()
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if self.connected.is_set():
@@ -104,9 +106,11 @@ class Link:
     def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
         # 0x10 "no matching subscribers" is a success: the broker has the message.
         self.acked.append((mid, not reason.is_failure))
+        self.wake.set()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self.inbox.append(msg)
+        self.wake.set()
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, props: Any = None

@@ -358,6 +358,7 @@ class Node:
 
     def stop(self, *_: Any) -> None:
         self._stop.set()
+        self.link.wake.set()
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
@@ -378,7 +379,9 @@ class Node:
             self._pump()
             self._housekeeping()
             if not items:
-                self._stop.wait(self.cfg.poll_s)
+                # Idle: sleep until paho brings an ack or a message, or the inbox poll is due.
+                self.link.wake.wait(self.cfg.poll_s)
+                self.link.wake.clear()
         self._shutdown()
 
     def _housekeeping(self) -> None:

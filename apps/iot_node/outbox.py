@@ -3,8 +3,9 @@ after the broker's PUBACK, so a broker outage, a SIGKILL or a reboot loses nothi
 
 One SQLite file in WAL mode, used from one thread. ``synchronous=FULL`` makes each commit
 durable against power loss; the node commits a batch of events at a time, so the fsync is
-shared. When more than ``cap`` events wait, the oldest not yet handed to the broker are
-dropped and counted (``dropped``, kept across restarts).
+shared (deletes after PUBACK skip it: losing one only means a resend). When more than
+``cap`` events wait, the oldest not yet handed to the broker are dropped and counted
+(``dropped``, kept across restarts).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Outbox:
         ``handed``: the last sequence number given to the MQTT client; those are in flight
         and are not dropped.
         """
+        self._db.execute("PRAGMA synchronous=FULL")
         with self._tx():
             before = self._db.total_changes
             self._db.executemany(
@@ -99,6 +101,9 @@ class Outbox:
         """Forget events the broker acknowledged."""
         if not seqs:
             return
+        # A delete lost to a power cut only means a resend (same event id): no fsync for it.
+        # The next add's FULL commit makes it durable anyway.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         with self._tx():
             before = self._db.total_changes
             self._db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))

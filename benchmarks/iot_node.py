@@ -1,0 +1,337 @@
+"""IoT node benchmark: end-to-end throughput (inbox file -> event acknowledged by the broker)
+next to a bare ``predict`` loop on the same inputs, and the node's memory over 100,000 inputs.
+
+    python -m benchmarks.iot_node [--package build/fmnist.edgepkg] [--out build/bench] [-n N]
+
+Runs a local Mosquitto (``/usr/sbin/mosquitto``) on a free loopback port, the node as a
+subprocess (``python -m iot_node`` in apps/), and a subscriber that counts unique event ids.
+The bare loop, also a subprocess, reads the same PNG files, decodes them and calls
+``predict`` (what any program that classifies files must do at least); the pure ``predict``
+time on decoded arrays is printed too. Target: the node costs at most 15% over the bare loop
+and its RSS stays flat. Writes ``iot_node.json`` and ``iot_node.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+MOSQUITTO = "/usr/sbin/mosquitto"
+WAVE = 5000  # inputs dropped into the inbox at once
+
+_BARE = r"""
+import json, sys, time, resource
+from pathlib import Path
+import io
+import numpy as np
+from PIL import Image
+import edgekit
+pkg, folder, total = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+files = sorted(folder.iterdir())
+model = edgekit.load(pkg, policy="bandit")
+shape = model.manifest.input.shape
+def decode(data):
+    img = Image.open(io.BytesIO(data)).convert("L" if shape[2] == 1 else "RGB")
+    return np.asarray(img, dtype=np.uint8).reshape(shape)
+arrays = [decode(f.read_bytes()) for f in files]
+for x in arrays[:500]:
+    model.predict(x)
+t0 = time.perf_counter()
+for x in arrays:
+    model.predict(x)
+t_predict = time.perf_counter() - t0
+t0 = time.perf_counter()
+for f in files:
+    model.predict(decode(f.read_bytes()))
+t_bare = time.perf_counter() - t0
+rss = []
+for i in range(total):
+    model.predict(decode(files[i % len(files)].read_bytes()))
+    if (i + 1) % 10000 == 0:
+        rss.append((i + 1, int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])))
+print(json.dumps({"predict_s": t_predict, "bare_s": t_bare, "n": len(files), "rss_kb": rss}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_kb(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(text.split("VmRSS:")[1].split()[0])
+
+
+def _images(shape: tuple[int, ...], n: int, dataset: str | None) -> list[bytes]:
+    h, w, c = shape
+    arrays: Any = None
+    if dataset:
+        try:
+            import edgekit
+
+            ds = edgekit.load_dataset(dataset)
+            if ds.x_test.shape[1:] == (h, w, c):
+                arrays = (ds.x_test[:n] * 255).round().astype(np.uint8)
+        except Exception as exc:  # no dataset here: synthetic images still measure the node
+            print(f"  (dataset {dataset} unavailable: {exc}; using synthetic images)")
+    if arrays is None:
+        rng = np.random.default_rng(0)
+        arrays = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+    out = []
+    for i in range(n):  # a small test split is cycled
+        a = arrays[i % len(arrays)]
+        buf = io.BytesIO()
+        Image.fromarray(a[..., 0] if c == 1 else a).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+class _Counter:
+    """Counts unique event ids on the node's events topic (QoS 1)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.ids: set[str] = set()
+        self.lock = threading.Lock()
+        ready = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        c.on_connect = lambda cl, *_: cl.subscribe(topic, 1)
+        c.on_subscribe = lambda *_: ready.set()
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            eid = json.loads(msg.payload)["event_id"]
+            with self.lock:
+                self.ids.add(eid)
+
+        c.on_message = on_message
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        if not ready.wait(10):
+            raise RuntimeError("the subscriber could not subscribe")
+        self.client = c
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.ids)
+
+    def wait(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count() < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {self.count()} of {n} events arrived in {timeout:.0f} s")
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _drop(pool: Path, inbox: Path, names: list[str], tag: str) -> None:
+    """Move a wave of prepared files into the inbox (renames: instant, whole files)."""
+    for n in names:
+        os.rename(pool / n, inbox / f"{tag}-{n}")
+
+
+def run(package: Path, out: Path, n_total: int, dataset: str | None) -> dict[str, Any]:
+    import edgekit
+
+    with edgekit.load(package, policy="full") as m:
+        shape = tuple(m.manifest.input.shape)
+    work = Path(tempfile.mkdtemp(prefix="edgekit-iot-bench-"))
+    broker = None
+    node = None
+    try:
+        files = work / "files"
+        files.mkdir()
+        wave = min(WAVE, n_total)
+        for i, data in enumerate(_images(shape, wave, dataset)):
+            (files / f"img{i:05d}.png").write_bytes(data)
+        names = sorted(p.name for p in files.iterdir())
+
+        print(f"bare loop: {len(names)} files, then {n_total} inputs for memory", flush=True)
+        bare = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", _BARE, str(package), str(files), str(n_total)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+
+        port = _free_port()
+        data = work / "mosquitto"
+        data.mkdir()
+        if os.geteuid() == 0:
+            import pwd
+
+            pw = pwd.getpwnam("mosquitto")
+            os.chown(data, pw.pw_uid, pw.pw_gid)
+            os.chmod(work, 0o755)
+        conf = work / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {data}/\nlog_type error\n"
+        )
+        broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        counter = _Counter(port, "edgekit/bench/events")
+        inbox = work / "inbox"
+        inbox.mkdir()
+        node = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "iot_node",
+                "--package",
+                str(package),
+                "--device",
+                "bench",
+                "--broker",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(work / "state"),
+                "--inbox",
+                str(inbox),
+                "--settle-s",
+                "0",
+                "--stats-s",
+                "5",
+            ],
+            cwd=ROOT / "apps",
+            stderr=subprocess.DEVNULL,
+        )
+        # warm up (model, connection) on a few inputs
+        _drop(files, inbox, names[:200], "warm")
+        counter.wait(200, 120)
+        for n in names[:200]:
+            os.rename(inbox / "done" / f"warm-{n}", files / n)
+
+        print(f"node: {wave} files dropped at once, timed until every event arrived", flush=True)
+        t0 = time.perf_counter()
+        _drop(files, inbox, names, "w0")
+        counter.wait(200 + wave, 600)
+        node_s = time.perf_counter() - t0
+
+        rss: list[tuple[int, int]] = [(wave, _rss_kb(node.pid))]
+        done, k = wave, 1
+        print(f"node: memory over {n_total} inputs", flush=True)
+        while done < n_total:
+            for n in names:  # recycle: done/ -> pool
+                os.rename(inbox / "done" / f"w{k - 1}-{n}", files / n)
+            _drop(files, inbox, names, f"w{k}")
+            counter.wait(200 + done + wave, 600)
+            done += wave
+            k += 1
+            if done % 10000 == 0 or done >= n_total:
+                rss.append((done, _rss_kb(node.pid)))
+                print(f"  {done:>7} inputs: node RSS {rss[-1][1] / 1024:.1f} MiB", flush=True)
+        counter.close()
+    finally:
+        if node is not None:
+            node.send_signal(signal.SIGTERM)
+            node.wait(60)
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+    n = bare["n"]
+    result = {
+        "package": str(package),
+        "inputs_timed": n,
+        "predict_only_per_s": n / bare["predict_s"],
+        "bare_loop_per_s": n / bare["bare_s"],
+        "node_per_s": wave / node_s,
+        "node_cost_over_bare": (node_s / wave) / (bare["bare_s"] / n) - 1.0,
+        "node_cost_over_predict": (node_s / wave) / (bare["predict_s"] / n) - 1.0,
+        "node_rss_kb": rss,
+        "bare_rss_kb": bare["rss_kb"],
+    }
+    first, last = rss[1][1] if len(rss) > 1 else rss[0][1], rss[-1][1]
+    result["node_rss_growth_kb"] = last - first
+    result["node_rss_over_bare"] = last / bare["rss_kb"][-1][1] - 1.0 if bare["rss_kb"] else None
+    return result
+
+
+def _report(r: dict[str, Any], out: Path) -> None:
+    over = r["node_cost_over_bare"]
+    print(f"\n  predict only (decoded arrays)    {r['predict_only_per_s']:9.0f} inputs/s")
+    print(f"  bare loop (read, decode, predict) {r['bare_loop_per_s']:8.0f} inputs/s")
+    print(f"  node (inbox -> PUBACK, end to end) {r['node_per_s']:7.0f} inputs/s")
+    mark = "ok " if over <= 0.15 else "MISS"
+    print(f"  [{mark}] node cost over the bare loop: {over * 100:+.1f}%   target <= +15%")
+    print(f"         node cost over predict only: {r['node_cost_over_predict'] * 100:+.1f}%")
+    g = r["node_rss_growth_kb"] / 1024
+    mark = "ok " if abs(g) <= 8 else "MISS"
+    last = r["node_rss_kb"][-1]
+    print(f"  [{mark}] node RSS after {last[0]} inputs: {last[1] / 1024:.1f} MiB ({g:+.1f} MiB)")
+    if r["bare_rss_kb"]:
+        b = r["bare_rss_kb"][-1]
+        print(f"         bare loop RSS after {b[0]} inputs: {b[1] / 1024:.1f} MiB")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "iot_node.json").write_text(json.dumps(r, indent=2) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"\nwrote {out / 'iot_node.json'} (matplotlib missing: no plot)")
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("node_rss_kb", "IoT node"), ("bare_rss_kb", "bare predict loop")):
+        pts = np.array(r[key], dtype=float)
+        if len(pts):
+            ax.plot(pts[:, 0], pts[:, 1] / 1024, marker="o", label=label)
+    ax.set_xlabel("inputs")
+    ax.set_ylabel("RSS (MiB)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"node {r['node_per_s']:.0f}/s vs bare {r['bare_loop_per_s']:.0f}/s")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "iot_node.png", dpi=120)
+    print(f"\nwrote {out / 'iot_node.json'} and {out / 'iot_node.png'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--package", default="build/fmnist.edgepkg")
+    p.add_argument("--dataset", default="fashion-mnist", help="images to use (synthetic if absent)")
+    p.add_argument("--out", default="build/bench")
+    p.add_argument("-n", type=int, default=100_000, help="inputs for the memory run")
+    args = p.parse_args(argv)
+    pkg = Path(args.package)
+    if not (pkg / "manifest.json").is_file():
+        print(f"no package at {pkg}: `make demo` converts build/fmnist.edgepkg", file=sys.stderr)
+        return 2
+    if not os.path.exists(MOSQUITTO):
+        print("mosquitto is missing: apt-get install mosquitto", file=sys.stderr)
+        return 2
+    _report(run(pkg, Path(args.out), args.n, args.dataset), Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.edgekit-installed
 
 PKG := build/fmnist.edgepkg
 
-.PHONY: demo device-demo camera-demo test bench bench-split lint typecheck fmt setup system-deps clean
+.PHONY: demo device-demo camera-demo iot-demo test bench bench-split lint typecheck fmt setup system-deps clean
 
 # Convert Fashion-MNIST with the defaults, then run the package under the bandit.
 demo: setup
@@ -17,6 +17,7 @@ demo: setup
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory device-demo; \
 	else echo "edgekit: not root: skipping the virtual Raspberry Pi (run 'make device-demo' as root)"; fi
 	@$(MAKE) --no-print-directory camera-demo
+	@$(MAKE) --no-print-directory iot-demo
 
 # Push the package to a virtual arm64 Raspberry Pi (qemu-user + sshd, root only), classify
 # test images there with LiteRT, and benchmark on it. The device stays up: `ssh -F
@@ -37,6 +38,11 @@ device-demo: setup $(PKG)/manifest.json
 camera-demo: setup $(PKG)/manifest.json
 	$(BIN)/python -m apps.smart_camera $(PKG) --source test://fashion-mnist --loop --fps 30 \
 		--duration 8 --port 0 --print 60 --log build/camera-demo.jsonl
+
+# The IoT node against a local Mosquitto for a few seconds: test images dropped into its inbox,
+# the MQTT events a subscriber receives printed (apps/iot_node/README.md).
+iot-demo: setup $(PKG)/manifest.json
+	$(BIN)/python -m apps.iot_node.demo $(PKG)
 
 # Split computing over shaped links (1/10/100 Mbit/s, tc tbf in a netns; root).
 bench-split: setup $(PKG)/manifest.json

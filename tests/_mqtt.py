@@ -52,8 +52,11 @@ class Broker:
     """``/usr/sbin/mosquitto -c CONF`` on 127.0.0.1:``port``; ``stop``/``start`` keep its
     persistence. ``extra`` lines go into the config (TLS, passwords)."""
 
-    def __init__(self, folder: Path, port: int | None = None, extra: str = "") -> None:
+    def __init__(
+        self, folder: Path, port: int | None = None, extra: str = "", host: str = "127.0.0.1"
+    ) -> None:
         self.folder = folder
+        self.host = host
         self.port = port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
         self.log = folder / "mosquitto.log"
@@ -68,7 +71,7 @@ class Broker:
             except KeyError:
                 user = "user root\n"
         anon = "" if "password_file" in extra else "allow_anonymous true\n"
-        listener = "" if "listener" in extra else f"listener {self.port} 127.0.0.1\n"
+        listener = "" if "listener" in extra else f"listener {self.port} {host}\n"
         self.conf = folder / "mosquitto.conf"
         self.conf.write_text(
             f"{user}{listener}{anon}persistence true\npersistence_location {self.data}/\n"
@@ -85,7 +88,7 @@ class Broker:
     def _accepting(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
             return True
         return False
 
@@ -110,7 +113,9 @@ def have_mosquitto() -> bool:
 class Recorder:
     """A subscriber with a persistent MQTT 5 session: every message on ``topics``, in order."""
 
-    def __init__(self, port: int, topics: list[str], client_id: str, **tls: Any) -> None:
+    def __init__(
+        self, port: int, topics: list[str], client_id: str, host: str = "127.0.0.1", **tls: Any
+    ) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
@@ -134,7 +139,7 @@ class Recorder:
         c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
-        c.connect("127.0.0.1", port, clean_start=False, properties=props)
+        c.connect(host, port, clean_start=False, properties=props)
         c.loop_start()
         self.client = c
         wait_for(self.subscribed.is_set, 10, "the recorder's subscription")

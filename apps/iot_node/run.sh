@@ -9,6 +9,8 @@ if [ ! -x "$py" ]; then
   echo "iot_node: $py is missing: push a package first (edgekit push PKG DEVICE)" >&2
   exit 1
 fi
+# Outside systemd (which sets it from StateDirectory=), the same state folder.
+export STATE_DIRECTORY="${STATE_DIRECTORY:-/var/lib/edgekit-iot-node}"
 # paho-mqtt, copied next to the app by install.sh (devices are often offline).
 export PYTHONPATH="$here/_vendor${PYTHONPATH:+:$PYTHONPATH}"
 cd "$here/.."

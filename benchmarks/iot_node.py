@@ -179,18 +179,18 @@ def run(package: Path, out: Path, n_total: int, dataset: str | None) -> dict[str
         )
 
         port = _free_port()
-        data = work / "mosquitto"
-        data.mkdir()
+        pdir = work / "mosquitto"
+        pdir.mkdir()
         if os.geteuid() == 0:
             import pwd
 
             pw = pwd.getpwnam("mosquitto")
-            os.chown(data, pw.pw_uid, pw.pw_gid)
+            os.chown(pdir, pw.pw_uid, pw.pw_gid)
             os.chmod(work, 0o755)
         conf = work / "mosquitto.conf"
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {data}/\nlog_type error\n"
+            f"persistence_location {pdir}/\nlog_type error\n"
         )
         broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.DEVNULL)
         time.sleep(0.5)

@@ -124,7 +124,7 @@ class Recorder:
             c.tls_set(**{k: v for k, v in tls.items() if k != "auth"})
         if "auth" in tls:
             c.username_pw_set(*tls["auth"])
-        c.reconnect_delay_set(0.2, 1)
+        c.reconnect_delay_set(1, 2)
 
         def on_connect(client: mqtt.Client, *_: Any) -> None:
             client.subscribe([(t, 1) for t in topics])

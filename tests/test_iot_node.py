@@ -81,6 +81,7 @@ class NodeProc:
     """``python -m iot_node`` in apps/, logging to a file."""
 
     def __init__(self, tmp: Path, package: Path, port: int, device: str, **flags: Any) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.device = device
         self.inbox = tmp / "inbox"
@@ -90,8 +91,8 @@ class NodeProc:
             "--broker", "127.0.0.1", "--port", str(port), "--state-dir", str(self.state),
             "--inbox", str(self.inbox), "--stats-s", "0.5",
         ]  # fmt: skip
-        for k, v in flags.items():
-            self.args += [f"--{k.replace('_', '-')}", str(v)]
+        for k, v in flags.items():  # a value of "" is a bare switch (--ha-discovery)
+            self.args += [f"--{k.replace('_', '-')}"] + ([str(v)] if v != "" else [])
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "node.log"
 
@@ -222,7 +223,7 @@ def test_normal_run(
     notifications and a graceful SIGTERM."""
     images, labels = digits
     dev = "normal"
-    rec = Recorder(broker.port, [f"edgekit/{dev}/#"], "rec-normal")
+    rec = Recorder(broker.port, [f"edgekit/{dev}/#", "homeassistant/#"], "rec-normal")
     recorders.append(rec)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
@@ -242,7 +243,7 @@ def test_normal_run(
 
     with edgekit.load(digits_pkg, policy="full") as ref:
         expect = [ref.predict(images[i]).label for i in range(40)]
-    node = NodeProc(tmp_path, digits_pkg, broker.port, dev, policy="full")
+    node = NodeProc(tmp_path, digits_pkg, broker.port, dev, policy="full", ha_discovery="")
     node.inbox.mkdir()
     names = drop(node.inbox, images, 0, 40)
     (node.inbox / "broken.png").write_bytes(b"not an image at all")
@@ -300,6 +301,11 @@ def test_normal_run(
     assert stats["outbox_depth"] == 0 and stats["commands"] == 3, stats
     # the model's own stats (this one was loaded by the policy command: nothing run yet)
     assert {"exit_histogram", "latency_ms", "policy"} <= set(stats["model"])
+
+    # Home Assistant discovery: retained sensor configs that read the events topic.
+    ha = [json.loads(m.payload) for m in rec.raw("/config") if m.topic.startswith("homeassistant")]
+    assert {c["unique_id"] for c in ha} == {"edgekit_normal_label", "edgekit_normal_latency"}
+    assert all(c["state_topic"] == f"edgekit/{dev}/events" for c in ha)
 
     assert node.stop() == 0
     status = [m.payload for m in rec.raw("/status")]
@@ -491,3 +497,112 @@ def test_bad_config_says_what_is_wrong(tmp_path: Path) -> None:
         env={**os.environ, "STATE_DIRECTORY": str(tmp_path / "st")},
     )
     assert r.returncode == 2 and "no edge package" in r.stderr and "edgekit push" in r.stderr
+
+
+def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 (ca.pem, server.pem, server.key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgekit test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (folder / "ca.pem", folder / "server.pem", folder / "server.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+def test_tls_and_password(
+    digits_pkg: Path, digits: Any, tmp_path: Path, nodes: Any, recorders: Any
+) -> None:
+    """A broker that takes only TLS and a password: the node connects with --tls, --tls-ca,
+    --username and --password-file; a wrong password is refused, and the log says so."""
+    import tempfile
+
+    images, _ = digits
+    secrets = Path(tempfile.mkdtemp(prefix="edgekit-mqtt-tls-"))  # readable by mosquitto
+    try:
+        ca, cert, key = _tls_files(secrets)
+        passwd = secrets / "passwd"
+        subprocess.run(
+            ["mosquitto_passwd", "-b", "-c", str(passwd), "node", "s3cret"],
+            check=True,
+            capture_output=True,
+        )
+        if os.geteuid() == 0:
+            import pwd
+
+            pw = pwd.getpwnam("mosquitto")
+            for p in (secrets, ca, cert, key, passwd):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+        from _mqtt import free_port
+
+        port = free_port()
+        b = Broker(
+            tmp_path / "tls-broker",
+            port=port,
+            extra=f"listener {port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+            f"password_file {passwd}\nallow_anonymous false\n",
+        ).start()
+        try:
+            rec = Recorder(
+                port, ["edgekit/tls/events"], "rec-tls", ca_certs=str(ca), auth=("node", "s3cret")
+            )
+            recorders.append(rec)
+            (tmp_path / "pw").write_text("s3cret\n")
+            (tmp_path / "bad").write_text("wrong\n")
+            bad = NodeProc(tmp_path / "bad-node", digits_pkg, port, "tls-bad", tls="",
+                           tls_ca=ca, username="node", password_file=tmp_path / "bad")  # fmt: skip
+            nodes.append(bad.start())
+            node = NodeProc(tmp_path, digits_pkg, port, "tls", tls="", tls_ca=ca,
+                            username="node", password_file=tmp_path / "pw")  # fmt: skip
+            nodes.append(node.start())
+            names = drop(node.inbox, images, 0, 10)
+            wait_sources(rec, {f"inbox:{n}" for n in names}, 60, node)
+            check_exactly_once(rec, {f"inbox:{n}" for n in names})
+            wait_for(lambda: "refused the connection" in bad.tail(), 30, "a refusal in the log")
+            assert "tls-bad" not in json.dumps(rec.on("/events"))
+            assert node.stop() == 0 and bad.stop() == 0
+        finally:
+            b.remove()
+    finally:
+        shutil.rmtree(secrets, ignore_errors=True)

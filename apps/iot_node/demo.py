@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     broker = subprocess.Popen([MOSQUITTO, "-c", str(work / "mosquitto.conf")])
     node = None
-    got: list[tuple[str, dict[str, object]]] = []
+    got: list[tuple[str, Any]] = []
     ready = threading.Event()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sub.on_connect = lambda c, *_: c.subscribe("edgekit/demo/#", 1)
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             s = stats[-1]
             print(
                 f"  stats: processed {s['processed']}, outbox {s['outbox_depth']}, "
-                f"dropped {s['dropped']}, exits {s['model']['exit_histogram']}",  # type: ignore[index]
+                f"dropped {s['dropped']}, exits {s['model']['exit_histogram']}",
                 flush=True,
             )
     finally:

@@ -45,12 +45,12 @@ def decode(data: bytes, shape: tuple[int, ...], max_pixels: int) -> np.ndarray:
         return arr.astype(np.float32) if arr.dtype.kind != "u" else arr.astype(np.uint8)
     h, w, c = shape
     try:
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > max_pixels:
+        src = Image.open(io.BytesIO(data))  # reads the header only: size before pixels
+        if src.width * src.height > max_pixels:
             raise InputProblem(
-                f"image is {img.width}x{img.height}, over the {max_pixels}-pixel limit"
+                f"image is {src.width}x{src.height}, over the {max_pixels}-pixel limit"
             )
-        img = img.convert("L" if c == 1 else "RGB")
+        img = src.convert("L" if c == 1 else "RGB")
         if img.size != (w, h):
             img = img.resize((w, h), Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.uint8).reshape(h, w, c)
@@ -117,7 +117,7 @@ class Inbox:
         """Rename up to ``limit`` new files into ``.claimed/``; fsync so a claim survives."""
         if not self._queue:
             self._refill()
-        out = []
+        out: list[Claim] = []
         while self._queue and len(out) < limit:
             name = self._queue.pop()
             eid = next(next_id)

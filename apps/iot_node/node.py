@@ -259,10 +259,10 @@ class Node:
         if room <= 0 or not self.link.connected.is_set():
             return
         for seq, topic, payload in self.outbox.pending(self._handed, room):
-            mid = self.link.publish(topic, payload)
-            if mid is None:
+            sent = self.link.publish(topic, payload)
+            if sent is None:
                 break
-            self._inflight[mid] = seq
+            self._inflight[sent] = seq
             self._handed = seq
 
     # -- commands and stats --------------------------------------------------------------

@@ -4,5 +4,14 @@ Needs the ``convert`` extra (TensorFlow, tf-keras, tfmot, tf2onnx, onnxruntime).
 """
 
 from ._convert import ConvertOptions, ConvertResult, convert
+from ._edgetpu import EdgeTPUCheck, OpCheck, check_edgetpu, ensure_compiled
 
-__all__ = ["ConvertOptions", "ConvertResult", "convert"]
+__all__ = [
+    "ConvertOptions",
+    "ConvertResult",
+    "EdgeTPUCheck",
+    "OpCheck",
+    "check_edgetpu",
+    "convert",
+    "ensure_compiled",
+]

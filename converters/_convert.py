@@ -53,6 +53,9 @@ __all__ = ["ConvertOptions", "ConvertResult", "convert"]
 BUILTIN_EXITS = (0.12, 0.4, 0.6)
 USER_EXITS = (0.25, 0.5, 0.75)
 FORMATS = ("tflite", "onnx")
+# coral: TFLite stages checked for the Edge TPU (edgetpu/ holds the compiler's inputs);
+# jetson: ONNX stages in TensorRT's explicit-quantization form (see converters/_jetson.py).
+TARGETS = ("auto", "x86", "arm", "coral", "jetson")
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class ConvertOptions:
     - ``quant``: ``qat`` or ``ptq``; QAT falls back to PTQ, with a note, for models
       tfmot cannot wrap.
     - ``target``: ``x86`` (ONNX uint8 activations), ``arm`` (int8), or ``auto`` (this
-      machine's architecture).
+      machine's architecture); ``coral`` adds Edge TPU-checked static stages (``edgetpu/``),
+      ``jetson`` writes TensorRT-ready symmetric INT8 ONNX stages.
     - ``exit_weights``: loss weight per exit (final last); default grows with depth,
       ``max(0.3, MACs fraction)``, so early exits do not crowd out the final one.
     - ``fast``: a small run for tests and smoke checks (few epochs, small subsets).
@@ -109,8 +113,8 @@ class ConvertOptions:
             raise ValueError(f"quant must be 'qat' or 'ptq', not {self.quant!r}")
         if self.train not in ("auto", "joint", "heads", "none"):
             raise ValueError(f"train must be auto, joint, heads or none, not {self.train!r}")
-        if self.target not in ("auto", "x86", "arm"):
-            raise ValueError(f"target must be auto, x86 or arm, not {self.target!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise ValueError(
@@ -160,7 +164,9 @@ def _name_from(out_name: str) -> str:
 
 
 def _onnx_activation_type(target: str) -> str:
-    if target == "auto":
+    if target == "jetson":
+        return "int8"
+    if target in ("auto", "coral"):
         target = "arm" if platform.machine().lower() in ("aarch64", "arm64", "armv7l") else "x86"
     return "int8" if target == "arm" else "uint8"
 
@@ -333,6 +339,14 @@ class _Conversion:
             report_acc[i]["float"] = a
 
         manifest = self._manifest(data, cuts, exits_macs, tfl, onnx_act, report_acc, quant)
+        targets: dict[str, Any] = {}
+        if o.target == "coral":
+            from ._edgetpu import prepare_coral
+
+            self.step = "checking the stages against the Edge TPU's constraints"
+            targets["coral"], note = prepare_coral(self.root, len(manifest.stages))
+            manifest = dataclasses.replace(manifest, targets={"coral": note})
+            self._say("Edge TPU check: " + targets["coral"]["summary"])
         sizes = self._sizes(tfl, onnx)
         if sizes.get("tflite", {}).get("float"):
             ratio = sizes["tflite"]["int8"] / sizes["tflite"]["float"]
@@ -375,6 +389,7 @@ class _Conversion:
                 for i, e in enumerate(manifest.exits)
             ],
             "agreement": agreement,
+            "targets": targets,
             "sizes": sizes,
             "stages": [
                 {

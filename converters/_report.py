@@ -71,9 +71,32 @@ def write_report(root: Path, report: dict[str, Any]) -> None:
         format_table(report),
         "",
     ]
+    md.extend(_target_lines(report.get("targets") or {}))
     plots = _plots(root, report)
     md.extend(f"![{p.stem}](plots/{p.name})" for p in plots)
     (root / "report.md").write_text("\n".join(md) + "\n")
+
+
+def _target_lines(targets: dict[str, Any]) -> list[str]:
+    """The accelerator sections (``--target coral`` / ``jetson``) of report.md."""
+    md: list[str] = []
+    coral = targets.get("coral")
+    if coral:
+        md += ["## Coral Edge TPU (checked against the published constraints, not compiled)", ""]
+        for st in coral["stages"]:
+            md.append(f"- {st['name']}: {st['on_edgetpu']}/{st['ops']} ops on the Edge TPU")
+            md += [f"  - {p}" for p in st["problems"]]
+            md += [
+                f"  - CPU: op {c['index']} {c['op']} v{c['version']}: {c['reason']}"
+                for c in st["cpu_ops"]
+            ]
+        md += ["", f"Still needed: {coral['needs']}", ""]
+    jetson = targets.get("jetson")
+    if jetson:
+        md += ["## Jetson (TensorRT explicit quantization)", ""]
+        md += [f"- {line}" for line in jetson.get("lines", [])]
+        md.append("")
+    return md
 
 
 def _plots(root: Path, report: dict[str, Any]) -> list[Path]:

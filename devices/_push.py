@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -161,6 +163,8 @@ class _Push:
             if self.opts.backend is None and profile.format not in self.manifest.formats:
                 # an ONNX-only package (ONNX intake) runs on onnxruntime wherever it goes
                 profile = info.profile("onnxruntime")
+            if profile.backend == "edgetpu":
+                self._check_edgetpu_stages()
             if profile.format not in self.manifest.formats:
                 raise PushError(
                     f"{self.name}: the {profile.backend} backend runs {profile.format} models, "
@@ -192,6 +196,22 @@ class _Push:
             self.step = "prune"
             self.sh(self.layout.prune_script(), check=False)
             return self._result(deploy, t0, changed=True, smoke=smoke)
+
+    def _check_edgetpu_stages(self) -> None:
+        missing = [
+            rel
+            for st in self.manifest.stages
+            if (rel := f"tflite/stage_{st.index}_edgetpu.tflite") not in self.manifest.files
+        ]
+        if missing:
+            raise PushError(
+                f"{self.name}: the Edge TPU runs only compiled stages, and {self.package.name} "
+                f"lacks {', '.join(missing)}",
+                hint="convert with --target coral, then put edgetpu_compiler (Coral's apt "
+                "package edgetpu-compiler, x86-64) on this host's PATH and push again: push "
+                "compiles the package's edgetpu/ stages; or pick --backend litert",
+                target=self.name,
+            )
 
     def _result(
         self, deploy: str, t0: float, *, changed: bool, smoke: dict[str, Any]
@@ -571,12 +591,32 @@ class _Push:
         )
 
 
+_COMPILE_LOCK = threading.Lock()
+
+
+def _compile_edgetpu(root: Path, opts: PushOptions) -> None:
+    """Compile a ``--target coral`` package for the Edge TPU when edgetpu_compiler is here."""
+    with _COMPILE_LOCK:  # parallel pushes of one package compile it once
+        manifest = read_manifest(root, verify=True)
+        if "coral" not in manifest.targets or shutil.which("edgetpu_compiler") is None:
+            return
+        from edgekit.converters import ensure_compiled
+
+        written = ensure_compiled(root)
+        if written and opts.verbose:
+            say(f"compiled {len(written)} stages for the Edge TPU with edgetpu_compiler")
+
+
 def push_one(
     package: str | os.PathLike[str], target: str, options: PushOptions | None = None
 ) -> PushResult:
     """Push to one target; failures come back in the result, never half-switched."""
     opts = options or PushOptions()
     root = Path(package)
+    try:
+        _compile_edgetpu(root, opts)
+    except EdgekitError as exc:  # the compiler failed: reported like any push failure
+        return PushResult(target, False, error=exc)
     manifest = read_manifest(root, verify=True)
     t0 = time.monotonic()
     job: _Push | None = None

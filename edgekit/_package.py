@@ -363,6 +363,9 @@ class Manifest:
     task: str = "classification"
     split_points: tuple[int, ...] = ()
     files: dict[str, str] = field(default_factory=dict)
+    # Accelerator target -> what the package still needs there (e.g. "coral": needs
+    # edgetpu_compiler), or how its files differ (e.g. "jetson": symmetric ONNX).
+    targets: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -463,6 +466,7 @@ class Manifest:
             tools=_str_map(d.get("tools", {}), "tools"),
             split_points=split_points,
             files=dict(files),
+            targets=_str_map(d.get("targets", {}), "targets", hi=8),
             schema_version=version,
         )
 

@@ -293,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--target",
         default="auto",
-        choices=["auto", "x86", "arm"],
-        help="ONNX activation type: uint8 for x86, int8 for ARM",
+        choices=["auto", "x86", "arm", "coral", "jetson"],
+        help="ONNX activation type: uint8 for x86, int8 for ARM; coral: stages checked for "
+        "the Edge TPU (README 'Coral'); jetson: TensorRT-ready ONNX (README 'Jetson')",
     )
     c.add_argument("--epochs", type=int, help="training epochs (default 6; 3 with --fast)")
     c.add_argument(

@@ -77,8 +77,14 @@ def head_macs(model: Any, exit_index: int) -> int:
 
 
 def _inputs_of(layer: Any) -> list[Any]:
-    ins = layer.inbound_nodes[0].input_tensors
-    return list(ins) if isinstance(ins, (list, tuple)) else [ins]
+    """Every Keras tensor the layer's first call read, keyword arguments included.
+
+    ``input_tensors`` holds only the first argument of a ``TFOpLambda`` (``x + skip`` is
+    ``add(x, y=skip)``), which would leave ``skip``'s branch out of a stage.
+    """
+    node = layer.inbound_nodes[0]
+    flat = tf().nest.flatten((node.call_args, node.call_kwargs))
+    return [t for t in flat if hasattr(t, "_keras_history")]
 
 
 def submodel(

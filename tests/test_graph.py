@@ -168,3 +168,20 @@ def test_an_add_followed_by_its_activation_is_cut_after_the_activation() -> None
     x = layers.ReLU(name="post")(layers.Add(name="sum")([x, y]))
     model = k.Model(inp, layers.Dense(2)(layers.GlobalAveragePooling2D()(x)))
     assert [p.layer for p in cut_points(model)] == ["stem", "post"]
+
+
+def test_stages_keep_a_skip_branch_added_with_the_plus_operator() -> None:
+    """``x + skip`` is a TFOpLambda whose second operand is a keyword argument (RegNet)."""
+    k = keras()
+    layers = k.layers
+    inp = k.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inp)
+    skip = layers.Conv2D(8, 1, name="skip")(x)
+    y = layers.Conv2D(8, 3, padding="same", name="body")(x)
+    x = layers.ReLU(name="out_relu")(y + skip)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="head_conv")(x)
+    model = k.Model(inp, layers.Dense(2)(layers.GlobalAveragePooling2D()(x)))
+    head = submodel(model, None, ["out_relu"], names=["f"])
+    tail = submodel(model, "out_relu", [model.layers[-1].name], names=["logits"])
+    x0 = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    np.testing.assert_allclose(tail(head(x0)).numpy(), model(x0).numpy(), rtol=1e-5, atol=1e-6)

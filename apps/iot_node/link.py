@@ -26,6 +26,7 @@ from .config import Config
 __all__ = ["Link"]
 
 log = logging.getLogger("iot_node")
+QOS0_BACKLOG = 1000  # QoS 0 requests waiting in memory at most
 
 
 class Link:
@@ -38,6 +39,7 @@ class Link:
         self.connected = threading.Event()
         self.wake = threading.Event()  # set when something arrives for the main thread
         self.connects = 0
+        self.overflow = 0  # QoS 0 requests dropped because too many were waiting
         self.on_connected: list[Any] = []  # called (in paho's thread) after each CONNACK
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -109,6 +111,11 @@ class Link:
         self.wake.set()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        # QoS 1 messages are bounded by ReceiveMaximum (unacked ones); QoS 0 ones are not:
+        # past a backlog, those are dropped (and counted) rather than held in memory.
+        if msg.qos == 0 and len(self.inbox) >= QOS0_BACKLOG:
+            self.overflow += 1
+            return
         self.inbox.append(msg)
         self.wake.set()
 

@@ -326,6 +326,7 @@ class Node:
             "in_flight": len(self._inflight),
             "dropped": self.outbox.dropped,
             "connected": self.link.connected.is_set(),
+            "requests_dropped": self.link.overflow,
             "model": self.model.stats(),
         }
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import platform
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,9 @@ class _Conversion:
         self.step = "reading the data"
         self.missing: dict[str, str] = {}  # format -> why it is not in the package
         self.qat_fallback: str | None = None
-        # The trained model survives a failed run here, next to the output folder.
-        self.work = root / "work"
+        # The trained model is saved outside the package being written, and survives a
+        # failed run as OUT.work/ next to the output folder.
+        self.work = root.parent / f".{out_name}.work-{os.getpid()}"
         self.kept = root.parent / f"{out_name}.work"
         self.checkpoint: Path | None = None
         self._t = time.monotonic()
@@ -202,9 +204,10 @@ class _Conversion:
     def run(self) -> tuple[Manifest, dict[str, Any]]:
         """Run every step; a failure names its step and keeps the trained model."""
         try:
-            return self._run()
-        except Exception as exc:  # an interrupt (Ctrl-C, SIGTERM) leaves nothing behind
+            result = self._run()
+        except Exception as exc:
             kept = self._keep_checkpoint()
+            shutil.rmtree(self.work, ignore_errors=True)  # what was not kept
             again = (
                 f"the trained model is kept at {kept}: rerun with --model {kept} to skip training"
                 if kept
@@ -222,6 +225,13 @@ class _Conversion:
                 hint="; ".join(h for h in (_what_to_do(self.step), again) if h),
                 step=self.step,
             ) from exc
+        except BaseException:  # an interrupt (Ctrl-C, SIGTERM) leaves nothing behind
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise
+        if self.opts.keep_work and self.checkpoint is not None:
+            self._say(f"the trained model is kept at {self._keep_checkpoint()}")
+        shutil.rmtree(self.work, ignore_errors=True)
+        return result
 
     def _keep_checkpoint(self) -> Path | None:
         if self.checkpoint is None or not self.checkpoint.exists():
@@ -340,6 +350,24 @@ class _Conversion:
 
         manifest = self._manifest(data, cuts, exits_macs, tfl, onnx_act, report_acc, quant)
         targets: dict[str, Any] = {}
+        if o.target == "jetson" and onnx is not None:
+            from ._jetson import compare_with_default
+
+            self.step = "comparing the Jetson ONNX stages with the default ones"
+            x_q = Quantizer(InputSpec(tuple(data.input_shape)), tfl["quant"][0]["input"]).batch(
+                data.x_test
+            )
+            targets["jetson"] = compare_with_default(
+                stages_float, calib, tfl["quant"], onnx["stages"], x_q, data.y_test, self.work
+            )
+            manifest = dataclasses.replace(
+                manifest,
+                targets={
+                    "jetson": "onnx stages in TensorRT explicit-quantization form (symmetric "
+                    "int8, zero point 0); stage I/O bytes on the TFLite parameters"
+                },
+            )
+            self._say("Jetson: " + targets["jetson"]["lines"][1])
         if o.target == "coral":
             from ._edgetpu import prepare_coral
 
@@ -406,10 +434,6 @@ class _Conversion:
             "notes": self.notes,
             "tools": manifest.tools,
         }
-        if o.keep_work and self.checkpoint is not None:
-            kept = self._keep_checkpoint()
-            self._say(f"the trained model is kept at {kept}")
-        shutil.rmtree(self.work, ignore_errors=True)  # not part of the package
         write_report(self.root, report)
         manifest = write_manifest(self.root, manifest)
         self._say(f"done in {total:.0f} s")
@@ -616,6 +640,11 @@ class _Conversion:
         """The ONNX files, or None (with the reason in ``missing``) if a stage fails."""
         from ._onnx import export_float_onnx, export_int8_onnx
 
+        export: Callable[..., Any] = export_int8_onnx
+        if self.opts.target == "jetson":  # TensorRT's form: symmetric int8, zero point 0
+            from ._jetson import export_jetson_onnx
+
+            export = functools.partial(_drop_activation_type, export_jetson_onnx)
         self._say(f"exporting {len(stages_float)} stages to ONNX QDQ INT8 ({act} activations)")
         d = self.root / "onnx"
         d.mkdir()
@@ -625,16 +654,14 @@ class _Conversion:
             for k, sf in enumerate(stages_float):
                 self.step = f"ONNX export of stage {k}"
                 p = d / f"stage_{k}.onnx"
-                export_int8_onnx(sf, p, feats, io_quant=tfl["quant"][k], activation_type=act)
+                export(sf, p, feats, io_quant=tfl["quant"][k], activation_type=act)
                 _open_onnx(p)
                 paths.append(p)
                 if k < len(stages_float) - 1:
                     feats = np.asarray(sf.predict(feats, verbose=0, batch_size=256)[0])
             self.step = "ONNX export of the unsplit model"
             full = d / "full.onnx"
-            export_int8_onnx(
-                full_float, full, calib, io_quant=tfl["full_quant"], activation_type=act
-            )
+            export(full_float, full, calib, io_quant=tfl["full_quant"], activation_type=act)
             _open_onnx(full)
             full_f = d / "full_float.onnx"
             export_float_onnx(full_float, full_f)
@@ -793,6 +820,11 @@ def _what_to_do(step: str) -> str:
 def _add_hint(exc: EdgekitError, more: str) -> None:
     exc.hint = f"{exc.hint}; {more}" if exc.hint else more
     exc.args = (f"{exc.message}\n  hint: {exc.hint}",)
+
+
+def _drop_activation_type(fn: Callable[..., Any], *a: Any, activation_type: str, **kw: Any) -> Any:
+    del activation_type  # the Jetson export is int8 by definition
+    return fn(*a, **kw)
 
 
 def _open_onnx(path: Path) -> None:

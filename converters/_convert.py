@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import platform
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,6 +350,24 @@ class _Conversion:
 
         manifest = self._manifest(data, cuts, exits_macs, tfl, onnx_act, report_acc, quant)
         targets: dict[str, Any] = {}
+        if o.target == "jetson" and onnx is not None:
+            from ._jetson import compare_with_default
+
+            self.step = "comparing the Jetson ONNX stages with the default ones"
+            x_q = Quantizer(InputSpec(tuple(data.input_shape)), tfl["quant"][0]["input"]).batch(
+                data.x_test
+            )
+            targets["jetson"] = compare_with_default(
+                stages_float, calib, tfl["quant"], onnx["stages"], x_q, data.y_test, self.work
+            )
+            manifest = dataclasses.replace(
+                manifest,
+                targets={
+                    "jetson": "onnx stages in TensorRT explicit-quantization form (symmetric "
+                    "int8, zero point 0); stage I/O bytes on the TFLite parameters"
+                },
+            )
+            self._say("Jetson: " + targets["jetson"]["lines"][1])
         if o.target == "coral":
             from ._edgetpu import prepare_coral
 
@@ -621,6 +640,11 @@ class _Conversion:
         """The ONNX files, or None (with the reason in ``missing``) if a stage fails."""
         from ._onnx import export_float_onnx, export_int8_onnx
 
+        export: Callable[..., Any] = export_int8_onnx
+        if self.opts.target == "jetson":  # TensorRT's form: symmetric int8, zero point 0
+            from ._jetson import export_jetson_onnx
+
+            export = functools.partial(_drop_activation_type, export_jetson_onnx)
         self._say(f"exporting {len(stages_float)} stages to ONNX QDQ INT8 ({act} activations)")
         d = self.root / "onnx"
         d.mkdir()
@@ -630,16 +654,14 @@ class _Conversion:
             for k, sf in enumerate(stages_float):
                 self.step = f"ONNX export of stage {k}"
                 p = d / f"stage_{k}.onnx"
-                export_int8_onnx(sf, p, feats, io_quant=tfl["quant"][k], activation_type=act)
+                export(sf, p, feats, io_quant=tfl["quant"][k], activation_type=act)
                 _open_onnx(p)
                 paths.append(p)
                 if k < len(stages_float) - 1:
                     feats = np.asarray(sf.predict(feats, verbose=0, batch_size=256)[0])
             self.step = "ONNX export of the unsplit model"
             full = d / "full.onnx"
-            export_int8_onnx(
-                full_float, full, calib, io_quant=tfl["full_quant"], activation_type=act
-            )
+            export(full_float, full, calib, io_quant=tfl["full_quant"], activation_type=act)
             _open_onnx(full)
             full_f = d / "full_float.onnx"
             export_float_onnx(full_float, full_f)
@@ -798,6 +820,11 @@ def _what_to_do(step: str) -> str:
 def _add_hint(exc: EdgekitError, more: str) -> None:
     exc.hint = f"{exc.hint}; {more}" if exc.hint else more
     exc.args = (f"{exc.message}\n  hint: {exc.hint}",)
+
+
+def _drop_activation_type(fn: Callable[..., Any], *a: Any, activation_type: str, **kw: Any) -> Any:
+    del activation_type  # the Jetson export is int8 by definition
+    return fn(*a, **kw)
 
 
 def _open_onnx(path: Path) -> None:

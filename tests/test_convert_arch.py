@@ -182,6 +182,7 @@ def test_onnx_failure_finishes_without_onnx(
     assert "replace the existing tensor" in missing["onnx"]
     assert res.report["formats"]["written"] == ["tflite"]
     assert not (out / "onnx").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["d.edgepkg"]  # no work folder left
     m = read_manifest(out)  # verifies every checksum
     assert m.onnx_activation_type is None
     assert all(set(s.files) == {"tflite"} for s in m.stages)

@@ -128,12 +128,12 @@ class UCB1(_Averages):
         log_t = 2.0 * math.log(max(2.0, self._horizon()))
         best, best_i = -math.inf, 0
         cnt, total, scale, c = self.cnt, self.sum, self.scale, self.c
+        log_t /= scale  # sqrt(log_t / (stored * scale)) with the true count
         for i in range(self.n if limit is None else limit):
-            stored = cnt[i]
-            n = stored * scale
-            if n < 0.5:
+            n = cnt[i]  # stored: the true count over scale
+            if n * scale < 0.5:
                 return i
-            v = total[i] / stored + c * math.sqrt(log_t / n)
+            v = total[i] / n + c * math.sqrt(log_t / n)
             if v > best:
                 best, best_i = v, i
         return best_i

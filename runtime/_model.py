@@ -149,7 +149,8 @@ class ModelClosedError(EdgekitError, RuntimeError):
     """``predict`` (or another inference call) on a model after ``close()``."""
 
 
-_new_prediction = tuple.__new__  # a Prediction without NamedTuple's Python-level __new__
+# Records made per input, without NamedTuple's Python-level __new__ (same tuples).
+_new_tuple = _new_prediction = tuple.__new__
 
 
 class EdgeModel:
@@ -206,6 +207,7 @@ class EdgeModel:
         if needs.cost not in ("latency", "macs"):
             raise ValueError(f"policy {policy.describe()!r} needs cost {needs.cost!r}")
         self._needs = needs
+        self._all_exits, self._cost = needs.all_exits, needs.cost
         self._select = policy.select
         self._observe = policy.observe
         self.stats_ = Stats(n, [e.macs_fraction for e in manifest.exits])
@@ -271,7 +273,7 @@ class EdgeModel:
         input of stage ``end``) when none stopped."""
         runners, conf, confs, labels = self._runners, self._conf_one, self._confs, self._labels
         marks = self.stats_.marks
-        last, run_all, skip = self._last, self._needs.all_exits, not self._needs.confidences
+        last, run_all, skip = self._last, self._all_exits, not self._needs.confidences
         while k < end:
             feats, logits = runners[k](h)
             if k == last:
@@ -293,13 +295,13 @@ class EdgeModel:
 
     def _local(self, t0: float, k: int, exit_k: int, th: Sequence[float]) -> Prediction:
         """Count, tell the policy and answer for an input that stopped at exit ``k``."""
-        if self._needs.all_exits:
+        if self._all_exits:
             exit_k = self._credit(k)
         stats = self.stats_
-        costs = stats.record(t0, k, exit_k, self._needs.cost)
+        costs = stats.record(t0, k, exit_k, self._cost)
         seconds = stats.marks[k] - t0
         ms = seconds * 1e3
-        self._observe(Outcome(k, self._confs, costs, costs[exit_k], ms))
+        self._observe(_new_tuple(Outcome, (k, self._confs, costs, costs[exit_k], ms, None, None)))
         lab = self._labels[exit_k]
         return _new_prediction(
             Prediction,

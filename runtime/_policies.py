@@ -307,14 +307,12 @@ class BanditPolicy(_Learning):
         return self._decisions[i]
 
     def observe(self, outcome: Outcome) -> None:
-        self._observe(outcome[0], outcome[1], outcome[2])
-        if self._budget is not None:
-            self.adapt_budget(outcome.latency_ms)
-
-    def _observe(self, exit_taken: int, confs: Sequence[float], costs: Sequence[float]) -> None:
+        exit_taken, confs, costs = outcome[0], outcome[1], outcome[2]
         last = self.n_exits - 1
         lam = self.lam
-        scale = 1.0 + lam
+        scale = 1.0 / (1.0 + lam)
+        # The reward of stopping at each exit seen, then of each arm that would have.
+        r = [(confs[j] - lam * costs[j] + lam) * scale for j in range(exit_taken + 1)]
         rewards = []
         # Arms are sorted, and the exit a threshold takes never moves earlier as the
         # threshold grows, so one pointer walks the exits for all arms.
@@ -324,9 +322,11 @@ class BanditPolicy(_Learning):
                 k += 1
             if k > exit_taken:
                 break  # this and higher thresholds would have gone deeper than was seen
-            rewards.append((i, (confs[k] - lam * costs[k] + lam) / scale))
+            rewards.append((i, r[k]))
         self.algo.update(self.chosen, rewards)
         self._dirty = True
+        if self._budget is not None:
+            self.adapt_budget(outcome[4])
 
     def arm_values(self) -> dict[str, Any]:
         vals = self.algo.values()

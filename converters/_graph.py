@@ -24,8 +24,10 @@ _FOLDED = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "ELU", "PReL
 # A cut after padding would leave the pad in one stage and its conv in the next.
 _UNCUTTABLE = ("Dense", "ZeroPadding2D")
 _ACTIVATIONS = ("ReLU", "Activation", "LeakyReLU", "ELU")
-# Exits placed by MAC fraction stay below this share of the model's MACs.
+# Exits placed by MAC fraction stay below this share of the model's MACs, and this far
+# apart: two exits a pooling layer apart cost twice for one chance to stop.
 MAX_EXIT_FRACTION = 0.9
+MIN_EXIT_GAP = 0.05
 
 
 def _shape(t: Any) -> tuple[int, ...]:
@@ -184,15 +186,15 @@ def pick_cuts(
         # Each fraction gets the nearest cut point not taken by an earlier one, so three
         # fractions give three exits whenever the model has three cut points. An exit past
         # MAX_EXIT_FRACTION of the MACs would save almost nothing over the final one.
-        after = -1
+        after, floor = -1, 0.0
         useful = [p for p in points if p.fraction <= MAX_EXIT_FRACTION] or points[:1]
         for f in sorted(fractions or ()):
-            free = [p for p in useful if p.position > after]
+            free = [p for p in useful if p.position > after and p.fraction >= floor]
             if not free:
                 break
             best = min(free, key=lambda p: (abs(p.fraction - f), p.position))
             chosen.append(best)
-            after = best.position
+            after, floor = best.position, best.fraction + MIN_EXIT_GAP
     chosen = sorted({p.position: p for p in chosen}.values(), key=lambda p: p.position)
     return chosen
 

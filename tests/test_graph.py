@@ -185,3 +185,17 @@ def test_stages_keep_a_skip_branch_added_with_the_plus_operator() -> None:
     tail = submodel(model, "out_relu", [model.layers[-1].name], names=["logits"])
     x0 = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
     np.testing.assert_allclose(tail(head(x0)).numpy(), model(x0).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_exits_by_fraction_are_not_a_pooling_layer_apart() -> None:
+    k = keras()
+    layers = k.layers
+    inp = k.Input((16, 16, 3))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="c0")(inp)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="c1")(x)
+    x = layers.MaxPooling2D(name="pool")(x)  # no MACs: the same place as c1
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="c2")(x)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="c3")(x)
+    model = k.Model(inp, layers.Dense(2)(layers.GlobalAveragePooling2D()(x)))
+    cuts = pick_cuts(model, fractions=[0.4, 0.5])  # c1 and pool sit at 44%, c2 at 63%
+    assert [c.layer for c in cuts] == ["c1", "c2"]

@@ -322,8 +322,8 @@ def compare_with_default(
         default.append(p)
         if k < len(stages_float) - 1:
             feats = np.asarray(sf.predict(feats, verbose=0, batch_size=256)[0])
-    a = run_chain(ort_backend, default, x_q)  # type: ignore[arg-type]
-    b = run_chain(ort_backend, jetson_stages, x_q)  # type: ignore[arg-type]
+    a = run_chain(ort_backend, default, x_q)
+    b = run_chain(ort_backend, jetson_stages, x_q)
     acc_d = [float((o.argmax(1) == y).mean()) for o in a]
     acc_j = [float((o.argmax(1) == y).mean()) for o in b]
     worst = max(d - j for d, j in zip(acc_d, acc_j))

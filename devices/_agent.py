@@ -101,6 +101,10 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
         xs = _inputs(m, args.input, args.n)
         out.update(backend=m.backend, threads=args.threads, inputs=len(xs), exits=m.n_exits)
         out["stage_latency_ms"] = [round(float(v), 4) for v in measure_stage_ms(m, xs, len(xs))]
+        if m.backend == "onnxruntime":  # which execution provider ran each stage
+            from edgekit.runtime.backends.onnxruntime import stage_providers
+
+            out["providers"] = stage_providers()
     policies: dict[str, Any] = {}
     for spec in args.policies.split(","):
         with rt.load(args.package, backend=args.backend, policy=spec, threads=args.threads) as m:

@@ -227,6 +227,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     res = bench(
         args.package, x, backend=args.backend, threads=args.threads, n=args.n, verbose=not args.json
     )
+    from edgekit.runtime.backends.onnxruntime import stage_providers
+
+    if stage_providers():  # which execution provider ran each ONNX stage
+        res["providers"] = stage_providers()
     if args.json:
         print(json.dumps(res, indent=2))
     else:

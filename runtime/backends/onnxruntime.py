@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,9 @@ import numpy as np
 FORMAT = "onnx"
 EXTRA = "onnx"
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_TRT, _CUDA = _PREFERRED[0], _PREFERRED[1]
+_log = logging.getLogger("edgekit.runtime")
+_USED: dict[str, str] = {}  # "onnx/stage_K.onnx" -> the provider that runs it, as opened
 
 
 def available() -> bool:
@@ -31,6 +37,84 @@ def providers() -> list[str]:
 
     have = set(ort.get_available_providers())
     return [p for p in _PREFERRED if p in have]
+
+
+def state_dir(path: Path) -> Path:
+    """Where TensorRT keeps its engine and timing caches for the package holding ``path``.
+
+    ``EDGEKIT_STATE_DIR`` wins; a package deployed by ``edgekit push``
+    (``ROOT/NAME/releases/RID``) uses ``ROOT/NAME/state``, which outlives its releases;
+    anything else the user cache (``~/.cache/edgekit``). TensorRT keys engines by model
+    and GPU, so one folder serves every stage.
+    """
+    env = os.environ.get("EDGEKIT_STATE_DIR")
+    if env:
+        return Path(env) / "tensorrt"
+    pkg = Path(path).resolve().parent.parent  # PKG/onnx/stage_K.onnx
+    if pkg.parent.name == "releases":
+        return pkg.parent.parent / "state" / "tensorrt"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "edgekit" / "tensorrt"
+
+
+def provider_options(
+    available: Sequence[str], cache: Path, *, int8: bool, fp16: bool = True
+) -> list[str | tuple[str, dict[str, str]]]:
+    """The ``providers`` argument of ``InferenceSession``: best first, with options.
+
+    TensorRT gets INT8 (an explicitly quantized, Q/DQ, file) and FP16 (for the layers
+    left in float; ``EDGEKIT_TRT_FP16=0`` turns it off) and persistent engine and timing
+    caches under ``cache``, so a device builds its engines once, not at every start.
+    """
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for name in _PREFERRED:
+        if name not in available:
+            continue
+        if name == _TRT:
+            opts = {"trt_int8_enable": str(int8), "trt_fp16_enable": str(fp16)}
+            opts.update(
+                trt_engine_cache_enable="True",
+                trt_engine_cache_path=str(cache / "engines"),
+                trt_timing_cache_enable="True",
+                trt_timing_cache_path=str(cache / "timing"),
+            )
+            out.append((name, opts))
+        elif name == _CUDA:
+            out.append((name, {"device_id": "0"}))
+        else:
+            out.append(name)
+    return out
+
+
+def _session(path: Path, threads: int | None) -> Any:
+    """An ``InferenceSession`` on the best providers, saying which one runs the file."""
+    import onnxruntime as ort
+
+    have = providers()
+    chosen: list[str | tuple[str, dict[str, str]]] = list(have)
+    if _TRT in have or _CUDA in have:
+        cache = state_dir(path)
+        try:
+            (cache / "engines").mkdir(parents=True, exist_ok=True)
+            (cache / "timing").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _log.warning("edgekit: TensorRT caches disabled (%s is not writable: %s)", cache, exc)
+            have = [p for p in have if p != _TRT]
+        with open(path, "rb") as f:
+            int8 = b"DequantizeLinear" in f.read()
+        fp16 = os.environ.get("EDGEKIT_TRT_FP16", "1") != "0"
+        chosen = provider_options(have, cache, int8=int8, fp16=fp16)
+    sess = ort.InferenceSession(str(path), session_options(threads), providers=chosen)
+    used = list(sess.get_providers())
+    key = f"{Path(path).parent.name}/{Path(path).name}"
+    _USED[key] = used[0] if used else "?"
+    _log.info("edgekit: %s runs on %s (session providers: %s)", key, _USED[key], ", ".join(used))
+    return sess
+
+
+def stage_providers() -> dict[str, str]:
+    """Which execution provider runs each ONNX file opened so far (for ``edgekit bench``)."""
+    return dict(_USED)
 
 
 class OnnxStage:
@@ -113,17 +197,11 @@ class OnnxFull:
 
 
 def open_full(path: Path, n_exits: int, threads: int | None = None) -> OnnxFull:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), session_options(threads), providers=providers())
-    return OnnxFull(sess, n_exits)
+    return OnnxFull(_session(path, threads), n_exits)
 
 
 def open_stage(path: Path, threads: int | None = None) -> OnnxStage:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), session_options(threads), providers=providers())
-    return OnnxStage(sess)
+    return OnnxStage(_session(path, threads))
 
 
 class OnnxBackend:

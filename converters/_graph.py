@@ -201,7 +201,10 @@ def pick_cuts(
 
 def describe_cut_points(points: Sequence[CutPoint], limit: int = 40) -> str:
     """``name (12%), ...`` for an error message; long lists keep both ends."""
-    items = [f"{p.layer} ({p.fraction:.0%})" for p in points]
+    items = [
+        f"{p.layer} ({p.fraction:.0%})" if p.fraction >= 0.01 else f"{p.layer} (<1%)"
+        for p in points
+    ]
     if len(items) > limit:
         half = limit // 2
         items = [*items[:half], f"... {len(items) - limit} more ...", *items[-half:]]

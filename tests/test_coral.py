@@ -220,7 +220,10 @@ def test_convert_target_coral_cli(tmp_path: Path) -> None:
     from edgekit.cli import main
 
     out = tmp_path / "c.edgepkg"
-    assert main(["convert", "digits", str(out), "--fast", "--target", "coral"]) == 0
+    assert (
+        main(["convert", "--dataset", "digits", "--out", str(out), "--fast", "--target", "coral"])
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert "edgetpu/stage_0.tflite" in manifest["targets"]["coral"]
     report = json.loads((out / "report.json").read_text())

@@ -152,7 +152,10 @@ def test_convert_target_jetson_cli(tmp_path: Path) -> None:
     from edgekit.converters._jetson import tensorrt_problems
 
     out = tmp_path / "j.edgepkg"
-    assert main(["convert", "digits", str(out), "--fast", "--target", "jetson"]) == 0
+    assert (
+        main(["convert", "--dataset", "digits", "--out", str(out), "--fast", "--target", "jetson"])
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["onnx_activation_type"] == "int8" and "jetson" in manifest["targets"]
     for p in sorted((out / "onnx").glob("stage_*.onnx")):

@@ -222,6 +222,8 @@ def remote_bench(args: argparse.Namespace, xs: Any) -> int:
             print(f"{t}: {r['backend']}, {r['threads']} threads, {r['inputs']} inputs")
             stages = ", ".join(f"{v:.2f}" for v in r["stage_latency_ms"])
             print(f"  stage latency (ms): {stages}")
+            if r.get("providers"):  # onnxruntime: the execution provider of each stage
+                print("  providers: " + ", ".join(f"{k} {v}" for k, v in r["providers"].items()))
             for name, p in r["policies"].items():
                 print(
                     f"  {name:<16} mean {p['mean_ms']:.2f} ms  p95 {p['p95_ms']:.2f} ms  "

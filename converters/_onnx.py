@@ -11,6 +11,7 @@ QuantizeLinear after the float input and the DequantizeLinear before each float 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -82,7 +83,8 @@ def _float_model_proto(model: Any, opset: int) -> Any:
     shape = (None, *tuple(inp.shape)[1:])
     spec = (tf.TensorSpec(shape, inp.dtype, name=INPUT_NAME),)
     try:
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+        with _plain_grouped_convs(model):
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
         # tf2onnx continues past ops it cannot convert; the checker catches those.
         onnx.checker.check_model(proto)
     except Exception as exc:
@@ -135,6 +137,33 @@ def _unshare_initializers(proto: Any) -> int:
             node.input[pos] = new
             copies += 1
     return copies
+
+
+@contextlib.contextmanager
+def _plain_grouped_convs(model: Any) -> Iterator[None]:
+    """Trace grouped convolutions as plain Conv2D ops while tf2onnx converts ``model``.
+
+    tf-keras runs a convolution with ``groups > 1`` (RegNet, ResNeXt) in an XLA-compiled
+    function, which reaches tf2onnx as a PartitionedCall it cannot convert. The op inside
+    is an ordinary grouped Conv2D, which ONNX's Conv expresses with ``group``.
+    """
+    patched = []
+    for layer in _all_layers(model):
+        if getattr(layer, "groups", 1) > 1 and hasattr(layer, "_jit_compiled_convolution_op"):
+            layer._jit_compiled_convolution_op = layer.convolution_op
+            patched.append(layer)
+    try:
+        yield
+    finally:
+        for layer in patched:
+            del layer._jit_compiled_convolution_op
+
+
+def _all_layers(model: Any) -> Iterator[Any]:
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
 
 
 def _name_batch_dims(proto: Any) -> None:

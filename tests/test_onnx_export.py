@@ -303,3 +303,19 @@ def test_a_stage_starting_with_an_op_ort_keeps_float_gets_8bit_input(
     got = (out.astype(np.float32) - lq.zero_point) * lq.scale
     want = model.predict(calib, verbose=0)
     assert np.abs(got - want).max() < 0.1 * (np.abs(want).max() + 1e-3)
+
+
+def test_grouped_convolutions_export(tmp_path: Path) -> None:
+    """tf-keras runs ``groups > 1`` in an XLA function; the export still sees a Conv."""
+    layers = keras.layers
+    inp = keras.Input((8, 8, 8), name="input")
+    x = layers.Conv2D(16, 3, padding="same", groups=4, activation="relu", name="gconv")(inp)
+    model = keras.Model(inp, layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x)))
+    path = tmp_path / "g.onnx"
+    export_float_onnx(model, path)
+    convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    assert [a.i for n in convs for a in n.attribute if a.name == "group"] == [4]
+    x0 = np.random.default_rng(0).random((2, 8, 8, 8), dtype=np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": x0})[0], model(x0).numpy(), atol=1e-4)
+    assert "_jit_compiled_convolution_op" not in vars(model.get_layer("gconv"))

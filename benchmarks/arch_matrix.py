@@ -220,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         merged: dict[tuple[str, str], dict[str, Any]] = {}
         for d in args.merge:  # later shards win for the same (model, mode)
-            for r in json.loads((Path(d) / "arch_matrix.json").read_text()):
+            shard = Path(d) / "arch_matrix.json"
+            if not shard.is_file():
+                print(f"skipping {d}: no arch_matrix.json (no row finished there yet)")
+                continue
+            for r in json.loads(shard.read_text()):
                 merged[(r["model"], r["mode"])] = r
         order = {n: i for i, n in enumerate([*HANDWRITTEN, *APPLICATIONS])}
         rows = sorted(merged.values(), key=lambda r: (order.get(r["model"], 99), r["mode"]))

@@ -31,15 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from edgekit._package import read_manifest
-from edgekit.data import load_dataset
-from edgekit.runtime import Quantizer, backends
-from edgekit.runtime._kserve import (
+from edgekit._kserve import (
     decode_infer_response,
     encode_split_request,
     infer_path,
     model_name,
 )
+from edgekit._package import read_manifest
+from edgekit.data import load_dataset
+from edgekit.runtime import Quantizer, backends
 
 TOKEN = "bench-token"
 

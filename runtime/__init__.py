@@ -13,8 +13,8 @@ Structure: ``_model`` (``load``, ``EdgeModel``: the one stage loop), ``_policy``
 policy contract: ``Policy``, ``Needs``, ``Decision``, ``Outcome``), ``_policies`` (the
 built-in policies), ``_bandit`` (the algorithms), ``_input`` (image -> int8),
 ``_confidence`` (int8 logits -> confidence), ``_stats``, ``_prediction``, ``_persist``
-(state files, saved in the background), ``_offload`` (the server client), ``_kserve``
-(the wire codec, shared with the server), ``backends/`` (one typed ``Backend`` per
+(state files, saved in the background), ``_offload`` (the server client; its wire codec is
+``edgekit._kserve``, shared with the server), ``backends/`` (one typed ``Backend`` per
 interpreter). Host-side tools (evaluation, replay, plots) live in ``edgekit.evaluate``.
 """
 

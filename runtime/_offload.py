@@ -1,7 +1,7 @@
 """The split-computing client: send a stage's 8-bit input to ``edgekit serve``.
 
 Standard library HTTP only (``http.client``, one keep-alive connection, reopened after a
-failure), the KServe v2 codec in :mod:`._kserve`, and a circuit breaker so that a server
+failure), the KServe v2 codec in :mod:`edgekit._kserve`, and a circuit breaker so that a server
 that is down or slow costs a few inputs, not every input. Nothing here raises on a
 network or server failure: :meth:`OffloadClient.infer` returns an :class:`OffloadFailure`
 and the model finishes the input on the device.
@@ -24,9 +24,8 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
+from edgekit import _kserve
 from edgekit._package import QuantParams
-
-from . import _kserve
 
 __all__ = [
     "CircuitBreaker",

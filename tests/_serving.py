@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from edgekit._kserve import decode_infer_response
 from edgekit._package import read_manifest
 from edgekit.runtime import Quantizer, backends
-from edgekit.runtime._kserve import decode_infer_response
 
 __all__ = ["Client", "Local", "softmax_max"]
 

@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from edgekit.runtime._kserve import (
+from edgekit._kserve import (
     HEADER_LENGTH,
     ProtocolError,
     Tensor,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgekit.runtime._kserve import (
+from edgekit._kserve import (
     DATATYPES,
     HEADER_LENGTH,
     InferRequest,

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 import edgekit
+from edgekit._kserve import package_sha256
 from edgekit.data import load_digits
 from edgekit.runtime import OffloadConfig
-from edgekit.runtime._kserve import package_sha256
 from edgekit.runtime._offload import OffloadClient, OffloadReply
 
 pytestmark = [

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import edgekit
+from edgekit import _kserve as kserve
 from edgekit.data import load_digits
 from edgekit.runtime import OffloadConfig
-from edgekit.runtime import _kserve as kserve
 
 pytestmark = pytest.mark.slow
 

@@ -294,7 +294,7 @@ def test_vgg_package_predicts_uint8_images(vgg_pkg: Path) -> None:
 def test_vgg_tail_served(vgg_pkg: Path) -> None:
     from _serving import Client, Local
 
-    from edgekit.runtime._kserve import encode_split_request
+    from edgekit._kserve import encode_split_request
     from edgekit.serve import ServeConfig, Server
 
     data = _fmnist(3000, 600)

@@ -25,8 +25,7 @@ import numpy as np
 import pytest
 from _serving import Client, Local, softmax_max
 
-from edgekit.data import load_digits
-from edgekit.runtime._kserve import (
+from edgekit._kserve import (
     HEADER_LENGTH,
     decode_infer_response,
     encode_infer_request,
@@ -34,6 +33,7 @@ from edgekit.runtime._kserve import (
     package_sha256,
     to_8bit,
 )
+from edgekit.data import load_digits
 from edgekit.serve import ServeConfig, Server
 
 pytest.importorskip("uvicorn")

@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 from _serving import Client, Local
 
+from edgekit._kserve import HEADER_LENGTH, encode_infer_request, encode_split_request
 from edgekit.data import load_digits
-from edgekit.runtime._kserve import HEADER_LENGTH, encode_infer_request, encode_split_request
 from edgekit.serve import ServeConfig, ServeError, Server
 
 pytest.importorskip("uvicorn")
@@ -597,7 +597,7 @@ def test_large_requests_decode_in_workers_like_small_ones_and_a_dead_worker_is_r
     import asyncio
     import signal
 
-    from edgekit.runtime._kserve import ProtocolError
+    from edgekit._kserve import ProtocolError
     from edgekit.serve._decode import Decoder
 
     x = np.arange(4 * 70_000, dtype=np.int64).astype(np.int8).reshape(4, 70_000)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from _serving import Client, Local, softmax_max
 
+from edgekit._kserve import HEADER_LENGTH, encode_split_request, package_sha256
 from edgekit.data import load_digits
-from edgekit.runtime._kserve import HEADER_LENGTH, encode_split_request, package_sha256
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install 'edgekit[ray]')")
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 The device runs stages ``0..s-1`` and sends the 8-bit tensor stage ``s`` takes; the
 server runs stages ``s..N-1`` and answers the last exit's logits and confidence. The wire
-contract lives in :mod:`edgekit.runtime._kserve` (shared with the device client).
+contract lives in :mod:`edgekit._kserve` (shared with the device client).
 
     from edgekit.serve import Server, ServeConfig
     with Server("fmnist.edgepkg", ServeConfig(port=0, token="s3cret")) as srv:

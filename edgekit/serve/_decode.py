@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from edgekit.runtime._kserve import InferRequest, ProtocolError, decode_infer_request, decompress
+from edgekit._kserve import InferRequest, ProtocolError, decode_infer_request, decompress
 
 __all__ = ["Decoder"]
 

@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 
 import edgekit
-from edgekit._package import Manifest, read_manifest
-from edgekit.runtime._kserve import (
+from edgekit._kserve import (
     CONFIDENCE,
     INPUT,
     LOGITS,
@@ -39,6 +38,7 @@ from edgekit.runtime._kserve import (
     short_repr,
     to_8bit,
 )
+from edgekit._package import Manifest, read_manifest
 
 from ._batcher import Batcher, Closed
 from ._config import ServeConfig

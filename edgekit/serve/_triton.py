@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from edgekit._errors import OutputExistsError, PackageError, require
+from edgekit._kserve import CONFIDENCE, INPUT, LOGITS, model_name, package_sha256
 from edgekit._package import Manifest, read_manifest
 from edgekit._progress import say
-from edgekit.runtime._kserve import CONFIDENCE, INPUT, LOGITS, model_name, package_sha256
 
 __all__ = ["TritonExport", "export_triton", "tail_onnx"]
 

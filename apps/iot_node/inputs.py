@@ -93,7 +93,7 @@ class Inbox:
         return out
 
     def _refill(self) -> None:
-        now = time.time()
+        now, settle = time.time(), self.settle_s
         names = []
         with os.scandir(self.root) as it:
             for entry in it:
@@ -103,7 +103,7 @@ class Inbox:
                 try:
                     if not entry.is_file(follow_symlinks=False):
                         continue  # folders (done/, failed/) and symlinks are not inputs
-                    if now - entry.stat(follow_symlinks=False).st_mtime < self.settle_s:
+                    if settle and now - entry.stat(follow_symlinks=False).st_mtime < settle:
                         continue  # still being written
                 except FileNotFoundError:
                     continue

@@ -98,6 +98,7 @@ class Node:
         self._stop = threading.Event()
         self._inflight: dict[int, int] = {}  # paho message id -> outbox seq
         self._handed = 0  # the highest outbox seq given to paho
+        self._acked: list[int] = []  # PUBACKed outbox seqs, deleted with the next commit
         self._rewind = threading.Event()  # set on connect: hand over the outbox from its start
         self.counts = {"processed": 0, "failed": 0, "requests": 0, "commands": 0, "rejected": 0}
         self.started = time.time()
@@ -170,10 +171,12 @@ class Node:
         item.event = ev
 
     def _read(self, claim: Claim) -> bytes:
-        size = claim.path.stat().st_size
-        if size > self.cfg.max_request_bytes:
-            raise InputProblem(f"{size} bytes, over max_request_bytes={self.cfg.max_request_bytes}")
-        return claim.path.read_bytes()
+        with open(claim.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > self.cfg.max_request_bytes:
+                limit = self.cfg.max_request_bytes
+                raise InputProblem(f"{size} bytes, over max_request_bytes={limit}")
+            return f.read()
 
     def _gather(self, recovered: list[Claim]) -> list[_Item]:
         items: list[_Item] = []
@@ -216,8 +219,9 @@ class Node:
             self._classify(it, data)
         topic = self.cfg.topic("events")
         rows = [(i.event_id, topic, json.dumps(i.event).encode()) for i in items]
+        acked, self._acked = self._acked, []
         dropped = self.outbox.add(
-            rows, handed=self._handed, seen=[i.seen_id for i in items if i.seen_id]
+            rows, handed=self._handed, seen=[i.seen_id for i in items if i.seen_id], acked=acked
         )
         if dropped:
             cap = self.cfg.outbox_cap
@@ -231,12 +235,17 @@ class Node:
 
     # -- publishing ----------------------------------------------------------------------
 
+    def _flush_acked(self) -> None:
+        acked, self._acked = self._acked, []
+        self.outbox.delete(acked)
+
     def _on_connected(self) -> None:
         self._rewind.set()
 
     def _pump(self) -> None:
-        """Match PUBACKs to outbox rows (delete them), then hand over more rows."""
-        done, retry = [], False
+        """Match PUBACKs to outbox rows (to delete with the next commit, or when idle), then
+        hand over more rows."""
+        done, retry = self._acked, False
         while self.link.acked:
             mid, ok = self.link.acked.popleft()
             seq = self._inflight.pop(mid, None)
@@ -247,13 +256,13 @@ class Node:
             else:
                 self.counts["rejected"] += 1
                 retry = True
-        self.outbox.delete(done)
         if retry:
             log.error("the broker refused events (not authorized?); they stay in the outbox")
         if self._rewind.is_set() and not self._inflight:
             # A new connection with nothing of ours in flight: start from the outbox's oldest
             # (rows paho still holds are resent by paho itself and stay in _inflight).
             self._rewind.clear()
+            self._flush_acked()  # or the rows acked but not yet deleted would go out again
             self._handed = 0
         room = self.cfg.max_inflight - len(self._inflight)
         if room <= 0 or not self.link.connected.is_set():
@@ -322,7 +331,7 @@ class Node:
             "deploy": self.deployment.deploy_id,
             "deploy_error": self.deploy_error,
             **self.counts,
-            "outbox_depth": self.outbox.depth,
+            "outbox_depth": self.outbox.depth - len(self._acked),
             "in_flight": len(self._inflight),
             "dropped": self.outbox.dropped,
             "connected": self.link.connected.is_set(),
@@ -380,6 +389,7 @@ class Node:
             self._pump()
             self._housekeeping()
             if not items:
+                self._flush_acked()
                 # Idle: sleep until paho brings an ack or a message, or the inbox poll is due.
                 self.link.wake.wait(self.cfg.poll_s)
                 self.link.wake.clear()
@@ -403,8 +413,10 @@ class Node:
         deadline = time.monotonic() + self.cfg.drain_s
         while self.outbox.depth and self.link.connected.is_set() and time.monotonic() < deadline:
             self._pump()
+            self._flush_acked()
             time.sleep(0.02)
         self._pump()
+        self._flush_acked()
         if self.link.connected.is_set():
             self._publish_stats()
         self.link.close()

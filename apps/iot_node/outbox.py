@@ -39,6 +39,7 @@ class Outbox:
         self._db = sqlite3.connect(str(path), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._synchronous = "FULL"
         self._db.executescript(_SCHEMA)
         with self._tx():
             self.boot = self._meta("boot") + 1
@@ -59,16 +60,24 @@ class Outbox:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def add(
-        self, events: Sequence[tuple[str, str, bytes]], *, handed: int, seen: Iterable[str] = ()
+        self,
+        events: Sequence[tuple[str, str, bytes]],
+        *,
+        handed: int,
+        seen: Iterable[str] = (),
+        acked: Sequence[int] = (),
     ) -> int:
         """Commit ``(event_id, topic, payload)`` rows (an event id already here is kept once)
         and the ``seen`` ids, in one transaction; return how many old events the cap dropped.
 
         ``handed``: the last sequence number given to the MQTT client; those are in flight
-        and are not dropped.
+        and are not dropped. ``acked``: events the broker acknowledged, deleted in the same
+        transaction (so PUBACKs cost no commit of their own while inputs keep coming).
         """
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._sync("FULL")
         with self._tx():
+            if acked:
+                self._delete(acked)
             before = self._db.total_changes
             self._db.executemany(
                 "INSERT OR IGNORE INTO outbox (event_id, topic, payload) VALUES (?, ?, ?)",
@@ -103,11 +112,19 @@ class Outbox:
             return
         # A delete lost to a power cut only means a resend (same event id): no fsync for it.
         # The next add's FULL commit makes it durable anyway.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._sync("NORMAL")
         with self._tx():
-            before = self._db.total_changes
-            self._db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
-            self.depth -= self._db.total_changes - before
+            self._delete(seqs)
+
+    def _delete(self, seqs: Sequence[int]) -> None:
+        before = self._db.total_changes
+        self._db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
+        self.depth -= self._db.total_changes - before
+
+    def _sync(self, mode: str) -> None:
+        if mode != self._synchronous:
+            self._db.execute(f"PRAGMA synchronous={mode}")
+            self._synchronous = mode
 
     def seen(self, ident: str) -> bool:
         """Whether a command or request id was already applied."""

@@ -54,7 +54,8 @@ class Config:
     topic_prefix: str = "edgekit"
     outbox_cap: int = 100_000
     max_inflight: int = 256  # events handed to paho at once (the rest wait on disk)
-    batch: int = 128  # inputs per outbox commit at most (fewer when fewer are waiting)
+    batch: int = 256  # inputs per outbox commit at most (fewer when fewer are waiting)
+    batch_s: float = 0.1  # and at most this long classifying before the commit
     max_request_bytes: int = 4 << 20
     max_pixels: int = 4096 * 4096
     poll_s: float = 0.05
@@ -75,6 +76,8 @@ class Config:
         for name in ("outbox_cap", "max_inflight", "batch", "max_request_bytes", "keepalive_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0 < self.batch_s <= 60:
+            raise ConfigError(f"batch_s must be above 0 and at most 60 seconds, not {self.batch_s}")
         if self.outbox_cap < 2 * self.max_inflight:
             raise ConfigError(
                 f"outbox_cap ({self.outbox_cap}) must be at least twice max_inflight "

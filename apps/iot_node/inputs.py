@@ -66,7 +66,7 @@ class Claim:
 
     event_id: str
     name: str  # the name it was dropped under
-    path: Path
+    path: str  # a plain string: no pathlib object per input
 
 
 class Inbox:
@@ -89,7 +89,7 @@ class Inbox:
         for entry in sorted(os.scandir(self.claimed), key=lambda e: e.name):
             eid, sep, name = entry.name.partition(_SEP)
             if sep and entry.is_file(follow_symlinks=False):
-                out.append(Claim(eid, name, Path(entry.path)))
+                out.append(Claim(eid, name, entry.path))
         return out
 
     def _refill(self) -> None:
@@ -118,12 +118,13 @@ class Inbox:
         if not self._queue:
             self._refill()
         out: list[Claim] = []
+        root, claimed = f"{self.root}{os.sep}", f"{self.claimed}{os.sep}"
         while self._queue and len(out) < limit:
             name = self._queue.pop()
             eid = next(next_id)
-            dst = self.claimed / f"{eid}{_SEP}{name}"
+            dst = f"{claimed}{eid}{_SEP}{name}"
             try:
-                os.rename(self.root / name, dst)
+                os.rename(root + name, dst)
             except FileNotFoundError:
                 continue  # someone else took it away
             out.append(Claim(eid, name, dst))
@@ -138,8 +139,9 @@ class Inbox:
     def finish(self, claim: Claim, ok: bool) -> None:
         """Move a committed input to done/ (or failed/), never over another file."""
         folder = self.done if ok else self.failed
-        dst = folder / claim.name
-        if dst.exists():
+        dst = f"{folder}{os.sep}{claim.name}"
+        if os.path.lexists(dst):
             stem, dot, ext = claim.name.rpartition(".")
-            dst = folder / (f"{stem}.{claim.event_id}.{ext}" if dot else f"{ext}.{claim.event_id}")
+            alt = f"{stem}.{claim.event_id}.{ext}" if dot else f"{ext}.{claim.event_id}"
+            dst = f"{folder}{os.sep}{alt}"
         os.replace(claim.path, dst)

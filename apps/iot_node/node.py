@@ -99,6 +99,8 @@ class Node:
         self._inflight: dict[int, int] = {}  # paho message id -> outbox seq
         self._handed = 0  # the highest outbox seq given to paho
         self._acked: list[int] = []  # PUBACKed outbox seqs, deleted with the next commit
+        self._carry: list[_Item] = []  # claimed, not classified before the batch's deadline
+        self._recovered: list[Claim] = []
         self._rewind = threading.Event()  # set on connect: hand over the outbox from its start
         self.counts = {"processed": 0, "failed": 0, "requests": 0, "commands": 0, "rejected": 0}
         self.started = time.time()
@@ -178,15 +180,21 @@ class Node:
                 raise InputProblem(f"{size} bytes, over max_request_bytes={limit}")
             return f.read()
 
-    def _gather(self, recovered: list[Claim]) -> list[_Item]:
-        items: list[_Item] = []
+    def _gather(self) -> list[_Item]:
+        items, self._carry = self._carry, []
         while self.link.inbox and len(items) < self.cfg.batch:
             msg = self.link.inbox.popleft()
             if msg.topic == self.cfg.topic("cmd"):
                 self._command(msg)
                 continue
             items.append(self._request_item(msg))
-        claims = recovered or self.inbox.claim(self._ids, self.cfg.batch - len(items))
+        room = self.cfg.batch - len(items)
+        if room <= 0:
+            claims = []
+        elif self._recovered:
+            claims, self._recovered = self._recovered[:room], self._recovered[room:]
+        else:
+            claims = self.inbox.claim(self._ids, room)
         for c in claims:
             items.append(_Item(c.event_id, f"inbox:{c.name}", claim=c))
         return [i for i in items if i.event_id]
@@ -208,7 +216,13 @@ class Node:
         return _Item(next(self._ids), f"mqtt:{rid or '-'}", request=msg, seen_id=seen)
 
     def _process(self, items: list[_Item]) -> None:
-        for it in items:
+        # Group commit: one transaction (one fsync) per batch, but a batch is cut short after
+        # batch_s, so a slow model does not hold events back; the rest go first next batch.
+        deadline = time.monotonic() + self.cfg.batch_s
+        for k, it in enumerate(items):
+            if k and time.monotonic() > deadline:
+                self._carry, items = items[k:], items[:k]
+                break
             try:
                 data = self._read(it.claim) if it.claim else bytes(it.request.payload)
             except (OSError, InputProblem) as exc:
@@ -376,14 +390,13 @@ class Node:
         if self.cfg.ha_discovery:
             self.link.on_connected.append(self._discovery)
         self.link.start()
-        recovered = self.inbox.recover()
+        self._recovered = recovered = self.inbox.recover()
         if recovered:
             log.info("finishing %d inputs claimed before the last stop", len(recovered))
         log.info("inbox %s; outbox holds %d events", self.inbox.root, self.outbox.depth)
         self.notify.send("READY=1\nSTATUS=classifying")
         while not self._stop.is_set():
-            items = self._gather(recovered[: self.cfg.batch])
-            recovered = recovered[self.cfg.batch :]
+            items = self._gather()
             if items:
                 self._process(items)
             self._pump()
@@ -409,6 +422,9 @@ class Node:
     def _shutdown(self) -> None:
         """Finish: the input in hand is done; wait a little for PUBACKs; say offline."""
         self.notify.send("STOPPING=1")
+        while self._carry:  # the batch in hand is finished, deadline or not
+            items, self._carry = self._carry, []
+            self._process(items)
         log.info("stopping: %d events wait for the broker", self.outbox.depth)
         deadline = time.monotonic() + self.cfg.drain_s
         while self.outbox.depth and self.link.connected.is_set() and time.monotonic() < deadline:

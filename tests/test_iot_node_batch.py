@@ -1,0 +1,127 @@
+"""The node's group commit, in process (a real package and a real outbox, no broker needed):
+a batch is cut at ``batch_s`` and its rest carried into the next one, PUBACKed rows are
+deleted inside the next batch's transaction, and nothing is lost or given two event ids."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+APPS = Path(__file__).resolve().parents[1] / "apps"
+
+pytest.importorskip("paho.mqtt.client")
+
+
+@pytest.fixture
+def iot(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.syspath_prepend(str(APPS))
+    import iot_node.config
+    import iot_node.node
+    import iot_node.outbox
+
+    yield iot_node
+    for name in [m for m in sys.modules if m == "iot_node" or m.startswith("iot_node.")]:
+        del sys.modules[name]
+
+
+def _drop(inbox: Path, n: int, shape: tuple[int, ...]) -> list[str]:
+    rng = np.random.default_rng(1)
+    names = []
+    for i in range(n):
+        img = rng.integers(0, 256, shape[:2], dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        (inbox / f"in{i:03d}.png").write_bytes(buf.getvalue())
+        names.append(f"in{i:03d}.png")
+    return names
+
+
+def _node(iot: Any, tmp_path: Path, pkg: Path, **kw: Any) -> Any:
+    cfg = iot.config.Config(
+        device="batch",
+        package=str(pkg),
+        policy="full",
+        state_dir=str(tmp_path / "state"),
+        inbox=str(tmp_path / "inbox"),
+        settle_s=0.0,
+        **kw,
+    )
+    return iot.node.Node(cfg)
+
+
+def _events(state: Path) -> list[dict[str, Any]]:
+    db = sqlite3.connect(state / "outbox.sqlite3")
+    try:
+        rows = db.execute("SELECT payload FROM outbox ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    return [json.loads(r[0]) for r in rows]
+
+
+def test_batch_cut_at_batch_s_carries_the_rest(iot: Any, tmp_path: Path, digits_pkg: Path) -> None:
+    node = _node(iot, tmp_path, digits_pkg, batch=8, batch_s=1e-9)
+    try:
+        shape = tuple(node.model.manifest.input.shape)
+        names = _drop(node.inbox.root, 6, shape)
+        items = node._gather()
+        assert len(items) == 6
+        node._process(items)
+        # The deadline passed at once: one input committed and moved, five still claimed.
+        assert node.outbox.depth == 1
+        assert len(node._carry) == 5
+        assert sorted(p.name for p in node.inbox.done.iterdir()) == names[:1]
+        assert len(list(node.inbox.claimed.iterdir())) == 5
+        rounds = 1
+        while node._carry:
+            carried = [i.event_id for i in node._carry]
+            items = node._gather()
+            assert [i.event_id for i in items][: len(carried)] == carried  # same ids, first
+            node._process(items)
+            rounds += 1
+        assert rounds == 6
+        assert not list(node.inbox.claimed.iterdir())
+        assert sorted(p.name for p in node.inbox.done.iterdir()) == names
+    finally:
+        node._shutdown()
+    events = _events(tmp_path / "state")
+    assert [e["source"] for e in events] == [f"inbox:{n}" for n in names]
+    assert len({e["event_id"] for e in events}) == 6
+    assert all(e["ok"] for e in events)
+
+
+def test_shutdown_finishes_the_carried_inputs(iot: Any, tmp_path: Path, digits_pkg: Path) -> None:
+    node = _node(iot, tmp_path, digits_pkg, batch=8, batch_s=1e-9, drain_s=0.1)
+    shape = tuple(node.model.manifest.input.shape)
+    _drop(node.inbox.root, 4, shape)
+    node._process(node._gather())
+    assert node._carry
+    node._shutdown()
+    assert not list(node.inbox.claimed.iterdir())
+    assert len(list(node.inbox.done.iterdir())) == 4
+    assert len(_events(tmp_path / "state")) == 4
+
+
+def test_acked_rows_are_deleted_inside_the_next_commit(iot: Any, tmp_path: Path) -> None:
+    box = iot.outbox.Outbox(tmp_path / "o.sqlite3", cap=10)
+    try:
+        box.add([(f"e{i}", "t", b"{}") for i in range(4)], handed=0)
+        assert box.depth == 4
+        first = [r[0] for r in box.pending(0, 2)]
+        box.add([(f"e{i}", "t", b"{}") for i in range(4, 10)], handed=first[-1], acked=first)
+        assert box.depth == 8
+        assert [r[0] for r in box.pending(0, 100)][:1] == [first[-1] + 1]
+        # The cap counts only what is really waiting: deleting first makes room, nothing drops.
+        more = [(f"e{i}", "t", b"{}") for i in range(10, 14)]
+        box.add(more, handed=first[-1], acked=[3, 4])
+        assert box.depth == 10 and box.dropped == 0
+    finally:
+        box.close()

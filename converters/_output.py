@@ -25,7 +25,7 @@ from edgekit._package import MANIFEST, check_name
 
 __all__ = ["StagedOutput", "is_edge_package", "package_name", "staged_output"]
 
-_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)")
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:partial|old|work)-(?P<pid>\d+)")
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,8 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_partials(out: Path) -> list[Path]:
-    """Remove ``.NAME.partial-PID`` / ``.NAME.old-PID`` folders next to ``out`` whose process
-    is gone; return what was removed."""
+    """Remove ``.NAME.partial-PID`` / ``.NAME.old-PID`` / ``.NAME.work-PID`` folders next to
+    ``out`` whose process is gone; return what was removed."""
     removed = []
     with contextlib.suppress(OSError):
         for p in out.parent.iterdir():

@@ -257,12 +257,14 @@ def test_stale_partial_folders_are_removed(tmp_path: Path) -> None:
     dead = tmp_path / f".p.edgepkg.partial-{_dead_pid()}"
     live = tmp_path / f".p.edgepkg.partial-{os.getppid()}"  # a running process (pytest's parent)
     other = tmp_path / f".q.edgepkg.partial-{_dead_pid()}"  # another package's: not ours to judge
-    for p in (dead, live, other):
+    work = tmp_path / f".p.edgepkg.work-{_dead_pid()}"  # a killed run's trained model
+    for p in (dead, live, other, work):
         (p / "tflite").mkdir(parents=True)
         (p / "tflite" / "stage_0.tflite").write_bytes(b"half")
     with pytest.raises(DatasetError):
         convert(_NO_DATA, out, verbose=False)
     assert not dead.exists() and live.exists() and other.exists()
+    assert not work.exists()
     assert not out.exists()
 
 

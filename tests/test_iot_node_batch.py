@@ -125,3 +125,9 @@ def test_acked_rows_are_deleted_inside_the_next_commit(iot: Any, tmp_path: Path)
         assert box.depth == 10 and box.dropped == 0
     finally:
         box.close()
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, 61.0, float("nan")])
+def test_batch_s_out_of_range_says_so(iot: Any, bad: float) -> None:
+    with pytest.raises(iot.config.ConfigError, match="batch_s"):
+        iot.config.Config(device="x", batch_s=bad)

@@ -594,17 +594,18 @@ class _Push:
 _COMPILE_LOCK = threading.Lock()
 
 
-def _compile_edgetpu(root: Path, opts: PushOptions) -> None:
-    """Compile a ``--target coral`` package for the Edge TPU when edgetpu_compiler is here."""
+def _compile_edgetpu(root: Path, manifest: Manifest, opts: PushOptions) -> Manifest:
+    """Compile a ``--target coral`` package for the Edge TPU when edgetpu_compiler is here;
+    returns the manifest to push (re-read when compiling added stages)."""
+    if "coral" not in manifest.targets or shutil.which("edgetpu_compiler") is None:
+        return manifest
     with _COMPILE_LOCK:  # parallel pushes of one package compile it once
-        manifest = read_manifest(root, verify=True)
-        if "coral" not in manifest.targets or shutil.which("edgetpu_compiler") is None:
-            return
         from edgekit.converters import ensure_compiled
 
         written = ensure_compiled(root)
         if written and opts.verbose:
             say(f"compiled {len(written)} stages for the Edge TPU with edgetpu_compiler")
+        return read_manifest(root, verify=True)  # this push, or a parallel one, compiled it
 
 
 def push_one(
@@ -613,11 +614,11 @@ def push_one(
     """Push to one target; failures come back in the result, never half-switched."""
     opts = options or PushOptions()
     root = Path(package)
+    manifest = read_manifest(root, verify=True)  # a hostile or corrupt package raises here
     try:
-        _compile_edgetpu(root, opts)
+        manifest = _compile_edgetpu(root, manifest, opts)
     except EdgekitError as exc:  # the compiler failed: reported like any push failure
         return PushResult(target, False, error=exc)
-    manifest = read_manifest(root, verify=True)
     t0 = time.monotonic()
     job: _Push | None = None
     try:

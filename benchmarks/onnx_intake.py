@@ -3,7 +3,7 @@ package convert made of it (INT8 stages under the full and the bandit policy), s
 in one run, batch 1, one thread, interleaved so load changes hit every variant alike.
 
     python -m benchmarks.onnx_intake --package build/vgg.edgepkg \\
-        --model ../shared/models/fmnist_vgg_legacy.onnx --mean 0.286 --std 0.353 [-n 2000]
+        --model tests/fixtures/torch/fmnist_vgg_legacy.onnx --mean 0.286 --std 0.353 [-n 2000]
 
 Prints accuracy and mean latency per variant and the ratios to the float model; writes
 ``onnx_intake.json`` and ``onnx_intake.png`` into ``--out``.

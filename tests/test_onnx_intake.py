@@ -1,5 +1,5 @@
 """ONNX intake: PyTorch exports (real files from torch.onnx.export) in, ordinary edge packages
-out, checked with the real onnxruntime. Fixtures: /work/shared/models (or $EDGEKIT_TORCH_MODELS)
+out, checked with the real onnxruntime. Fixtures: tests/fixtures/torch (or $EDGEKIT_TORCH_MODELS)
 and tests/fixtures/onnx (made by tests/fixtures/onnx/make_fixtures.py)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from edgekit.converters._onnxin._graph import analyse, pick_cuts  # noqa: E402
 from edgekit.data import Dataset, load_fashion_mnist  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "onnx"
-SHARED = Path(os.environ.get("EDGEKIT_TORCH_MODELS", Path(__file__).parents[2] / "shared/models"))
+SHARED = Path(os.environ.get("EDGEKIT_TORCH_MODELS", Path(__file__).parent / "fixtures" / "torch"))
 VGG = SHARED / "fmnist_vgg_legacy.onnx"
 VGG_DYNAMO = SHARED / "fmnist_vgg_dynamo.onnx"
 SQUEEZENET = SHARED / "squeezenet1_1.onnx"
@@ -47,8 +47,8 @@ def _feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 def _need(*paths: Path) -> None:
     missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        pytest.skip(f"fixture models missing: {missing}")
+    if missing:  # committed under tests/fixtures/torch: missing means a broken checkout
+        pytest.fail(f"fixture models missing: {missing}")
 
 
 def _fmnist(n_train: int, n_test: int) -> Dataset:

@@ -49,9 +49,8 @@ CLASSES = 3
 
 
 def _handwritten(name: str, side: int) -> Any:
-    from edgekit.converters._keras import keras
+    import tf_keras as k  # the Keras 2 that convert takes (TF_USE_LEGACY_KERAS is set above)
 
-    k = keras()
     layers = k.layers
     inp = k.Input((side, side, 3))
     if name == "seq_fused":  # every conv carries its activation, preprocessing in front
@@ -97,11 +96,11 @@ def _handwritten(name: str, side: int) -> Any:
 
 def _build(name: str, path: Path) -> int:
     """Build model ``name``, save it to ``path``; returns the input side."""
-    from edgekit.converters._keras import keras
+    import tf_keras
 
     if name in APPLICATIONS:
         attr, extra, side = APPLICATIONS[name]
-        build = getattr(keras().applications, attr)
+        build = getattr(tf_keras.applications, attr)
         model = build(weights=None, input_shape=(side, side, 3), classes=CLASSES, **extra)
     else:
         side = 32

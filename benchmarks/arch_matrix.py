@@ -226,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             for r in json.loads(shard.read_text()):
                 merged[(r["model"], r["mode"])] = r
         order = {n: i for i, n in enumerate([*HANDWRITTEN, *APPLICATIONS])}
-        rows = sorted(merged.values(), key=lambda r: (order.get(r["model"], 99), r["mode"]))
+        joined = sorted(merged.values(), key=lambda r: (order.get(r["model"], 99), r["mode"]))
         out.mkdir(parents=True, exist_ok=True)
-        (out / "arch_matrix.json").write_text(json.dumps(rows, indent=2))
-        (out / "arch_matrix.md").write_text(markdown(rows))
-        print(markdown(rows))
+        (out / "arch_matrix.json").write_text(json.dumps(joined, indent=2))
+        (out / "arch_matrix.md").write_text(markdown(joined))
+        print(markdown(joined))
         return 0
     if args.row:
         row = _row(args.row[0], args.row[1], out / "work", args.images)

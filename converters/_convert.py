@@ -45,7 +45,7 @@ from ._quantize import (
     to_float_tflite,
     to_int8_tflite,
 )
-from ._report import format_table, write_report
+from ._report import format_table, stage_rows, write_report
 from ._train import TrainConfig, evaluate_exits, train_exits
 from ._validate import run_chain, run_full
 
@@ -419,15 +419,7 @@ class _Conversion:
             "agreement": agreement,
             "targets": targets,
             "sizes": sizes,
-            "stages": [
-                {
-                    "index": s.index,
-                    "macs": s.macs,
-                    "bytes": {f: (self.root / p).stat().st_size for f, p in s.files.items()},
-                    "input_quant": dataclasses.asdict(s.input.quant) if s.input.quant else None,
-                }
-                for s in manifest.stages
-            ],
+            "stages": stage_rows(self.root, manifest),
             "training": training,
             "qat": qat_info,
             "timing": {**self.timing, "total_seconds": round(total, 1)},

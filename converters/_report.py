@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_table", "write_report"]
+from edgekit._package import Manifest
+
+__all__ = ["format_table", "stage_rows", "write_report"]
 
 _FORMATS = (("float", "float"), ("tflite_int8", "TFLite INT8"), ("onnx_int8", "ONNX INT8"))
 
@@ -53,6 +56,19 @@ def format_table(report: dict[str, Any]) -> str:
     if report.get("notes"):
         lines.extend(f"- note: {n}" for n in report["notes"])
     return "\n".join(lines)
+
+
+def stage_rows(root: Path, manifest: Manifest) -> list[dict[str, Any]]:
+    """The report's per-stage rows: MACs, bytes per format and the input quantization."""
+    return [
+        {
+            "index": s.index,
+            "macs": s.macs,
+            "bytes": {f: (root / p).stat().st_size for f, p in s.files.items()},
+            "input_quant": dataclasses.asdict(s.input.quant) if s.input.quant else None,
+        }
+        for s in manifest.stages
+    ]
 
 
 def write_report(root: Path, report: dict[str, Any]) -> None:

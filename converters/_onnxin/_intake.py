@@ -28,7 +28,7 @@ from edgekit.data import Dataset, load_dataset
 from edgekit.runtime import Quantizer
 from edgekit.runtime.backends import onnxruntime as ort_backend
 
-from .._report import write_report
+from .._report import stage_rows, write_report
 from .._validate import run_chain, run_full
 from ._build import Head, feature_model, full_model, pool_kernel, stage_model
 from ._graph import OnnxCut, analyse, pick_cuts
@@ -421,15 +421,7 @@ class _Intake:
             ],
             "agreement": agree,
             "sizes": sizes,
-            "stages": [
-                {
-                    "index": s.index,
-                    "macs": s.macs,
-                    "bytes": {f: (self.root / p).stat().st_size for f, p in s.files.items()},
-                    "input_quant": dataclasses.asdict(s.input.quant) if s.input.quant else None,
-                }
-                for s in manifest.stages
-            ],
+            "stages": stage_rows(self.root, manifest),
             "training": training,
             "timing": {**self.timing, "total_seconds": round(total, 1)},
             "notes": self.notes,

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit._errors import ConversionError, require
+from edgekit._errors import ConversionError
 from edgekit._package import QuantParams
 
 from . import _onnx as ox
@@ -98,57 +98,24 @@ def export_jetson_onnx(
             hint="use opset 17",
         )
     onnx = ox._onnx_module()
-    ort_quant = require("onnxruntime.quantization", "convert", purpose="Jetson ONNX export")
-    shape_inf = require(
-        "onnxruntime.quantization.shape_inference", "convert", purpose="Jetson ONNX export"
-    )
     inp = ox._keras_input(model)
     wanted = ox._target_quant(io_quant, list(model.output_names), "int8")
     sym = {name: symmetric(q) for name, q in wanted.items()}
     calib = ox._check_calib(calib, tuple(inp.shape)[1:])
     proto = ox._float_model_proto(model, opset)
     with tempfile.TemporaryDirectory(prefix="edgekit-jetson-") as tmp:
-        float_path, pre_path, q_path = (Path(tmp) / n for n in ("f.onnx", "p.onnx", "q.onnx"))
-        onnx.save(proto, str(float_path))
-        try:
-            shape_inf.quant_pre_process(str(float_path), str(pre_path), skip_symbolic_shape=True)
-            pre = onnx.load(str(pre_path))
-            qt = ort_quant.QuantType
-            ort_quant.quantize_static(
-                str(pre_path),
-                str(q_path),
-                ox._calibration_reader(ort_quant.CalibrationDataReader, calib),
-                quant_format=ort_quant.QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=False,
-                activation_type=qt.QInt8,
-                weight_type=qt.QInt8,
-                extra_options={
-                    "ActivationSymmetric": True,
-                    "QuantizeBias": False,  # TensorRT quantizes float biases itself
-                    "WeightSymmetric": True,
-                    "TensorQuantOverrides": ox._overrides(pre.graph, sym, "int8"),
-                    "ForceQuantizeNoInputCheck": True,
-                    # Symmetric ranges do not clip at 0: Relu/Clip must stay explicit.
-                    "QDQKeepRemovableActivations": True,
-                },
-            )
-            qmodel = onnx.load(str(q_path))
-        except ConversionError:
-            raise
-        except Exception as exc:
-            raise ConversionError(
-                f"ONNX Runtime static quantization (symmetric, for TensorRT) failed: {exc}",
-                hint="check that calib holds representative, finite samples",
-            ) from exc
+        q_path = Path(tmp) / "q.onnx"
+        qmodel = ox.quantize_qdq(
+            proto,
+            calib,
+            pinned=sym,
+            activation_type="int8",
+            symmetric=True,  # TensorRT quantizes float biases itself
+            purpose="Jetson ONNX export",
+            hint="check that calib holds representative, finite samples",
+        )
         _tflite_bytes_at_the_edges(qmodel, wanted)
-        try:
-            onnx.checker.check_model(qmodel, full_check=True)
-        except Exception as exc:
-            raise ConversionError(
-                f"the Jetson ONNX stage is invalid after adding its 8-bit edges: {exc}",
-                hint="this is a bug in edgekit's Jetson export; report it with the model",
-            ) from exc
+        ox.check_int8(qmodel, "the Jetson ONNX stage", "this is a bug in edgekit's Jetson export")
         problems = tensorrt_problems(qmodel)
         if problems:
             raise ConversionError(

@@ -15,7 +15,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,13 @@ import numpy as np
 from edgekit._errors import ConversionError, require
 from edgekit._package import QuantParams
 
-__all__ = ["INPUT_NAME", "export_float_onnx", "export_int8_onnx", "read_io_quant"]
+__all__ = [
+    "INPUT_NAME",
+    "export_float_onnx",
+    "export_int8_onnx",
+    "quantize_qdq",
+    "read_io_quant",
+]
 
 INPUT_NAME = "input"
 BATCH_DIM = "batch"
@@ -215,71 +221,123 @@ def export_int8_onnx(
             hint="use 'uint8' for x86 targets and 'int8' for ARM targets",
         )
     onnx = _onnx_module()
-    ort_quant = require("onnxruntime.quantization", "convert", purpose="INT8 ONNX export")
-    shape_inf = require(
-        "onnxruntime.quantization.shape_inference", "convert", purpose="INT8 ONNX export"
-    )
-
     inp = _keras_input(model)
     wanted = _target_quant(io_quant, list(model.output_names), activation_type)
     calib = _check_calib(calib, tuple(inp.shape)[1:])
     proto = _float_model_proto(model, opset)
 
     with tempfile.TemporaryDirectory(prefix="edgekit-onnx-") as tmp:
-        float_path, pre_path, q_path = (Path(tmp) / n for n in ("f.onnx", "p.onnx", "q.onnx"))
-        onnx.save(proto, str(float_path))
+        q_path = Path(tmp) / "q.onnx"
+        qmodel = quantize_qdq(
+            proto,
+            calib,
+            pinned=wanted,
+            activation_type=activation_type,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            purpose="INT8 ONNX export",
+            hint="check that calib holds representative, finite samples",
+        )
+        _make_io_8bit(qmodel, _ELEM_TYPE[activation_type], wanted[INPUT_NAME])
+        check_int8(qmodel, "the INT8 ONNX model", "this is a bug in edgekit's ONNX graph surgery")
+        onnx.save(qmodel, str(q_path))
+        used = read_io_quant(q_path)
+        check_pinned(used, wanted, "ONNX")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(q_path), str(path))
+    return used
+
+
+def quantize_qdq(
+    proto: Any,
+    calib: np.ndarray,
+    *,
+    pinned: Mapping[str, QuantParams],
+    activation_type: str,
+    symmetric: bool = False,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    purpose: str,
+    hint: str,
+    what: str = "",
+    check_graph: Callable[[Any], None] | None = None,
+) -> Any:
+    """ONNX Runtime's static QDQ quantization of float ``proto``: the quantized ModelProto.
+
+    The one place edgekit calls ``quant_pre_process`` and ``quantize_static``. ``calib``:
+    float32 inputs of the graph's ``input``. ``pinned``: tensor name -> the quantization it
+    must get (already in ``activation_type``). ``symmetric``: TensorRT's form (zero points 0,
+    float biases, Relu/Clip kept explicit). ``check_graph`` sees the pre-processed graph
+    before quantizing (to refuse a graph that lost a pinned tensor). A failure of ORT's
+    quantizer raises :class:`ConversionError` prefixed by ``what``, with ``hint``.
+    """
+    onnx = _onnx_module()
+    oq = require("onnxruntime.quantization", "convert", purpose=purpose)
+    shape_inf = require("onnxruntime.quantization.shape_inference", "convert", purpose=purpose)
+    with tempfile.TemporaryDirectory(prefix="edgekit-qdq-") as tmp:
+        fp, pp, qp = (Path(tmp) / n for n in ("f.onnx", "p.onnx", "q.onnx"))
+        onnx.save(proto, str(fp))
+        # Symbolic shape inference needs sympy and helps only transformer-like graphs.
+        shape_inf.quant_pre_process(str(fp), str(pp), skip_symbolic_shape=True)
+        pre = onnx.load(str(pp))
+        if check_graph is not None:
+            check_graph(pre.graph)
+        extra: dict[str, Any] = {
+            "TensorQuantOverrides": _overrides(pre.graph, pinned, activation_type),
+            # Quantize the ops right after the input (Transpose/Reshape) too, so the input
+            # gets a QuantizeLinear with the pinned parameters.
+            "ForceQuantizeNoInputCheck": True,
+            # Symmetric ranges do not clip at 0: Relu/Clip must stay explicit.
+            "QDQKeepRemovableActivations": symmetric or _must_keep_activations(pre.graph, pinned),
+        }
+        if symmetric:
+            extra.update(ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False)
+        qt = oq.QuantType
         try:
-            # Symbolic shape inference needs sympy and helps only transformer-like graphs.
-            shape_inf.quant_pre_process(str(float_path), str(pre_path), skip_symbolic_shape=True)
-            pre = onnx.load(str(pre_path))
-            qt = ort_quant.QuantType
-            ort_quant.quantize_static(
-                str(pre_path),
-                str(q_path),
-                _calibration_reader(ort_quant.CalibrationDataReader, calib),
-                quant_format=ort_quant.QuantFormat.QDQ,
+            oq.quantize_static(
+                str(pp),
+                str(qp),
+                _calibration_reader(oq.CalibrationDataReader, np.asarray(calib, np.float32)),
+                quant_format=oq.QuantFormat.QDQ,
                 per_channel=per_channel,
                 reduce_range=reduce_range,
                 activation_type=qt.QUInt8 if activation_type == "uint8" else qt.QInt8,
                 weight_type=qt.QInt8,
-                extra_options={
-                    "TensorQuantOverrides": _overrides(pre.graph, wanted, activation_type),
-                    # Quantize the ops right after the input (Transpose/Reshape) too, so the
-                    # input gets a QuantizeLinear with the pinned parameters.
-                    "ForceQuantizeNoInputCheck": True,
-                    "QDQKeepRemovableActivations": _must_keep_activations(pre.graph, wanted),
-                },
+                extra_options=extra,
             )
-            qmodel = onnx.load(str(q_path))
-        except ConversionError:
-            raise
         except Exception as exc:
+            kind = " (symmetric, for TensorRT)" if symmetric else ""
             raise ConversionError(
-                f"ONNX Runtime static quantization failed: {exc}",
-                hint="check that calib holds representative, finite samples",
+                f"{what}ONNX Runtime static quantization{kind} failed: {exc}", hint=hint
             ) from exc
+        return onnx.load(str(qp))
 
-        _make_io_8bit(qmodel, _ELEM_TYPE[activation_type], wanted[INPUT_NAME])
-        try:
-            onnx.checker.check_model(qmodel, full_check=True)
-        except Exception as exc:
+
+def check_int8(qmodel: Any, what: str, hint: str) -> None:
+    """ONNX's full check of a quantized model after edgekit's edits of its edges."""
+    try:
+        _onnx_module().checker.check_model(qmodel, full_check=True)
+    except Exception as exc:
+        raise ConversionError(
+            f"{what} is invalid after edgekit made its 8-bit edges: {exc}",
+            hint=hint + "; report it with the model",
+        ) from exc
+
+
+def check_pinned(
+    used: Mapping[str, QuantParams], wanted: Mapping[str, QuantParams], what: str
+) -> None:
+    """Raise unless every pinned tensor in ``used`` got the quantization it was given."""
+    for name, q in wanted.items():
+        # Scales are stored as float32.
+        if name in used and used[name] != QuantParams(
+            float(np.float32(q.scale)), q.zero_point, q.dtype
+        ):
             raise ConversionError(
-                f"the INT8 ONNX model is invalid after making its input/outputs 8-bit: {exc}",
-                hint="this is a bug in edgekit's ONNX graph surgery; report it with the model",
-            ) from exc
-        onnx.save(qmodel, str(q_path))
-        used = read_io_quant(q_path)
-        for name, q in wanted.items():
-            # Scales are stored as float32.
-            if used[name] != QuantParams(float(np.float32(q.scale)), q.zero_point, q.dtype):
-                raise ConversionError(
-                    f"ONNX tensor {name!r} was quantized with {used[name]}, not {q}",
-                    hint="ONNX Runtime ignored the override; the op producing this tensor may "
-                    "share its input's quantization parameters",
-                )
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(q_path), str(path))
-    return used
+                f"{what} tensor {name!r} was quantized with {used[name]}, not {q}",
+                hint="ONNX Runtime ignored the pinned quantization; the op producing this "
+                "tensor may share its input's quantization parameters",
+            )
 
 
 def _target_quant(

@@ -1,21 +1,28 @@
 """edgekit.devices: push packages to devices over SSH, probe them, run and benchmark there.
 
-    from edgekit.devices import push, probe
+    from edgekit.devices import push, probe, ConnectOptions, DeviceOptions
     results = push("fmnist.edgepkg", ["pi0", "pi@10.0.0.7"])   # {target: PushResult}
+    results.failed                                             # the targets that failed
     probe("pi0").profile()                                     # backend, threads, format
+    probe("pi@10.0.0.7", DeviceOptions(ConnectOptions(key_file="~/.ssh/pi")))
+
+Connection settings (``ConnectOptions``) are apart from each operation's options
+(``PushOptions`` for push and bench, ``DeviceOptions`` for probe/run/predict/deployments,
+``RollbackOptions``); ``connect()`` makes a ``Connection`` from them.
 
 ``emulate`` starts a virtual arm64 Raspberry Pi to try all of it without hardware.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from edgekit._public import load_lazy
 
 if TYPE_CHECKING:
     from . import _emulator as emulate
     from ._connection import Connection, RunResult
-    from ._emulator import VirtualDevice
+    from ._emulator import EmulatorError, HostNotSupported, VirtualDevice
     from ._errors import (
         ConnectError,
         ConnectionLostError,
@@ -32,8 +39,9 @@ if TYPE_CHECKING:
     from ._ops import predict_on_device as predict
     from ._ops import probe_device as probe
     from ._ops import run_on_device as run
+    from ._options import ConnectOptions, DeviceOptions, RollbackOptions, connect
     from ._probe import DeviceInfo, Profile
-    from ._push import PushOptions, PushResult, push
+    from ._push import GroupResult, PushOptions, PushResult, push
     from ._target import Target, parse_target
 
 # Public name -> (private module, attribute or None for the module itself). Loaded on first
@@ -41,12 +49,19 @@ if TYPE_CHECKING:
 _LAZY: dict[str, tuple[str, str | None]] = {
     "emulate": ("._emulator", None),
     "VirtualDevice": ("._emulator", "VirtualDevice"),
+    "EmulatorError": ("._emulator", "EmulatorError"),
+    "HostNotSupported": ("._emulator", "HostNotSupported"),
     "Connection": ("._connection", "Connection"),
     "RunResult": ("._connection", "RunResult"),
     "Target": ("._target", "Target"),
     "parse_target": ("._target", "parse_target"),
     "DeviceInfo": ("._probe", "DeviceInfo"),
     "Profile": ("._probe", "Profile"),
+    "ConnectOptions": ("._options", "ConnectOptions"),
+    "DeviceOptions": ("._options", "DeviceOptions"),
+    "RollbackOptions": ("._options", "RollbackOptions"),
+    "connect": ("._options", "connect"),
+    "GroupResult": ("._push", "GroupResult"),
     "PushOptions": ("._push", "PushOptions"),
     "PushResult": ("._push", "PushResult"),
     "push": ("._push", "push"),
@@ -75,24 +90,31 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 
 __all__ = [
     "ConnectError",
+    "ConnectOptions",
     "Connection",
     "ConnectionLostError",
     "Deployment",
     "DeviceError",
     "DeviceInfo",
+    "DeviceOptions",
     "DiskFullError",
+    "EmulatorError",
+    "GroupResult",
     "HostKeyMismatchError",
+    "HostNotSupported",
     "Profile",
     "PushError",
     "PushOptions",
     "PushResult",
     "RemoteCommandError",
+    "RollbackOptions",
     "RunResult",
     "Target",
     "UnknownHostKeyError",
     "UnsupportedDeviceError",
     "VirtualDevice",
     "bench",
+    "connect",
     "deployments",
     "emulate",
     "parse_target",
@@ -105,9 +127,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    try:
-        module, attr = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    mod = importlib.import_module(module, __name__)
-    return mod if attr is None else getattr(mod, attr)
+    return load_lazy(__name__, _LAZY, name)
+
+
+# The errors (edgekit._errors, already imported) get their public __module__ now, so a
+# traceback says edgekit.devices.PushError even before anyone asks for the name.
+load_lazy(__name__, _LAZY, "DeviceError")

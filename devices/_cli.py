@@ -28,6 +28,7 @@ def ssh_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, **extra: Any) -> Any:
+    from ._options import ConnectOptions
     from ._push import PushOptions
 
     password = None
@@ -35,15 +36,13 @@ def _options(args: argparse.Namespace, **extra: Any) -> Any:
         import getpass
 
         password = getpass.getpass("edgekit: SSH password: ")
-    return PushOptions(
-        password=password,
-        root=args.root,
+    conn = ConnectOptions(
         ssh_config=args.ssh_config,
-        accept_new_host_key=args.accept_new_host_key,
         known_hosts=args.known_hosts,
-        verbose=not args.quiet,
-        **extra,
+        accept_new_host_key=args.accept_new_host_key,
+        password=password,
     )
+    return PushOptions(root=args.root, verbose=not args.quiet, connect=conn, **extra)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:

@@ -331,6 +331,44 @@ class Connection:
             self.sftp.put(os.fspath(local), remote, callback=progress, confirm=True)
         return Path(local).stat().st_size
 
+    def size(self, remote: str) -> int | None:
+        """The size of a file on the device, or None when there is none."""
+        with self._file_op(f"checking {remote}"):
+            try:
+                st = self.sftp.stat(remote)
+            except FileNotFoundError:
+                return None
+        return None if st.st_size is None else int(st.st_size)
+
+    def put_from(
+        self,
+        local: str | os.PathLike[str],
+        remote: str,
+        offset: int,
+        progress: ProgressFn | None = None,
+    ) -> int:
+        """Send the rest of a file the device holds the first ``offset`` bytes of (a cut
+        transfer); returns the bytes sent. The caller verifies the whole file afterwards."""
+        size = Path(local).stat().st_size
+        if not 0 <= offset <= size:
+            raise ValueError(f"offset {offset} is outside {local} ({size} bytes)")
+        sent = 0
+        with (
+            self._file_op(f"sending {Path(local).name}"),
+            open(local, "rb") as src,
+            self.sftp.open(remote, "r+b") as dst,
+        ):
+            src.seek(offset)
+            dst.seek(offset)
+            dst.set_pipelined(True)
+            while chunk := src.read(32768):
+                dst.write(chunk)
+                sent += len(chunk)
+                if progress is not None:
+                    progress(offset + sent, size)
+            dst.truncate(size)
+        return sent
+
     def put_bytes(self, data: bytes, remote: str) -> None:
         """Write ``data`` to a file on the device."""
         with self._file_op(f"writing {remote}"), self.sftp.open(remote, "wb") as f:

@@ -16,8 +16,9 @@ from edgekit._progress import say
 
 from ._connection import Connection, RunResult
 from ._errors import DeviceError, PushError, RemoteCommandError
+from ._options import DeviceOptions, RollbackOptions, connect
 from ._probe import DeviceInfo
-from ._push import PushOptions, package_release_id, probe, push_one
+from ._push import PushOptions, package_release_id, probe_connection, push_one
 from ._remote import Layout, q
 
 __all__ = [
@@ -31,21 +32,32 @@ __all__ = [
 ]
 
 
-def _connect(target: str, opts: PushOptions) -> Connection:
-    return Connection(
-        target,
-        ssh_config=opts.ssh_config,
-        accept_new_host_key=opts.accept_new_host_key,
-        known_hosts=opts.known_hosts,
-        password=opts.password,
-    )
+Options = DeviceOptions | PushOptions
 
 
-def probe_device(target: str, options: PushOptions | None = None) -> DeviceInfo:
+def _device(options: Options | None) -> DeviceOptions:
+    """Any operation's options as :class:`DeviceOptions` (a :class:`PushOptions` keeps
+    working where these operations took one before)."""
+    if options is None:
+        return RollbackOptions()
+    if isinstance(options, PushOptions):
+        return options.device_options()
+    return options
+
+
+def _smoke_timeout(opts: DeviceOptions) -> float:
+    return (opts if isinstance(opts, RollbackOptions) else RollbackOptions()).smoke_timeout
+
+
+def _connect(target: str, opts: DeviceOptions) -> Connection:
+    return connect(target, opts.connect)
+
+
+def probe_device(target: str, options: Options | None = None) -> DeviceInfo:
     """Connect and describe the device (architecture, OS, Python, accelerators...)."""
-    opts = options or PushOptions()
+    opts = _device(options)
     with _connect(target, opts) as conn:
-        return probe(conn, opts.root)
+        return probe_connection(conn, opts.root)
 
 
 @dataclass(frozen=True)
@@ -72,10 +84,10 @@ def _resolve_package(conn: Connection, root: str, package: str | None) -> str:
 
 
 def deployments(
-    target: str, package: str | None = None, options: PushOptions | None = None
+    target: str, package: str | None = None, options: Options | None = None
 ) -> list[Deployment]:
     """The versions kept on the device, oldest first (the history ``rollback`` walks)."""
-    opts = options or PushOptions()
+    opts = _device(options)
     with _connect(target, opts) as conn:
         return _deployments(conn, opts.root, _resolve_package(conn, opts.root, package))
 
@@ -107,11 +119,11 @@ def rollback(
     target: str,
     package: str | None = None,
     to: str | None = None,
-    options: PushOptions | None = None,
+    options: Options | None = None,
 ) -> Deployment:
     """Make the previous version (or ``to``) current again, after verifying and
     smoke-testing it on the device."""
-    opts = options or PushOptions()
+    opts = _device(options)
     with _connect(target, opts) as conn:
         name = _resolve_package(conn, opts.root, package)
         deps = _deployments(conn, opts.root, name)
@@ -136,7 +148,7 @@ def rollback(
             f"--backend {q(pick.info.get('backend', 'auto'))} "
             f"--threads {int(pick.info.get('threads', 1))}",
             check=False,
-            timeout=opts.smoke_timeout,
+            timeout=_smoke_timeout(opts),
         )
         if not res.ok:
             raise PushError(
@@ -164,14 +176,14 @@ def run_on_device(
     command: str,
     *,
     package: str | None = None,
-    options: PushOptions | None = None,
+    options: Options | None = None,
     stream: bool = True,
     timeout: float | None = None,
 ) -> RunResult:
     """Run ``command`` on the device inside the current deployment: ``python`` is the
     deployment's environment, ``$EDGEKIT_PACKAGE`` its package, the working directory
     the deployment folder."""
-    opts = options or PushOptions()
+    opts = _device(options)
     with _connect(target, opts) as conn:
         name = _resolve_package(conn, opts.root, package)
         cur = Layout(opts.root, name).current
@@ -232,10 +244,10 @@ def predict_on_device(
     *,
     package: str | None = None,
     policy: str = "full",
-    options: PushOptions | None = None,
+    options: Options | None = None,
 ) -> dict[str, Any]:
     """Classify ``xs`` on the device with its current deployment (labels, exits, latency)."""
-    opts = options or PushOptions()
+    opts = _device(options)
     with _connect(target, opts) as conn:
         name = _resolve_package(conn, opts.root, package)
         return _agent(conn, opts.root, name, f"predict --policy {q(policy)}", xs, 3600)
@@ -251,9 +263,10 @@ def bench_on_device(
 ) -> dict[str, Any]:
     """Push ``package`` if the device lacks it, run the runtime benchmark there and bring
     back stage latencies, the policy comparison, memory and the device's probe."""
-    opts = options or PushOptions()
+    push_opts = options or PushOptions()
+    opts = push_opts.device_options()
     root = Path(package)
-    res = push_one(root, target, opts)
+    res = push_one(root, target, push_opts)
     if not res.ok:
         assert res.error is not None
         raise res.error
@@ -261,7 +274,7 @@ def bench_on_device(
 
     name = read_manifest(root, verify=False).name
     with _connect(target, opts) as conn:
-        info = probe(conn, opts.root)
+        info = probe_connection(conn, opts.root)
         out = _agent(conn, opts.root, name, f"bench --policies {q(policies)}", xs, 7200)
     out["target"] = target
     out["release"] = package_release_id(root)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from edgekit._errors import EdgekitError
 from edgekit._package import MANIFEST, Manifest, file_sha256, read_manifest
@@ -32,17 +32,31 @@ from ._errors import (
     PushError,
     UnsupportedDeviceError,
 )
+from ._options import ConnectOptions, RollbackOptions, connect
 from ._probe import PROBE_SCRIPT, DeviceInfo, Profile, parse_probe
 from ._remote import DEFAULT_ROOT, Layout, q
 from ._wheelhouse import Wheelhouse, build_wheelhouse
 
-__all__ = ["PushOptions", "PushResult", "push", "push_one"]
+__all__ = [
+    "GroupResult",
+    "PushOptions",
+    "PushResult",
+    "probe_connection",
+    "push",
+    "push_one",
+]
 
 
 @dataclass(frozen=True)
 class PushOptions:
-    """How to push: backend and threads (default: from the device's profile), where on
-    the device, SSH settings."""
+    """How to push (and bench): backend and threads (default: from the device's profile),
+    where on the device, how long the smoke test and the install may take, and how to
+    connect.
+
+    Connection settings go in ``connect`` (a :class:`ConnectOptions`); the flat
+    ``ssh_config``, ``accept_new_host_key``, ``known_hosts`` and ``password`` fields are
+    kept for existing callers and used only when ``connect`` is not given.
+    """
 
     backend: str | None = None
     threads: int | None = None
@@ -54,6 +68,56 @@ class PushOptions:
     smoke_timeout: float = 600.0
     install_timeout: float = 1800.0
     password: str | None = field(default=None, repr=False)  # for the login only; never saved
+    connect: ConnectOptions | None = None
+
+    @property
+    def connection(self) -> ConnectOptions:
+        """The connection settings: ``connect``, or the flat SSH fields."""
+        if self.connect is not None:
+            return self.connect
+        return ConnectOptions(
+            ssh_config=self.ssh_config,
+            known_hosts=self.known_hosts,
+            accept_new_host_key=self.accept_new_host_key,
+            password=self.password,
+        )
+
+    def device_options(self) -> RollbackOptions:
+        """These settings as the options of the other device operations."""
+        return RollbackOptions(
+            connect=self.connection,
+            root=self.root,
+            verbose=self.verbose,
+            smoke_timeout=self.smoke_timeout,
+        )
+
+
+R = TypeVar("R", bound="_HasOk")
+
+
+class _HasOk(Protocol):
+    @property
+    def ok(self) -> bool: ...
+
+
+class GroupResult(dict[str, R]):
+    """``{target: result}`` of a fleet operation, in the order the targets were given, with
+    the ones that worked and the ones that failed apart (fabric's ``GroupResult``)."""
+
+    @property
+    def succeeded(self) -> dict[str, R]:
+        """The targets whose result is ``ok``."""
+        return {t: r for t, r in self.items() if r.ok}
+
+    @property
+    def failed(self) -> dict[str, R]:
+        """The targets whose result is not ``ok`` (each result says why)."""
+        return {t: r for t, r in self.items() if not r.ok}
+
+    @property
+    def ok(self) -> bool:
+        """Whether every target succeeded."""
+        return all(r.ok for r in self.values())
 
 
 @dataclass(frozen=True)
@@ -68,6 +132,7 @@ class PushResult:
     files_sent: int = 0
     files_reused: int = 0
     bytes_sent: int = 0
+    bytes_reused: int = 0
     wheels_sent: int = 0
     wheel_bytes: int = 0
     env_created: bool = False
@@ -103,8 +168,9 @@ class PushResult:
         return out
 
 
-def probe(conn: Connection, root: str = DEFAULT_ROOT) -> DeviceInfo:
-    """Run the probe script on a connected device."""
+def probe_connection(conn: Connection, root: str = DEFAULT_ROOT) -> DeviceInfo:
+    """Run the probe script over an open connection (``edgekit.devices.probe`` connects
+    to a target by name and calls this)."""
     res = conn.run(f"sh -s -- {q(root)}", input=PROBE_SCRIPT.encode(), timeout=120)
     return parse_probe(conn.name, res.stdout)
 
@@ -119,13 +185,7 @@ class _Push:
 
     def __init__(self, package: Path, manifest: Manifest, target: str, opts: PushOptions) -> None:
         self.package, self.manifest, self.opts = package, manifest, opts
-        self.conn = Connection(
-            target,
-            ssh_config=opts.ssh_config,
-            accept_new_host_key=opts.accept_new_host_key,
-            known_hosts=opts.known_hosts,
-            password=opts.password,
-        )
+        self.conn = connect(target, opts.connection)
         self.name = target
         self.layout = Layout(opts.root, manifest.name)
         self.rid = package_release_id(package)
@@ -134,6 +194,7 @@ class _Push:
             "files_sent": 0,
             "files_reused": 0,
             "bytes_sent": 0,
+            "bytes_reused": 0,
             "wheels_sent": 0,
             "wheel_bytes": 0,
             "env_created": False,
@@ -155,7 +216,7 @@ class _Push:
         with self.conn:
             self.conn.open()  # connect (and check the host key) before anything else
             self.step = "probe"
-            info = probe(self.conn, self.opts.root)
+            info = probe_connection(self.conn, self.opts.root)
             self.log(f"{info.summary()}")
             self.info = info
             self._check_python(info)
@@ -433,6 +494,10 @@ class _Push:
             )
         )
         self.stats["files_reused"] = len(files) - len(sends)
+        sent_digests = {PurePosixPath(remote).name for _, remote in sends}
+        self.stats["bytes_reused"] = sum(
+            (self.package / rel).stat().st_size for rel, d in files.items() if d not in sent_digests
+        )
         if sends:
             self._send(sends, atomic=False)
         self.stats["files_sent"] = len(sends)
@@ -501,8 +566,11 @@ class _Push:
                     bar.update(0)
 
                 dest = f"{remote}.part" if atomic else remote
+                size = local.stat().st_size
                 try:
-                    self.conn.put(local, dest, progress)
+                    reused = 0 if atomic else self._resume(local, dest, size, progress)
+                    if reused == 0:
+                        self.conn.put(local, dest, progress)
                 except ConnectionLostError:
                     raise
                 except OSError as exc:
@@ -514,9 +582,28 @@ class _Push:
                     ) from None
                 if atomic:
                     self.sh(f"mv -f {q(dest)} {q(remote)}")
-                done += local.stat().st_size
-                self.stats["bytes_sent"] += local.stat().st_size
+                done += size
+                self.stats["bytes_sent"] += size - reused
+                self.stats["bytes_reused"] += reused
                 bar.done = done // 1024
+
+    def _resume(self, local: Path, remote: str, size: int, progress: Any) -> int:
+        """Finish a file a cut push left part of under ``.incoming/SHA256``: append from
+        the size that arrived, then check the whole file's sha256 on the device. Returns
+        the bytes reused (0: nothing usable arrived, or the result did not verify and was
+        removed, so the caller sends it whole)."""
+        have = self.conn.size(remote)
+        if not have or have >= size:
+            return 0
+        self.conn.put_from(local, remote, have, progress)
+        digest = PurePosixPath(remote).name
+        got = self.sh(f"sha256sum {q(remote)} 2>/dev/null || true").split(" ", 1)[0]
+        if got == digest:
+            self.log(f"resumed {local.name} from {have / 1e6:.2f} MB (sha256 verified)")
+            return have
+        self.log(f"the part of {local.name} on the device did not verify; sending it whole")
+        self.sh(f"rm -f {q(remote)}", check=False)
+        return 0
 
     def _raise_disk_full_if(self, text: str, what: str, *, force_check: bool = False) -> None:
         full = "No space left" in text or "Errno 28" in text
@@ -654,8 +741,9 @@ def push(
     options: PushOptions | None = None,
     *,
     jobs: int | None = None,
-) -> dict[str, PushResult]:
-    """Push to several targets in parallel; returns ``{target: PushResult}`` for every one.
+) -> GroupResult[PushResult]:
+    """Push to several targets in parallel; returns ``{target: PushResult}`` for every one
+    (a :class:`GroupResult`: ``.succeeded`` and ``.failed`` split it).
 
     One target failing never hides another's result.
     """
@@ -663,4 +751,4 @@ def push(
     read_manifest(Path(package), verify=True)  # a corrupt package fails here, before any device
     with ThreadPoolExecutor(max_workers=jobs or min(8, max(1, len(targets)))) as pool:
         futures = {t: pool.submit(push_one, package, t, opts) for t in targets}
-    return {t: f.result() for t, f in futures.items()}
+    return GroupResult({t: f.result() for t, f in futures.items()})

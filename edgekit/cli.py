@@ -14,7 +14,7 @@ from ._errors import EdgekitError
 
 __all__ = ["main"]
 
-_PLUGINS = ("edgekit.serve._cli", "edgekit.devices._cli")
+_PLUGINS = ("edgekit.serve._cli", "edgekit.devices.cli")
 
 
 def _parse_exits(text: str | None) -> tuple[float, ...] | tuple[str, ...] | None:
@@ -214,7 +214,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.targets:
-        from edgekit.devices._cli import remote_bench
+        from edgekit.devices.cli import remote_bench
 
         try:
             xs, _ = _test_split(args.dataset, args.n)
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("-n", type=int, default=1000)
     b.add_argument("--json", action="store_true")
-    from edgekit.devices._cli import ssh_arguments
+    from edgekit.devices.cli import ssh_arguments
 
     ssh_arguments(b)
     b.set_defaults(func=_cmd_bench)

@@ -146,3 +146,37 @@ class CutProxy:
     def close(self) -> None:
         self._stop = True
         self.sock.close()
+
+
+def add_cut_files(pkg: Path, first: int, second: int) -> tuple[Path, Path]:
+    """Add two random files to a package (and its manifest) whose sha256 order makes a push
+    send the ``first``-byte one before the ``second``-byte one: a link cut after
+    ``first + second // 2`` bytes then leaves one whole new file and half of another on the
+    device, and the next push can show that it reuses both."""
+    import hashlib
+
+    import numpy as np
+
+    from edgekit._package import read_manifest, write_manifest
+
+    seed = 0
+    while True:
+        rng = np.random.default_rng(seed)
+        a, b = rng.bytes(first), rng.bytes(second)
+        if hashlib.sha256(a).hexdigest() < hashlib.sha256(b).hexdigest():
+            break
+        seed += 1
+    (pkg / "extra_a.bin").write_bytes(a)
+    (pkg / "extra_b.bin").write_bytes(b)
+    write_manifest(pkg, read_manifest(pkg, verify=False))
+    return pkg / "extra_a.bin", pkg / "extra_b.bin"
+
+
+def reusable(old: Path, new: Path) -> tuple[int, int]:
+    """``(files, bytes)`` of package ``new`` that a device holding package ``old`` already
+    has (same sha256): what a fresh push of ``new`` after ``old`` reuses at best."""
+    from edgekit._package import read_manifest
+
+    have = set(read_manifest(old, verify=False).files.values())
+    same = [rel for rel, d in read_manifest(new, verify=False).files.items() if d in have]
+    return len(same), sum((new / rel).stat().st_size for rel in same)

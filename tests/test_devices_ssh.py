@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _sshd import CutProxy, Sshd, free_port, start_sshd
+from _sshd import CutProxy, Sshd, add_cut_files, free_port, reusable, start_sshd
 
+from edgekit import read_manifest
 from edgekit.devices._connection import Connection
 from edgekit.devices._errors import (
     ConnectError,
@@ -205,15 +206,17 @@ def test_dropped_link_keeps_previous_and_next_push_resumes(
     assert push_one(digits_pkg, "hostdev", opts).ok
     v2 = tmp_path / "v2" / digits_pkg.name
     shutil.copytree(digits_pkg, v2)
-    big = v2 / "extra.bin"  # a file big enough to be cut in the middle of its transfer
-    big.write_bytes(np.random.default_rng(0).integers(0, 255, 3_000_000, np.uint8).tobytes())
     _touch_report(v2)
+    # Two new files: the cut falls after the first arrived whole, inside the second.
+    first, second = add_cut_files(v2, 1_000_000, 3_000_000)
+    common_files, common_bytes = reusable(digits_pkg, v2)
+    total = sum((v2 / rel).stat().st_size for rel in [*read_manifest(v2).files, "manifest.json"])
+    fresh = total - common_bytes  # what a push after digits_pkg sends when nothing is cut
     before = [d.deploy for d in deployments("hostdev", options=opts) if d.current]
 
-    proxy = CutProxy(("127.0.0.1", sshd.port), cut_after=1_500_000)
+    proxy = CutProxy(("127.0.0.1", sshd.port), cut_after=2_500_000)
     kh = tmp_path / "kh"
     kh.write_text(sshd.known_line(port=proxy.port))
-    cut_opts = PushOptions(root=str(root), known_hosts=str(kh), verbose=False)
     target = f"root@127.0.0.1:{proxy.port}"
     cfg = tmp_path / "cfg"
     cfg.write_text(f"Host *\n  IdentityFile {sshd.key}\n")
@@ -226,10 +229,16 @@ def test_dropped_link_keeps_previous_and_next_push_resumes(
     # The previous version is still current and still runs.
     assert [d.deploy for d in deployments("hostdev", options=opts) if d.current] == before
     assert len(predict_on_device("hostdev", _digits(3), options=opts)["labels"]) == 3
-    # The next push completes, reusing what reached the device before the cut.
+    # The next push completes, reusing what reached the device before the cut: the whole
+    # first file, and the start of the second (appended to, then verified by its sha256).
     again = push_one(v2, "hostdev", opts)
     assert again.ok and again.changed, again.error
-    assert again.bytes_sent < big.stat().st_size + 200_000
+    assert again.files_reused > common_files
+    assert again.bytes_reused > common_bytes + first.stat().st_size + 500_000
+    assert again.bytes_sent < fresh - first.stat().st_size - 500_000
+    assert (root / "digits" / "current" / "package" / second.name).read_bytes() == (
+        second.read_bytes()
+    )
 
 
 def test_corrupt_file_on_device_is_refused_and_repaired(

@@ -3,6 +3,9 @@
 Needs the ``convert`` extra (TensorFlow, tf-keras, tfmot, tf2onnx, onnxruntime).
 """
 
+from edgekit._errors import QATUnsupportedError
+from edgekit._public import publish
+
 from ._convert import ConvertOptions, ConvertResult, convert
 from ._edgetpu import EdgeTPUCheck, OpCheck, check_edgetpu, ensure_compiled
 
@@ -11,7 +14,10 @@ __all__ = [
     "ConvertResult",
     "EdgeTPUCheck",
     "OpCheck",
+    "QATUnsupportedError",
     "check_edgetpu",
     "convert",
     "ensure_compiled",
 ]
+
+publish(globals())

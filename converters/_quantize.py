@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit._errors import ConversionError
+from edgekit._errors import ConversionError, QATUnsupportedError
 from edgekit._package import QuantParams
 
 from ._keras import keras, tf, tfmot
@@ -30,10 +30,6 @@ _QAT_UNSUPPORTED = frozenset(
     | {"Multiply", "Lambda"}
 )
 _RANGE_VAR = re.compile(r"(output|post_activation|quantize_layer)_(min|max)")
-
-
-class QATUnsupportedError(ConversionError):
-    """tfmot cannot wrap some layer of the model; PTQ still can."""
 
 
 def qat_model(model: Any, calib: np.ndarray) -> Any:

@@ -1,12 +1,12 @@
 """edgekit: deploy neural networks to edge devices as INT8 multi-exit packages.
 
 The top-level names are loaded lazily so that ``import edgekit.runtime`` on a device
-pulls in nothing heavier than numpy and one interpreter.
+pulls in nothing heavier than numpy and one interpreter. Every error edgekit raises is an
+:class:`EdgekitError`; the tree is drawn in ``edgekit._errors`` and ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
@@ -20,6 +20,7 @@ from ._errors import (
     PackageError,
     SchemaVersionError,
 )
+from ._public import load_lazy, publish
 
 __version__ = "0.1.0"
 
@@ -27,11 +28,13 @@ __all__ = [
     "ChecksumError",
     "ConversionError",
     "DatasetError",
+    "EdgeModel",
     "EdgekitError",
     "MissingExtraError",
     "ModelError",
     "OutputExistsError",
     "PackageError",
+    "Prediction",
     "SchemaVersionError",
     "__version__",
     "convert",
@@ -40,7 +43,9 @@ __all__ = [
     "read_manifest",
 ]
 
-_LAZY = {
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "EdgeModel": ("edgekit.runtime", "EdgeModel"),
+    "Prediction": ("edgekit.runtime", "Prediction"),
     "convert": ("edgekit.converters", "convert"),
     "load": ("edgekit.runtime", "load"),
     "load_dataset": ("edgekit.data", "load_dataset"),
@@ -51,13 +56,13 @@ if TYPE_CHECKING:
     from edgekit._package import read_manifest
     from edgekit.converters import convert
     from edgekit.data import load_dataset
-    from edgekit.runtime import load
+    from edgekit.runtime import EdgeModel, Prediction, load
+
+
+publish(globals())
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'edgekit' has no attribute {name!r}")
+    value = load_lazy(__name__, _LAZY, name)
+    globals()[name] = value
+    return value

@@ -47,7 +47,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from edgekit._errors import EdgekitError
+from edgekit._errors import ProtocolError
 
 __all__ = [
     "CONFIDENCE",
@@ -119,16 +119,6 @@ _repr.maxlong = 40
 def short_repr(value: Any) -> str:
     """A bounded repr of something that came off the wire (for error messages)."""
     return _repr.repr(value)
-
-
-class ProtocolError(EdgekitError, ValueError):
-    """A request or response that breaks the protocol; ``status`` is the HTTP status to answer."""
-
-    def __init__(
-        self, message: str, *, status: int = 400, hint: str | None = None, **context: Any
-    ) -> None:
-        super().__init__(message, hint=hint, **context)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,13 @@ built-in policies), ``_bandit`` (the algorithms), ``_input`` (image -> int8),
 interpreter). Host-side tools (evaluation, replay, plots) live in ``edgekit.evaluate``.
 """
 
+from edgekit._errors import InputError, ModelClosedError, StateError
+from edgekit._public import publish
+
 from ._bandit import ALGORITHMS
 from ._confidence import Confidence
-from ._input import InputError, Quantizer
-from ._model import EdgeModel, ModelClosedError, load
+from ._input import Quantizer
+from ._model import EdgeModel, load
 from ._offload import OffloadConfig
 from ._policies import (
     DEFAULT_ARMS,
@@ -61,7 +64,10 @@ __all__ = [
     "SplitBanditPolicy",
     "SplitPolicy",
     "StageRunner",
+    "StateError",
     "ThresholdPolicy",
     "load",
     "parse_policy",
 ]
+
+publish(globals())

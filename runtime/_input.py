@@ -6,14 +6,10 @@ import math
 
 import numpy as np
 
-from edgekit._errors import EdgekitError
+from edgekit._errors import InputError
 from edgekit._package import InputSpec, QuantParams
 
 __all__ = ["InputError", "Quantizer"]
-
-
-class InputError(EdgekitError, ValueError):
-    """An input of the wrong shape or dtype."""
 
 
 class Quantizer:

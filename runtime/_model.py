@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit._errors import EdgekitError, PackageError
+from edgekit._errors import ModelClosedError, PackageError
 from edgekit._package import MANIFEST, Manifest, QuantParams, read_manifest
 
 from . import backends
@@ -143,10 +143,6 @@ def _offload_config(
     if ca is not None:
         changes["ca_file"] = ca
     return dataclasses.replace(cfg, **changes) if changes else cfg
-
-
-class ModelClosedError(EdgekitError, RuntimeError):
-    """``predict`` (or another inference call) on a model after ``close()``."""
 
 
 # Records made per input, without NamedTuple's Python-level __new__ (same tuples).

@@ -12,13 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgekit._errors import StateError
+
 __all__ = ["MAX_STATE_BYTES", "Autosave", "StateError", "read_state", "write_state"]
 
 MAX_STATE_BYTES = 16 << 20  # a sliding-window bandit over 100 arms stays far below this
-
-
-class StateError(ValueError):
-    """A state file that cannot be trusted (its message says why)."""
 
 
 def _no_constant(name: str) -> float:

@@ -7,6 +7,8 @@ policies over recorded per-exit confidences (``Recording``, ``replay``), and plo
 (``edgekit eval/simulate/bench``), the benchmarks and the device agent.
 """
 
+from edgekit._public import publish
+
 from ._evaluate import bench, cpu_info, evaluate, measure_stage_ms, record
 from ._plots import plot_eval, plot_regret, regret_curve
 from ._replay import (
@@ -32,3 +34,5 @@ __all__ = [
     "regret_curve",
     "replay",
 ]
+
+publish(globals())

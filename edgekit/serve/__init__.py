@@ -14,11 +14,13 @@ imported on first use of the names below.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from edgekit._errors import ProtocolError, ServeError
+from edgekit._public import load_lazy, publish
+
 if TYPE_CHECKING:
-    from ._config import ServeConfig, ServeError
+    from ._config import ServeConfig
     from ._handler import Handler, Reply, load_handler
     from ._ray import RayServer, serve_ray
     from ._server import Server, serve
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Handler",
+    "ProtocolError",
     "RayServer",
     "Reply",
     "ServeConfig",
@@ -38,23 +41,22 @@ __all__ = [
     "serve_ray",
 ]
 
-_WHERE = {
-    "ServeConfig": "_config",
-    "ServeError": "_config",
-    "Handler": "_handler",
-    "Reply": "_handler",
-    "load_handler": "_handler",
-    "Server": "_server",
-    "serve": "_server",
-    "serve_ray": "_ray",
-    "RayServer": "_ray",
-    "TritonExport": "_triton",
-    "export_triton": "_triton",
+# Public name -> (private module, attribute), imported on first use.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "ServeConfig": ("._config", "ServeConfig"),
+    "Handler": ("._handler", "Handler"),
+    "Reply": ("._handler", "Reply"),
+    "load_handler": ("._handler", "load_handler"),
+    "Server": ("._server", "Server"),
+    "serve": ("._server", "serve"),
+    "serve_ray": ("._ray", "serve_ray"),
+    "RayServer": ("._ray", "RayServer"),
+    "TritonExport": ("._triton", "TritonExport"),
+    "export_triton": ("._triton", "export_triton"),
 }
+
+publish(globals())
 
 
 def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'edgekit.serve' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{mod}", __name__), name)
+    return load_lazy(__name__, _LAZY, name)

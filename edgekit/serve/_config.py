@@ -6,15 +6,11 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edgekit._errors import EdgekitError
+from edgekit._errors import ServeError
 
 __all__ = ["ServeConfig", "ServeError"]
 
 ENGINES = ("builtin", "ray")
-
-
-class ServeError(EdgekitError):
-    """The server cannot start (bad option, busy port, unreadable certificate...)."""
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     deps = deployments(args.target, args.package, _options(args))
     if args.json:
         print(json.dumps([{**d.info, "current": d.current} for d in deps], indent=2))
+        return 0
     for d in deps:
         mark = "*" if d.current else " "
         print(f"{mark} {d.deploy}  {d.info.get('backend')}  pushed {d.info.get('pushed_at')}")

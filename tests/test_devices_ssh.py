@@ -4,6 +4,7 @@ keys, ssh config, probe, push/run/rollback, and the faults a push must survive."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from _sshd import CutProxy, Sshd, add_cut_files, free_port, reusable, start_sshd
 
+import edgekit.devices as devices
 from edgekit import read_manifest
 from edgekit.devices._connection import Connection
 from edgekit.devices._errors import (
@@ -286,10 +288,71 @@ def test_fleet_push_reports_every_target(
 ) -> None:
     opts = _opts(ssh_config, tmp_path / "edgekit")
     dead = f"root@127.0.0.1:{free_port()}"
-    results = push(digits_pkg, ["hostdev", dead, "jumped"], opts)
+    results = devices.push(digits_pkg, ["hostdev", dead, "jumped"], opts)
     assert list(results) == ["hostdev", dead, "jumped"]
     assert results["hostdev"].ok and results["jumped"].ok
     assert not results[dead].ok and "cannot reach" in results[dead].error.message  # type: ignore[union-attr]
+    assert isinstance(results, devices.GroupResult) and not results.ok
+    assert list(results.succeeded) == ["hostdev", "jumped"] and list(results.failed) == [dead]
+
+
+def test_connect_options_alone_reach_the_device(sshd: Sshd, tmp_path: Path) -> None:
+    """No ssh config: user, port, key file and known_hosts come from ConnectOptions, and
+    the public facade's probe takes them through DeviceOptions."""
+    kh = tmp_path / "kh"
+    kh.write_text(sshd.known_line())
+    conn = devices.ConnectOptions(
+        ssh_config=str(tmp_path / "none"),
+        known_hosts=str(kh),
+        user="root",
+        port=sshd.port,
+        key_file=str(sshd.key),
+    )
+    with devices.connect("127.0.0.1", conn) as c:
+        assert c.target.port == sshd.port and c.run("id -un").stdout.strip() == "root"
+    info = devices.probe("127.0.0.1", devices.DeviceOptions(conn, root=str(tmp_path / "r")))
+    assert info.arch == os.uname().machine and info.python_ok
+    wrong = devices.ConnectOptions(
+        ssh_config=str(tmp_path / "none"), known_hosts=str(kh), user="root", port=free_port()
+    )
+    with pytest.raises(devices.ConnectError, match="cannot reach"):
+        devices.probe("127.0.0.1", devices.DeviceOptions(wrong))
+
+
+def test_cli_push_list_predict_rollback(
+    ssh_config: Path, tmp_path: Path, digits_pkg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands a user types: push (two versions, then a dead target), device list,
+    device predict, rollback."""
+    from edgekit.cli import main
+
+    root = tmp_path / "edgekit"
+    ssh = ["--ssh-config", str(ssh_config), "--root", str(root), "--quiet"]
+    v2 = tmp_path / "v2" / digits_pkg.name
+    shutil.copytree(digits_pkg, v2)
+    _touch_report(v2)
+    assert main(["push", str(digits_pkg), "hostdev", "--json", *ssh]) == 0
+    first = json.loads(capsys.readouterr().out)["hostdev"]
+    assert first["ok"] and first["changed"] and first["bytes_sent"] > 0
+    assert main(["push", str(v2), "hostdev", *ssh]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hostdev") and "now current" in out and "2 files" in out
+    assert main(["device", "list", "hostdev", "--json", *ssh]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["current"] for r in rows] == [False, True] and rows[0]["deploy"] == first["deploy"]
+    xs = tmp_path / "xs.npy"
+    np.save(xs, _digits(4))
+    assert main(["device", "predict", "hostdev", str(xs), "--json", *ssh]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert len(pred["labels"]) == 4 and pred["deploy"] == rows[1]["deploy"]
+    assert main(["rollback", "hostdev", *ssh]) == 0
+    assert f"-> {first['deploy']}" in capsys.readouterr().out
+    assert main(["device", "list", "hostdev", *ssh]) == 0
+    assert f"* {first['deploy']}" in capsys.readouterr().out
+    dead = f"root@127.0.0.1:{free_port()}"
+    assert main(["push", str(digits_pkg), dead, *ssh]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "cannot reach" in out and "hint:" in out
 
 
 # -- a hostile package never writes outside its release folder ----------------------------

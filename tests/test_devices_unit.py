@@ -149,3 +149,61 @@ def test_every_profile_backend_is_a_runtime_backend() -> None:
         "edgetpu_usb=1a6e:089a",
     ):
         assert parse_probe("d", text).profile().backend in backends.NAMES
+
+
+# -- ConnectOptions and the emulator's commands, without a device -------------------------
+
+
+def test_connect_options_override_the_target(tmp_path: Path) -> None:
+    from edgekit.devices import ConnectOptions, PushOptions
+
+    cfg = tmp_path / "config"
+    cfg.write_text("Host pi0\n  HostName 10.0.0.5\n  User pi\n  Port 2200\n")
+    plain = ConnectOptions(ssh_config=str(cfg)).target("pi0")
+    assert (plain.host, plain.user, plain.port) == ("10.0.0.5", "pi", 2200)
+    assert plain.identity_files == ()
+    t = ConnectOptions(
+        ssh_config=str(cfg), user="root", port=22, key_file="~/k", connect_timeout=3
+    ).target("pi0")
+    assert (t.host, t.user, t.port, t.connect_timeout) == ("10.0.0.5", "root", 22, 3)
+    assert t.identity_files == (str(Path.home() / "k"),)
+    with pytest.raises(ValueError, match="not a TCP port"):
+        ConnectOptions(port=70000)
+    with pytest.raises(ValueError, match="connect_timeout"):
+        ConnectOptions(connect_timeout=0)
+    # The flat SSH fields of PushOptions still work; `connect` wins when given.
+    old = PushOptions(ssh_config=str(cfg), known_hosts="kh", password="pw", root="/r")
+    assert old.connection.ssh_config == str(cfg) and old.connection.password == "pw"
+    assert "pw" not in repr(old.connection)
+    dev = old.device_options()
+    assert dev.root == "/r" and dev.connect == old.connection
+    assert PushOptions(connect=ConnectOptions(user="u")).connection.user == "u"
+
+
+def test_cli_emulate_stop_shape_build_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`device emulate stop|shape|build` as typed, on a state folder of this test's own."""
+    import os
+
+    from _sshd import need
+
+    from edgekit.cli import main
+
+    need(os.geteuid() == 0, "the emulator's commands need root")
+    monkeypatch.setenv("EDGEKIT_EMULATOR_STATE", str(tmp_path / "state"))
+    name = f"u{os.getpid() % 100000}"  # no device of anyone's has this name
+    assert main(["device", "emulate", "stop", "--name", name]) == 0
+    assert capsys.readouterr().out.strip() == f"virtual device {name} was not running"
+    assert main(["device", "emulate", "shape", "--name", name, "--rate", "10mbit"]) == 2
+    err = capsys.readouterr().err
+    assert f"virtual device {name} is not running" in err
+    assert f"edgekit device emulate start --name {name}" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["device", "emulate", "shape", "--name", name])
+    assert exc.value.code == 2 and "--rate" in capsys.readouterr().err
+    assert main(["device", "emulate", "stop", "--name", "../etc"]) == 2
+    assert "../etc" in capsys.readouterr().err
+    bad = tmp_path / "a b"
+    assert main(["device", "emulate", "build", "--rootfs-cache", str(bad)]) == 2
+    assert "contains" in capsys.readouterr().err and not bad.exists()

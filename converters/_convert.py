@@ -36,6 +36,7 @@ from ._keras import keras
 from ._models import builtin_cnn, load_model
 from ._onnxin import convert_onnx, is_onnx_model
 from ._output import staged_output
+from ._ptq import to_int8_tflite_stage
 from ._quantize import (
     QATUnsupportedError,
     boundary_range,
@@ -593,7 +594,8 @@ class _Conversion:
         feats = calib
         for k, (sf, si) in enumerate(zip(stages_float, stages_int8)):
             self.step = f"INT8 TFLite conversion ({quant}) of stage {k}"
-            fb = to_int8_tflite(si, feats if quant == "ptq" else None)
+            prev = tflite_io_quant(files[-1])["ek_features"] if quant == "ptq" and k else None
+            fb = to_int8_tflite_stage(si, feats if quant == "ptq" else None, prev)
             files.append(fb)
             (d / f"stage_{k}.tflite").write_bytes(fb)
             if k < len(stages_float) - 1:
@@ -797,7 +799,6 @@ class _Conversion:
             quantization=quant,
             onnx_activation_type=onnx_act,
             tools=_tool_versions(),
-            split_points=tuple(range(1, len(stages))),
         )
 
 

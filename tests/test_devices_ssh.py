@@ -17,16 +17,21 @@ from _sshd import CutProxy, Sshd, add_cut_files, free_port, reusable, start_sshd
 
 import edgekit.devices as devices
 from edgekit import read_manifest
-from edgekit.devices._connection import Connection
-from edgekit.devices._errors import (
+from edgekit.devices import (
     ConnectError,
+    Connection,
     DiskFullError,
     HostKeyMismatchError,
+    PushOptions,
     RemoteCommandError,
     UnknownHostKeyError,
+    deployments,
+    push,
+    rollback,
 )
-from edgekit.devices._ops import deployments, predict_on_device, probe_device, rollback
-from edgekit.devices._push import PushOptions, push, push_one
+from edgekit.devices import predict as predict_on_device
+from edgekit.devices import probe as probe_device
+from edgekit.devices._push import push_one  # one target's push (no public name)
 
 
 @pytest.fixture(scope="module")

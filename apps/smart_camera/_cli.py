@@ -13,6 +13,7 @@ import edgekit
 
 from ._app import Camera, CameraConfig, Result
 from ._capture import Capture
+from ._mqtt import MqttEvents, parse_broker
 from ._sources import SourceError, open_source
 from ._web import WebError, WebView
 
@@ -77,6 +78,16 @@ def parser() -> argparse.ArgumentParser:
         help="print every Nth result",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of test:// streams")
+    p.add_argument(
+        "--mqtt",
+        metavar="BROKER[:PORT]",
+        help="also publish each result (QoS 1) on PREFIX/DEVICE/events, as the IoT node does",
+    )
+    p.add_argument("--mqtt-device", help="DEVICE in the topics (default: this host's name)")
+    p.add_argument("--mqtt-username", default="")
+    p.add_argument("--mqtt-password-file", default="", help="a file holding the password")
+    p.add_argument("--mqtt-tls", action="store_true", help="TLS to the broker (port 8883)")
+    p.add_argument("--mqtt-tls-ca", default="", help="CA file (default: the system's CAs)")
     return p
 
 
@@ -122,9 +133,13 @@ def run(a: argparse.Namespace) -> int:
         record=a.record,
         duration_s=a.duration,
     )
-    printer = _printer(a.print_every)
-    cam = Camera(model, capture, cfg, on_result=printer)
+    sinks = [f for f in (_printer(a.print_every), _mqtt(a, source.name, model)) if f]
+    cam = Camera(model, capture, cfg, on_result=_fan_out(sinks))
     try:
+        for sink in sinks:
+            if isinstance(sink, MqttEvents):
+                sink.start()
+                print(f"smart camera: events on {sink.cfg.topic('events')} at {a.mqtt}", flush=True)
         if not a.no_web:
             web = WebView(
                 cam, a.host, a.port, title=f"edgekit camera: {model.manifest.name}"
@@ -142,6 +157,15 @@ def run(a: argparse.Namespace) -> int:
         capture.stop()
         if web is not None:
             web.close()
+        for sink in sinks:
+            if isinstance(sink, MqttEvents):
+                sink.close()
+                m = sink.stats()
+                print(
+                    f"smart camera: MQTT {m['published']} events published, {m['acked']} "
+                    f"acknowledged, {m['skipped']} skipped (broker away or behind)",
+                    flush=True,
+                )
         model.close()
     s = cam.stats()
     print(
@@ -170,6 +194,43 @@ def _printer(every: int) -> Any:
             print(f"#{r.seq} " + " | ".join(Camera.lines(r)), flush=True)
 
     return show
+
+
+def _mqtt(a: argparse.Namespace, source: str, model: Any) -> MqttEvents | None:
+    if not a.mqtt:
+        return None
+    host, port = parse_broker(a.mqtt)
+    opts: dict[str, Any] = {"username": a.mqtt_username, "password_file": a.mqtt_password_file}
+    if a.mqtt_tls:
+        opts.update(tls=True, tls_ca=a.mqtt_tls_ca)
+    if a.mqtt_device:
+        opts["device"] = a.mqtt_device
+    try:
+        return MqttEvents(
+            host, port, opts.pop("device", None) or _device(), source=source,
+            package=model.manifest.name, **opts,
+        )  # fmt: skip
+    except ImportError as exc:  # paho-mqtt is what is usually missing
+        raise ValueError(f"--mqtt needs paho-mqtt ({exc}): pip install 'paho-mqtt>=2'") from exc
+
+
+def _device() -> str:
+    from apps.iot_node.config import Config
+
+    return Config().device
+
+
+def _fan_out(sinks: list[Any]) -> Any:
+    if not sinks:
+        return None
+    if len(sinks) == 1:
+        return sinks[0]
+
+    def every(r: Result) -> None:
+        for s in sinks:
+            s(r)
+
+    return every
 
 
 def _stop_on_signals(cam: Camera) -> None:

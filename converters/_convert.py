@@ -165,6 +165,13 @@ def _name_from(out_name: str) -> str:
     return out_name[: -len(".edgepkg")] if out_name.endswith(".edgepkg") else out_name
 
 
+def _provider_report(paths: Sequence[Path]) -> dict[str, dict[str, int]]:
+    """Per stage file: how many of its nodes each ORT execution provider runs on this host."""
+    from ._providers import node_providers, provider_summary
+
+    return {p.name: provider_summary(node_providers(p)) for p in paths}
+
+
 def _onnx_activation_type(target: str) -> str:
     if target == "jetson":
         return "int8"
@@ -185,6 +192,7 @@ class _Conversion:
         self.timing: dict[str, float] = {}
         self.step = "reading the data"
         self.missing: dict[str, str] = {}  # format -> why it is not in the package
+        self.onnx_providers: dict[str, dict[str, int]] = {}  # file -> provider -> nodes (CPU)
         self.qat_fallback: str | None = None
         # The trained model is saved outside the package being written, and survives a
         # failed run as OUT.work/ next to the output folder.
@@ -406,6 +414,7 @@ class _Conversion:
                 "missing": dict(self.missing),
             },
             "onnx_activation_type": onnx_act,
+            "onnx_providers": self.onnx_providers,
             "exits": [
                 {
                     "index": i,
@@ -663,6 +672,11 @@ class _Conversion:
             self._drop_onnx(exc)
             return None
         self._lap("onnx")
+        try:
+            self.onnx_providers = _provider_report(paths)
+            self._say(f"ONNX Runtime providers per node here: {self.onnx_providers}")
+        except ConversionError as exc:  # a report, never a reason to lose the package
+            self.notes.append(f"no per-node provider report: {exc.message}")
         return {"stages": paths, "full": full, "full_float": full_f, "act": act}
 
     def _drop_onnx(self, exc: BaseException) -> None:

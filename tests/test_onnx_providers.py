@@ -64,3 +64,14 @@ def test_a_broken_file_gets_a_conversion_error(tmp_path: Path) -> None:
     p.write_bytes(b"not an onnx file")
     with pytest.raises(ConversionError, match=r"could not profile bad\.onnx"):
         node_providers(p)
+
+
+def test_convert_reports_the_provider_of_each_stage_node(digits_ptq_pkg: Path) -> None:
+    import json
+
+    report = json.loads((digits_ptq_pkg / "report.json").read_text())
+    files = sorted(p.name for p in (digits_ptq_pkg / "onnx").glob("stage_*.onnx"))
+    got = report["onnx_providers"]
+    assert sorted(got) == files
+    for counts in got.values():
+        assert counts.get("CPUExecutionProvider", 0) > 0

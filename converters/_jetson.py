@@ -6,8 +6,10 @@ sits where its fusion passes expect it (Q->DQ pairs in front of convolutions, ma
 products, element-wise adds, pooling and data-movement ops). The default ONNX stages are
 asymmetric (zero points pinned to the TFLite boundary parameters, e.g. -128), so TensorRT
 rejects them. NVIDIA's Model Optimizer (``nvidia-modelopt``) makes such files but does not
-install next to this stack (it needs torch, onnx 1.21 and onnxruntime-gpu 1.24); ONNX
-Runtime's own static quantizer makes them too, with ``ActivationSymmetric`` and
+install next to this stack: 0.47.0 with its ``onnx`` extra pulls torch and
+``onnxruntime-gpu~=1.22.0``, a second distribution of the ``onnxruntime`` package that would
+overwrite the lock's onnxruntime 1.31.1 (pip does not flag it); ONNX Runtime's own static
+quantizer makes them too, with ``ActivationSymmetric`` and
 ``WeightSymmetric``, which is what is used here.
 
 Stage contract: the bytes between stages stay those of TFLite (the manifest's parameters).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,23 +10,18 @@ from pathlib import Path
 
 import pytest
 from _mqtt import Broker, Recorder, free_port, have_mosquitto, wait_for
+from _sshd import need
 
 from apps.smart_camera._mqtt import parse_broker
 
 ROOT = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-if not have_mosquitto():
-    reason = "mosquitto is not installed (scripts/system-deps.sh installs it)"
-    if IN_CI:
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
 
 pytest.importorskip("paho.mqtt.client")
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    need(have_mosquitto(), "mosquitto is not installed (scripts/system-deps.sh installs it)")
     b = Broker(tmp_path_factory.mktemp("mosquitto")).start()
     yield b
     b.remove()

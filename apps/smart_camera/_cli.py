@@ -78,16 +78,16 @@ def parser() -> argparse.ArgumentParser:
         help="print every Nth result",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of test:// streams")
-    p.add_argument(
-        "--mqtt",
-        metavar="BROKER[:PORT]",
-        help="also publish each result (QoS 1) on PREFIX/DEVICE/events, as the IoT node does",
-    )
-    p.add_argument("--mqtt-device", help="DEVICE in the topics (default: this host's name)")
-    p.add_argument("--mqtt-username", default="")
-    p.add_argument("--mqtt-password-file", default="", help="a file holding the password")
-    p.add_argument("--mqtt-tls", action="store_true", help="TLS to the broker (port 8883)")
-    p.add_argument("--mqtt-tls-ca", default="", help="CA file (default: the system's CAs)")
+    m = p.add_argument_group("MQTT events (the IoT node's topics and link)")
+    m.add_argument("--mqtt", metavar="BROKER[:PORT]", help="publish each result, QoS 1")
+    for flag, what in (
+        ("device", "DEVICE in edgekit/DEVICE/events (default: this host's name)"),
+        ("username", "broker user name"),
+        ("password-file", "a file holding the broker password"),
+        ("tls-ca", "CA file for TLS (default: the system's CAs)"),
+    ):
+        m.add_argument(f"--mqtt-{flag}", default="", help=what)
+    m.add_argument("--mqtt-tls", action="store_true", help="TLS to the broker (port 8883)")
     return p
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _sshd import CutProxy, free_port
+from _sshd import CutProxy, add_cut_files, free_port, reusable
 
+from edgekit import read_manifest
 from edgekit.devices._connection import Connection
 from edgekit.devices._emulator import VirtualDevice
 from edgekit.devices._errors import (
@@ -141,9 +142,14 @@ def test_dropped_link_mid_push(
     fmnist_fast_pkg: Path,
     tmp_path: Path,
 ) -> None:
-    v2 = _variant(fmnist_fast_pkg, tmp_path, extra_bytes=2_000_000)
+    v2 = _variant(fmnist_fast_pkg, tmp_path)
+    # Two new files: the cut falls after the first arrived whole, inside the second.
+    first, second = add_cut_files(v2, 700_000, 4_000_000)
+    common_files, common_bytes = reusable(fmnist_fast_pkg, v2)
+    total = sum((v2 / rel).stat().st_size for rel in [*read_manifest(v2).files, "manifest.json"])
+    fresh = total - common_bytes  # what a push after fmnist_fast_pkg sends when nothing is cut
     before = [d.deploy for d in deployments("pi0", options=_opts(ssh_config)) if d.current]
-    proxy = CutProxy((virtual_device.host, virtual_device.port), cut_after=1_000_000)
+    proxy = CutProxy((virtual_device.host, virtual_device.port), cut_after=3_200_000)
     kh = tmp_path / "known_hosts"
     kind, b64 = virtual_device.known_hosts_line.split()[1:3]
     kh.write_text(f"[127.0.0.1]:{proxy.port} {kind} {b64}\n")
@@ -166,7 +172,15 @@ def test_dropped_link_mid_push(
     )
     again = push_one(v2, "pi0", opts)
     assert again.ok and again.changed, again.error
-    assert again.bytes_sent < 2_000_000 + 100_000  # what arrived before the cut is reused
+    # What arrived before the cut is reused: the first file, and the start of the second
+    # (less than was sent before the cut: sshd drops what its sftp-server had not written).
+    assert again.files_reused > common_files
+    assert again.bytes_reused > common_bytes + first.stat().st_size + 200_000
+    assert again.bytes_sent < fresh - first.stat().st_size - 200_000
+    name = read_manifest(v2).name
+    with Connection("pi0", ssh_config=ssh_config) as c:
+        got = c.run(f"sha256sum /opt/edgekit/{name}/current/package/{second.name}").stdout
+    assert got.split()[0] == read_manifest(v2).files[second.name]
 
 
 def test_corrupt_file_on_device(

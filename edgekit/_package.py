@@ -14,7 +14,7 @@ import re
 import secrets
 import stat as _stat
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -361,12 +361,20 @@ class Manifest:
     onnx_activation_type: str | None
     tools: dict[str, str]
     task: str = "classification"
-    split_points: tuple[int, ...] = ()
     files: dict[str, str] = field(default_factory=dict)
     # Accelerator target -> what the package still needs there (e.g. "coral": needs
     # edgetpu_compiler), or how its files differ (e.g. "jetson": symmetric ONNX).
     targets: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # sha256 of the manifest.json bytes this was read from (or written as); "" for a
+    # Manifest built in memory. Not part of the file: it is the file's own digest.
+    sha256: str = field(default="", compare=False)
+
+    @property
+    def split_points(self) -> tuple[int, ...]:
+        """Where a run can be cut: after stage ``k`` for ``k`` in ``1..len(stages)-1``
+        (the runtime's ``split`` values)."""
+        return tuple(range(1, len(self.stages)))
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -375,6 +383,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["sha256"]
         d["formats"] = list(self.formats)
         return d
 
@@ -446,10 +455,10 @@ class Manifest:
         for where, rel in named:
             if rel not in files:
                 raise _bad(where, f"{rel!r} is not listed with its sha256 in files")
-        split_points = tuple(
+        # Older packages wrote split_points; it is derived from the stages now, but a
+        # present value is still checked so a crafted one cannot pass unseen.
+        for i, p in enumerate(_list(d.get("split_points", []), "split_points", hi=_MAX_STAGES)):
             _int(p, f"split_points[{i}]", lo=0, hi=len(stages))
-            for i, p in enumerate(_list(d.get("split_points", []), "split_points", hi=_MAX_STAGES))
-        )
         onnx_act = d.get("onnx_activation_type")
         return cls(
             name=name,
@@ -464,7 +473,6 @@ class Manifest:
                 None if onnx_act is None else _str(onnx_act, "onnx_activation_type", hi=16)
             ),
             tools=_str_map(d.get("tools", {}), "tools"),
-            split_points=split_points,
             files=dict(files),
             targets=_str_map(d.get("targets", {}), "targets", hi=8),
             schema_version=version,
@@ -509,6 +517,7 @@ def write_manifest(root: Path, manifest: Manifest) -> Manifest:
     done = Manifest(**{**manifest.__dict__, "files": files})
     text = json.dumps(done.to_dict(), indent=2, sort_keys=False) + "\n"
     Manifest.from_dict(json.loads(text))  # the same rule every reader applies
+    done = replace(done, sha256=hashlib.sha256(text.encode()).hexdigest())
     tmp = root / f".manifest.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -556,7 +565,7 @@ def read_manifest(root: str | os.PathLike[str], *, verify: bool = True) -> Manif
         raise PackageError(
             f"cannot read {path}: {str(exc)[:200]}", hint="convert the model again", path=str(path)
         ) from None
-    manifest = Manifest.from_dict(data)
+    manifest = replace(Manifest.from_dict(data), sha256=hashlib.sha256(raw).hexdigest())
     for rel, digest in manifest.files.items():
         f = package_file(root, rel, must_exist=verify)
         if verify and file_sha256(f) != digest:

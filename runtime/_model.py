@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import threading
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgekit._errors import ModelClosedError, PackageError
-from edgekit._package import MANIFEST, Manifest, QuantParams, read_manifest
+from edgekit._package import Manifest, QuantParams, read_manifest
 
 from . import backends
 from ._confidence import Confidence
@@ -94,7 +93,7 @@ def load(
     if pol.needs.offloads and ocfg is None:
         raise ValueError(f"policy {pol.describe()!r} offloads; pass offload='http://HOST:PORT'")
     client = None
-    sha = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
+    sha = manifest.sha256
     if ocfg is not None:
         n_classes = manifest.stages[-1].logits.shape[-1]
         client = OffloadClient(ocfg, manifest.name, sha, n_classes)

@@ -218,3 +218,33 @@ def test_manifest_is_written_with_the_normal_mode(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "manifest.json").stat().st_mode) == 0o644
     assert not list(tmp_path.glob(".manifest.*"))
+
+
+def test_manifest_sha256_is_the_read_bytes(tmp_path: Path) -> None:
+    import hashlib
+
+    written = _tiny_package(tmp_path)
+    raw = (tmp_path / "manifest.json").read_bytes()
+    assert written.sha256 == hashlib.sha256(raw).hexdigest()
+    assert read_manifest(tmp_path).sha256 == written.sha256
+    assert "sha256" not in json.loads(raw)  # the digest of the file is not inside it
+    (tmp_path / "manifest.json").write_bytes(raw.replace(b'"tiny"', b'"tinz"'))
+    assert read_manifest(tmp_path).sha256 == hashlib.sha256(
+        (tmp_path / "manifest.json").read_bytes()
+    ).hexdigest()
+
+
+def test_split_points_follow_the_stages_and_old_packages_still_read(tmp_path: Path) -> None:
+    _tiny_package(tmp_path)
+    assert read_manifest(tmp_path).split_points == ()  # one stage: nowhere to cut
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert "split_points" not in data
+    data["split_points"] = [1]  # what older converts wrote
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    assert read_manifest(tmp_path).split_points == ()
+
+
+def test_converted_split_points_are_the_runtime_splits(digits_pkg: Path) -> None:
+    m = read_manifest(digits_pkg)
+    assert len(m.stages) >= 2
+    assert m.split_points == tuple(range(1, len(m.stages)))

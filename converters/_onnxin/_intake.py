@@ -326,7 +326,6 @@ class _Intake:
             quantization="ptq",
             onnx_activation_type=onx["act"],
             tools=_tools(),
-            split_points=tuple(range(1, len(stages))),
         )
 
     def run(self) -> tuple[Manifest, dict[str, Any]]:

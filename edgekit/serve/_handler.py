@@ -33,7 +33,6 @@ from edgekit._kserve import (
     encode_infer_response,
     error_body,
     model_name,
-    package_sha256,
     parse_split_model,
     short_repr,
     to_8bit,
@@ -90,7 +89,7 @@ class Handler:
         self.config = config
         self.backend = backend
         self.name = manifest.name
-        self.sha256 = package_sha256(root)
+        self.sha256 = manifest.sha256
         self.tails = list(tails)
         self.models = [model_name(self.name, t.split) for t in self.tails]
         self._executor = ThreadPoolExecutor(

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgekit._errors import OutputExistsError, PackageError, require
-from edgekit._kserve import CONFIDENCE, INPUT, LOGITS, model_name, package_sha256
+from edgekit._kserve import CONFIDENCE, INPUT, LOGITS, model_name
 from edgekit._package import Manifest, read_manifest
 from edgekit._progress import say
 
@@ -187,7 +187,7 @@ def export_triton(
             path=str(repo),
         )
     repo.mkdir(parents=True, exist_ok=True)
-    digest = package_sha256(root)
+    digest = manifest.sha256
     for s, name in enumerate(names):
         model = tail_onnx(root, manifest, s)
         q = manifest.stages[s].input.quant

@@ -56,12 +56,13 @@ def test_report_contract(digits_pkg: Path) -> None:
     assert [e["index"] for e in exits] == list(range(len(exits)))
     for e in exits:
         assert 0 < e["macs_fraction"] <= 1
+        # digits is easy: every exit of a working conversion, in every format, is far
+        # above chance (10%); a broken exit head or quantization lands near chance
         for k in ("float", "tflite_int8", "onnx_int8"):
-            assert 0.0 <= e["accuracy"][k] <= 1.0
+            assert 0.6 < e["accuracy"][k] <= 1.0, (e["index"], k, e["accuracy"])
     for fmt in ("tflite", "onnx"):
         s = report["sizes"][fmt]
         assert s["int8"] < 0.35 * s["float"], s
-    # digits is easy: every exit of a working conversion is far above chance (10%)
     assert exits[-1]["accuracy"]["tflite_int8"] > 0.85
     assert report["agreement"]["tflite_chain_vs_unsplit"] >= 0.995
     assert report["agreement"]["onnx_chain_vs_unsplit"] >= 0.99

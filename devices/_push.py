@@ -180,6 +180,12 @@ def package_release_id(package: Path) -> str:
     return hashlib.sha256((package / MANIFEST).read_bytes()).hexdigest()[:12]
 
 
+def _manifest_digest(package: Path, manifest: Manifest) -> str:
+    """The sha256 of the manifest bytes ``read_manifest`` checked (read again only for a
+    manifest built in memory)."""
+    return manifest.sha256 or hashlib.sha256((package / MANIFEST).read_bytes()).hexdigest()
+
+
 class _Push:
     """One target's push, step by step (so an error can say which step failed)."""
 
@@ -188,7 +194,7 @@ class _Push:
         self.conn = connect(target, opts.connection)
         self.name = target
         self.layout = Layout(opts.root, manifest.name)
-        self.rid = package_release_id(package)
+        self.rid = _manifest_digest(package, manifest)[:12]
         self.step = "connect"
         self.stats: dict[str, Any] = {
             "files_sent": 0,
@@ -447,7 +453,7 @@ class _Push:
         the device then places them itself (``_agent place``), re-checking every path.
         """
         final = self.layout.release(self.rid)
-        mdigest = hashlib.sha256((self.package / MANIFEST).read_bytes()).hexdigest()
+        mdigest = _manifest_digest(self.package, self.manifest)
         files = dict(self.manifest.files)
         files[MANIFEST] = mdigest
         listing = self._listing()

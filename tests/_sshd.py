@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _net import free_port
 
 
 def need(condition: bool, reason: str) -> None:
@@ -22,12 +23,6 @@ def need(condition: bool, reason: str) -> None:
     if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
         pytest.fail(f"required in CI: {reason}")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_banner(host: str, port: int, timeout: float = 20.0) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,14 @@ pytest_plugins = ["_devices_fixtures"]
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def digits() -> Any:
+    """scikit-learn's digits as an edgekit Dataset (default split and seed)."""
+    from edgekit.data import load_digits
+
+    return load_digits()
 
 
 @pytest.fixture(scope="session")

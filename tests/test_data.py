@@ -208,12 +208,6 @@ def test_fashion_mnist_missing_folder_hint(tmp_path: Path) -> None:
 # sklearn digits
 
 
-@pytest.fixture(scope="module")
-def digits() -> Dataset:
-    pytest.importorskip("sklearn")
-    return load_digits()
-
-
 def test_digits(digits: Dataset) -> None:
     check_structure(digits)
     assert digits.input_shape == (8, 8, 1)

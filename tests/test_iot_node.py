@@ -51,7 +51,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray]:
+def digit_images() -> tuple[np.ndarray, np.ndarray]:
     """Test images of the digits set as uint8 (H, W) arrays, and their labels."""
     import edgekit
 
@@ -217,11 +217,11 @@ def command(port: int, device: str, body: dict[str, Any]) -> None:
 
 
 def test_normal_run(
-    broker: Broker, digits_pkg: Path, digits: Any, tmp_path: Path, nodes: Any, recorders: Any
+    broker: Broker, digits_pkg: Path, digit_images: Any, tmp_path: Path, nodes: Any, recorders: Any
 ) -> None:
     """Inbox files and MQTT requests in, one event each; status, stats, commands, systemd
     notifications and a graceful SIGTERM."""
-    images, labels = digits
+    images, labels = digit_images
     dev = "normal"
     rec = Recorder(broker.port, [f"edgekit/{dev}/#", "homeassistant/#"], "rec-normal")
     recorders.append(rec)
@@ -318,9 +318,9 @@ def test_normal_run(
 
 
 def test_broker_restart_midstream(
-    broker: Broker, digits_pkg: Path, digits: Any, tmp_path: Path, nodes: Any, recorders: Any
+    broker: Broker, digits_pkg: Path, digit_images: Any, tmp_path: Path, nodes: Any, recorders: Any
 ) -> None:
-    images, _ = digits
+    images, _ = digit_images
     rec = Recorder(broker.port, ["edgekit/restart/events"], "rec-restart")
     recorders.append(rec)
     node = NodeProc(tmp_path, digits_pkg, broker.port, "restart")
@@ -338,11 +338,11 @@ def test_broker_restart_midstream(
 
 
 def test_sigkill_while_broker_down(
-    broker: Broker, digits_pkg: Path, digits: Any, tmp_path: Path, nodes: Any, recorders: Any
+    broker: Broker, digits_pkg: Path, digit_images: Any, tmp_path: Path, nodes: Any, recorders: Any
 ) -> None:
     """Events committed while the broker is down survive a SIGKILL of the node; an input
     claimed when it died is finished after the restart under the event id it was given."""
-    images, _ = digits
+    images, _ = digit_images
     rec = Recorder(broker.port, ["edgekit/killed/#"], "rec-killed")
     recorders.append(rec)
     node = NodeProc(tmp_path, digits_pkg, broker.port, "killed")
@@ -367,11 +367,11 @@ def test_sigkill_while_broker_down(
 
 
 def test_lost_puback_is_resent(
-    broker: Broker, digits_pkg: Path, digits: Any, tmp_path: Path, nodes: Any, recorders: Any
+    broker: Broker, digits_pkg: Path, digit_images: Any, tmp_path: Path, nodes: Any, recorders: Any
 ) -> None:
     """PUBACKs lost on the way back: the node resends (DUP) until acknowledged; the
     subscriber sees duplicates under the same event id, and the outbox empties."""
-    images, _ = digits
+    images, _ = digit_images
     rec = Recorder(broker.port, ["edgekit/lossy/#"], "rec-lossy")
     recorders.append(rec)
     proxy = PubackDropper(broker.port, drop=6)
@@ -399,9 +399,9 @@ def test_lost_puback_is_resent(
 
 
 def test_outbox_cap_drops_oldest_and_counts(
-    broker: Broker, digits_pkg: Path, digits: Any, tmp_path: Path, nodes: Any, recorders: Any
+    broker: Broker, digits_pkg: Path, digit_images: Any, tmp_path: Path, nodes: Any, recorders: Any
 ) -> None:
-    images, _ = digits
+    images, _ = digit_images
     rec = Recorder(broker.port, ["edgekit/capped/#"], "rec-capped")
     recorders.append(rec)
     broker.stop()
@@ -423,11 +423,11 @@ def test_outbox_cap_drops_oldest_and_counts(
 
 
 def test_follows_a_new_deployment(
-    broker: Broker, digits_pkg: Path, digits: Any, tmp_path: Path, nodes: Any, recorders: Any
+    broker: Broker, digits_pkg: Path, digit_images: Any, tmp_path: Path, nodes: Any, recorders: Any
 ) -> None:
     """``current`` switched (as ``edgekit push`` does: a rename of a new symlink) while inputs
     stream in: the node moves to the new deploy without a restart and loses no input."""
-    images, _ = digits
+    images, _ = digit_images
     rec = Recorder(broker.port, ["edgekit/follow/#"], "rec-follow")
     recorders.append(rec)
     pkgroot = tmp_path / "opt" / "digits"
@@ -552,13 +552,13 @@ def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
 
 
 def test_tls_and_password(
-    digits_pkg: Path, digits: Any, tmp_path: Path, nodes: Any, recorders: Any
+    digits_pkg: Path, digit_images: Any, tmp_path: Path, nodes: Any, recorders: Any
 ) -> None:
     """A broker that takes only TLS and a password: the node connects with --tls, --tls-ca,
     --username and --password-file; a wrong password is refused, and the log says so."""
     import tempfile
 
-    images, _ = digits
+    images, _ = digit_images
     secrets = Path(tempfile.mkdtemp(prefix="edgekit-mqtt-tls-"))  # readable by mosquitto
     try:
         ca, cert, key = _tls_files(secrets)

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _net import free_port
 
 import edgekit
 from edgekit._kserve import package_sha256
-from edgekit.data import load_digits
 from edgekit.runtime import OffloadConfig
 from edgekit.runtime._offload import OffloadClient, OffloadReply
 
@@ -40,11 +40,6 @@ pytestmark = [
 
 NEVER = float("inf")
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture(scope="module")
-def digits() -> Any:
-    return load_digits()
 
 
 @pytest.fixture(scope="module")
@@ -228,16 +223,10 @@ def _ready(port: int) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_server_killed_mid_stream_every_input_answered_once(digits_pkg: Path, digits: Any) -> None:
     xs = digits.x_test[:300]
     want = _local(digits_pkg, xs)
-    port = _free_port()
+    port = free_port()
     proc = _serve_subprocess(digits_pkg, port)
     cfg = OffloadConfig(f"http://127.0.0.1:{port}", timeout_ms=2000, backoff_ms=100)
     preds = []

@@ -229,9 +229,10 @@ def test_manifest_sha256_is_the_read_bytes(tmp_path: Path) -> None:
     assert read_manifest(tmp_path).sha256 == written.sha256
     assert "sha256" not in json.loads(raw)  # the digest of the file is not inside it
     (tmp_path / "manifest.json").write_bytes(raw.replace(b'"tiny"', b'"tinz"'))
-    assert read_manifest(tmp_path).sha256 == hashlib.sha256(
-        (tmp_path / "manifest.json").read_bytes()
-    ).hexdigest()
+    assert (
+        read_manifest(tmp_path).sha256
+        == hashlib.sha256((tmp_path / "manifest.json").read_bytes()).hexdigest()
+    )
 
 
 def test_split_points_follow_the_stages_and_old_packages_still_read(tmp_path: Path) -> None:

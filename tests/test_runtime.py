@@ -13,7 +13,6 @@ import pytest
 
 import edgekit
 from edgekit import ChecksumError, MissingExtraError, SchemaVersionError
-from edgekit.data import load_digits
 from edgekit.runtime import BanditPolicy, InputError, Prediction
 
 pytestmark = pytest.mark.slow
@@ -39,11 +38,6 @@ POLICIES = [
     "bandit:exp3",
     "oracle",
 ]
-
-
-@pytest.fixture(scope="module")
-def digits() -> object:
-    return load_digits()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 import edgekit
-from edgekit.data import load_digits
 from edgekit.runtime import (
     BanditPolicy,
     InputError,
@@ -28,11 +27,6 @@ from edgekit.runtime import (
 from edgekit.runtime._offload import OffloadClient
 
 N, MACS = 4, [0.1, 0.3, 0.6, 1.0]
-
-
-@pytest.fixture(scope="module")
-def digits() -> Any:
-    return load_digits()
 
 
 # -- threads and close ------------------------------------------------------------------

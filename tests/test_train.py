@@ -9,12 +9,6 @@ from edgekit.converters._exits import attach_exits
 from edgekit.converters._graph import pick_cuts
 from edgekit.converters._models import builtin_cnn
 from edgekit.converters._train import TrainConfig, evaluate_exits, train_exits
-from edgekit.data import load_digits
-
-
-@pytest.fixture(scope="module")
-def digits() -> object:
-    return load_digits()
 
 
 def _model() -> object:

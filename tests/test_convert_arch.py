@@ -143,7 +143,7 @@ def test_sequential_cnn_with_fused_activations_and_rescaling(tmp_path: Path) -> 
 
 def _digits_failure(monkeypatch: pytest.MonkeyPatch, what: str) -> None:
     """Make one later step fail the way a converter bug would (an unexpected exception)."""
-    from edgekit.converters import _convert, _onnx
+    from edgekit.converters import _convert, _onnx, _ptq
 
     if what == "onnx":
         real = _onnx.export_int8_onnx
@@ -164,7 +164,8 @@ def _digits_failure(monkeypatch: pytest.MonkeyPatch, what: str) -> None:
                 raise RuntimeError("tensorflow/lite/kernels: no int8 kernel")
             return real_tfl(model, rep)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(_convert, "to_int8_tflite", to_tflite)
+        monkeypatch.setattr(_convert, "to_int8_tflite", to_tflite)  # the unsplit model
+        monkeypatch.setattr(_ptq, "to_int8_tflite", to_tflite)  # the stages
 
 
 def test_onnx_failure_finishes_without_onnx(

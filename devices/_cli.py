@@ -61,7 +61,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
             return {"target": t, "error": exc.message, "hint": exc.hint}
 
     with ThreadPoolExecutor(max_workers=min(8, len(args.targets))) as pool:
-        results = dict(zip(args.targets, pool.map(one, args.targets), strict=True))
+        results = dict(zip(args.targets, pool.map(one, args.targets)))  # map keeps order; 3.9
     if args.json:
         out = results[args.targets[0]] if len(args.targets) == 1 else results
         print(json.dumps(out, indent=2))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _net import refused_port
+from _wait import wait_for
 
 import edgekit
 from edgekit import _kserve as kserve
@@ -51,7 +53,9 @@ class FakeServer:
             try:
                 conn, _ = self._sock.accept()
             except OSError:
-                return
+                if self._stop:  # closed by close()
+                    return
+                raise
             t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             t.start()
             self._threads.append(t)
@@ -83,7 +87,7 @@ class FakeServer:
             while not self._stop:
                 try:
                     req = self._read(conn)
-                except OSError:
+                except ConnectionError:  # the client dropped the connection (no timeouts here)
                     return
                 if req is None:
                     return
@@ -200,11 +204,10 @@ def test_a_bad_server_costs_nothing_but_time(
 
 
 def test_connection_refused(digits_pkg: Path, xs: np.ndarray) -> None:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
-    with edgekit.load(digits_pkg, policy="split:0", offload=_cfg(f"http://127.0.0.1:{port}")) as m:
+    with (
+        refused_port() as port,  # bound, not listening: refused for as long as the test runs
+        edgekit.load(digits_pkg, policy="split:0", offload=_cfg(f"http://127.0.0.1:{port}")) as m,
+    ):
         preds = m.predict_batch(xs[:10])
         st = m.stats()["offload"]
     assert [(p.label, p.exit) for p in preds] == _local(digits_pkg, xs[:10])
@@ -215,14 +218,16 @@ def test_breaker_probes_after_backoff_and_closes_when_the_server_recovers(
     digits_pkg: Path, xs: np.ndarray, fake: FakeServer
 ) -> None:
     fake.mode = "500"
-    with edgekit.load(digits_pkg, policy="split:2", offload=_cfg(fake.url)) as m:
+    # A 1 s backoff: no probe can slip in between the five inputs on a loaded machine.
+    with edgekit.load(digits_pkg, policy="split:2", offload=_cfg(fake.url, backoff_ms=1e3)) as m:
         for x in xs[:5]:
             assert m.predict(x).fallback
         assert m.stats()["offload"]["breaker"]["state"] == "open"
         tried = len(fake.requests)
         assert tried == 3
         fake.mode = "ok"
-        time.sleep(0.08)  # past the 50 ms backoff (+-20%)
+        breaker = lambda: m.stats()["offload"]["breaker"]["state"]  # noqa: E731
+        wait_for(lambda: breaker() == "half-open", 10, "the 1 s backoff to pass")
         p = m.predict(xs[5])  # the probe
         assert p.offloaded and p.label == 3 and p.split == 2 and p.bytes_sent > 0
         assert m.stats()["offload"]["breaker"]["state"] == "closed"

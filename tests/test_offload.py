@@ -15,8 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _net import free_port
+from _net import free_port, refused_port
 
 import edgekit
 from edgekit._kserve import package_sha256
@@ -64,6 +66,7 @@ class SlowProxy:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -71,8 +74,11 @@ class SlowProxy:
             try:
                 c, _ = self.sock.accept()
             except OSError:
-                return
-            u = socket.create_connection(self.upstream)
+                if self.closed:
+                    return
+                raise
+            u = socket.create_connection(self.upstream, timeout=30)
+            u.settimeout(None)
             for sock in (c, u):  # no Nagle: small writes must not wait for an ACK
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for a, b in ((c, u), (u, c)):
@@ -89,6 +95,7 @@ class SlowProxy:
                 s.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        self.closed = True
         self.sock.close()
 
 
@@ -179,18 +186,27 @@ def test_bandit_offloads_on_a_fast_link_and_stays_local_when_the_server_is_slow(
     proxy = SlowProxy(server)
     xs = digits.x_test
     try:
-        # A device 2 ms slower per stage than this host: 4 stages here cost ~8 ms, a
-        # round trip on loopback about 1 ms.
+        # Sized from this host's own round trip, not from an assumed speed: the device's 4
+        # stages cost 10 round trips through the proxy (at least 2 ms more per stage than
+        # here); then the server answers 5 times later than the device's own stages finish.
+        with edgekit.load(digits_pkg, policy="split:0", offload=proxy.url) as m:
+            rtt_s = float(np.median([m.predict(x).rtt_ms for x in xs[:20]])) / 1e3
+        extra_s = min(0.025, max(0.002, 10 * rtt_s / 4))
         m = _slow_device(
             edgekit.load(
-                digits_pkg, policy="bandit:ducb", offload=proxy.url, arms=(NEVER,), lam=1.0
+                digits_pkg,
+                policy="bandit:ducb",
+                offload=proxy.url,
+                offload_timeout_ms=30_000,  # slow is not failed: the deadline is far away
+                arms=(NEVER,),
+                lam=1.0,
             ),
-            0.002,
+            extra_s,
         )
         with m:
             fast = [m.predict(x) for x in xs[:150]]
             assert sum(p.offloaded for p in fast[-50:]) >= 45
-            proxy.delay = 0.015  # the server now answers 30 ms later
+            proxy.delay = 2.5 * 4 * extra_s  # each way: a round trip of 5x the local stages
             slow = [m.predict(x) for x in xs[150:450]]
             st = m.stats()
         assert sum(not p.offloaded for p in slow[-60:]) >= 54
@@ -202,32 +218,59 @@ def test_bandit_offloads_on_a_fast_link_and_stays_local_when_the_server_is_slow(
 
 
 def _serve_subprocess(pkg: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """``edgekit serve`` on ``port``, once it answers ready; AssertionError if it exits."""
     cmd = [sys.executable, "-m", "edgekit", "serve", str(pkg), "--port", str(port),
            "--max-delay-ms", "0", *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        assert proc.poll() is None, "edgekit serve exited"
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - the child writes to it as long as it runs
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            err = log.read().decode(errors="replace")
+            raise AssertionError(f"edgekit serve exited with {proc.returncode}: {err[-2000:]}")
         if _ready(port):
             return proc
         time.sleep(0.2)
     proc.kill()
+    proc.wait(30)
     raise AssertionError("edgekit serve did not become ready")
 
 
+def _serve_on_a_free_port(pkg: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A port that was free a moment ago may be taken before the server binds it: retry."""
+    for attempt in range(3):
+        port = free_port()
+        try:
+            return _serve_subprocess(pkg, port), port
+        except AssertionError as exc:
+            if "address already in use" not in str(exc).lower() or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _ready(port: int) -> bool:
+    """True once the server answers ready; False while nothing listens or it is not ready
+    yet. A timeout or any other error is raised, not taken for "not yet"."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=10) as r:
             return bool(r.status == 200)
-    except OSError:
+    except urllib.error.HTTPError as exc:
+        if exc.code == 503:
+            return False
+        raise
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, (ConnectionRefusedError, ConnectionResetError)):
+            return False
+        raise
+    except (ConnectionRefusedError, ConnectionResetError):
         return False
 
 
 def test_server_killed_mid_stream_every_input_answered_once(digits_pkg: Path, digits: Any) -> None:
     xs = digits.x_test[:300]
     want = _local(digits_pkg, xs)
-    port = free_port()
-    proc = _serve_subprocess(digits_pkg, port)
+    proc, port = _serve_on_a_free_port(digits_pkg)
     cfg = OffloadConfig(f"http://127.0.0.1:{port}", timeout_ms=2000, backoff_ms=100)
     preds = []
     try:
@@ -235,7 +278,7 @@ def test_server_killed_mid_stream_every_input_answered_once(digits_pkg: Path, di
             for i, x in enumerate(xs):
                 if i == 100:
                     os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                    proc.wait(30)
                 if i == 200:
                     assert m.stats()["offload"]["breaker"]["state"] in ("open", "half-open")
                     proc = _serve_subprocess(digits_pkg, port)
@@ -243,7 +286,7 @@ def test_server_killed_mid_stream_every_input_answered_once(digits_pkg: Path, di
             st = m.stats()
     finally:
         proc.kill()
-        proc.wait()
+        proc.wait(30)
     assert len(preds) == 300 and st["predictions"] == 300
     assert [p.label for p in preds] == [w[0] for w in want]
     np.testing.assert_allclose([p.score for p in preds], [w[1] for w in want], rtol=1e-5)
@@ -300,7 +343,7 @@ def test_https_with_a_private_ca(digits_pkg: Path, digits: Any, tmp_path: Path) 
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
          "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     cfg = ServeConfig(port=0, max_delay_ms=0.0, tls_cert=str(cert), tls_key=str(key))
     with Server(digits_pkg, cfg) as s:
@@ -320,14 +363,16 @@ def test_https_with_a_private_ca(digits_pkg: Path, digits: Any, tmp_path: Path) 
 
 
 def test_non_offloading_policies_ignore_the_server(digits_pkg: Path, digits: Any) -> None:
-    # No server listens here: a local policy never notices.
-    with edgekit.load(digits_pkg, policy="threshold:0.9", offload="http://127.0.0.1:9") as m:
-        preds = m.predict_batch(digits.x_test[:10])
-        st = m.stats()["offload"]
-    assert not any(p.offload for p in preds) and st["requests"] == 0
-    with pytest.raises(ValueError, match="offload="):
-        edgekit.load(digits_pkg, policy="split:1")
-    with pytest.raises(ValueError, match="past the last stage"):
-        edgekit.load(digits_pkg, policy="split:7", offload="http://127.0.0.1:9")
+    # No server listens here (connections are refused): a local policy never notices.
+    with refused_port() as port:
+        dead = f"http://127.0.0.1:{port}"
+        with edgekit.load(digits_pkg, policy="threshold:0.9", offload=dead) as m:
+            preds = m.predict_batch(digits.x_test[:10])
+            st = m.stats()["offload"]
+        assert not any(p.offload for p in preds) and st["requests"] == 0
+        with pytest.raises(ValueError, match="offload="):
+            edgekit.load(digits_pkg, policy="split:1")
+        with pytest.raises(ValueError, match="past the last stage"):
+            edgekit.load(digits_pkg, policy="split:7", offload=dead)
     with pytest.raises(ValueError, match="not http"):
         edgekit.load(digits_pkg, policy="bandit", offload="ftp://x")

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit._kserve import decode_infer_response
-from edgekit._package import read_manifest
+from edgekit import read_manifest
+from edgekit._kserve import decode_infer_response  # internal: the KServe v2 codec
 from edgekit.runtime import Quantizer, backends
 
 __all__ = ["Client", "Local", "softmax_max"]

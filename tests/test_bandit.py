@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from edgekit.runtime import NEVER, BanditPolicy, Confidence, Outcome, parse_policy
-from edgekit.runtime._bandit import ALGORITHMS, make_algorithm
+from edgekit.runtime import ALGORITHMS, NEVER, BanditPolicy, Confidence, Outcome, parse_policy
+from edgekit.runtime._bandit import make_algorithm  # internal: the bare algorithms
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))

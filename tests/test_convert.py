@@ -140,7 +140,7 @@ def test_existing_output_is_refused(digits_pkg: Path) -> None:
 
 
 def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgekit.converters import _convert, convert
+    from edgekit.converters import _convert, convert  # internal: patches a step of the convert
 
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -158,7 +158,7 @@ def test_interrupted_force_run_keeps_previous_package(
 ) -> None:
     import shutil
 
-    from edgekit.converters import _convert, convert
+    from edgekit.converters import _convert, convert  # internal: patches a step of the convert
 
     copy = tmp_path / "keep.edgepkg"
     shutil.copytree(digits_pkg, copy)

@@ -15,7 +15,7 @@ import pytest
 
 from edgekit import ConversionError, read_manifest
 from edgekit.converters import convert
-from edgekit.converters._keras import keras
+from edgekit.converters._keras import keras  # internal: tf-keras imported as the converters do
 
 pytestmark = pytest.mark.slow
 
@@ -143,7 +143,11 @@ def test_sequential_cnn_with_fused_activations_and_rescaling(tmp_path: Path) -> 
 
 def _digits_failure(monkeypatch: pytest.MonkeyPatch, what: str) -> None:
     """Make one later step fail the way a converter bug would (an unexpected exception)."""
-    from edgekit.converters import _convert, _onnx, _ptq
+    from edgekit.converters import (  # internal: patches a converter step to fail
+        _convert,
+        _onnx,
+        _ptq,
+    )
 
     if what == "onnx":
         real = _onnx.export_int8_onnx
@@ -210,7 +214,9 @@ def test_tflite_failure_names_the_step_and_keeps_the_trained_model(
     assert kept.exists() and f"--model {kept}" in (err.value.hint or "")
     assert not out.exists()
     # The rerun reuses the exits and weights: no training, the checkpoint's exits.
-    from edgekit.converters._exits import split_trained
+    from edgekit.converters._exits import (  # internal: reads the exits back from a checkpoint
+        split_trained,
+    )
 
     split = split_trained(keras().models.load_model(kept, compile=False))
     assert split is not None

@@ -10,7 +10,7 @@ import pytest
 
 from edgekit import DatasetError, ModelError, read_manifest
 from edgekit.converters import convert
-from edgekit.converters._keras import keras
+from edgekit.converters._keras import keras  # internal: tf-keras imported as the converters do
 
 pytestmark = pytest.mark.slow
 

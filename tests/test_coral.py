@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit._errors import ConversionError
+from edgekit import ConversionError, read_manifest
 from edgekit.converters import check_edgetpu, ensure_compiled
-from edgekit.converters._edgetpu import prepare_coral, static_batch1
+from edgekit.converters._edgetpu import (  # internal: the coral steps under convert --target coral
+    prepare_coral,
+    static_batch1,
+)
 
 flatbuffer_utils = pytest.importorskip("ai_edge_litert.tools.flatbuffer_utils")
 schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
@@ -121,7 +124,7 @@ def test_not_a_flatbuffer_is_a_clear_error() -> None:
 
 def _coral_copy(pkg: Path, tmp_path: Path) -> Path:
     """The session package as ``--target coral`` leaves it (prepare_coral + manifest line)."""
-    from edgekit._package import read_manifest, write_manifest
+    from edgekit._package import write_manifest  # internal: rewrites the manifest as convert does
 
     root = tmp_path / "coral.edgepkg"
     shutil.copytree(pkg, root)
@@ -167,8 +170,6 @@ def test_without_the_compiler_the_error_says_how_to_compile(
 def test_compiler_on_path_compiles_and_relists_the_package(
     digits_pkg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgekit._package import read_manifest
-
     root = _coral_copy(digits_pkg, tmp_path)
     bin_dir = tmp_path / "bin"
     _fake_compiler(bin_dir, _COPYING)
@@ -204,10 +205,8 @@ def test_a_package_not_converted_for_coral_is_refused(
 
 def test_push_to_a_coral_profile_says_how_to_compile(digits_pkg: Path) -> None:
     """The push step that picks the edgetpu backend refuses uncompiled stages, with the how."""
-    from edgekit._package import read_manifest
-    from edgekit.devices import PushOptions
-    from edgekit.devices._errors import PushError
-    from edgekit.devices._push import _Push
+    from edgekit.devices import PushError, PushOptions
+    from edgekit.devices._push import _Push  # internal: one step of a push, without a device
 
     job = _Push(digits_pkg, read_manifest(digits_pkg), "coral-board", PushOptions())
     with pytest.raises(PushError, match=r"lacks tflite/stage_0_edgetpu\.tflite") as e:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.devices._errors import UnsupportedDeviceError
-from edgekit.devices._probe import PROBE_SCRIPT, parse_probe
-from edgekit.devices._remote import Layout
-from edgekit.devices._target import parse_target
-from edgekit.devices._wheelhouse import edgekit_wheel, platform_tags
+from edgekit.devices import UnsupportedDeviceError, parse_target
+from edgekit.devices._probe import PROBE_SCRIPT, parse_probe  # internal: probe's parsing alone
+from edgekit.devices._remote import Layout  # internal: the on-device layout scripts
+from edgekit.devices._wheelhouse import (  # internal: the wheels a push builds
+    edgekit_wheel,
+    platform_tags,
+)
 
 
 def test_target_forms(tmp_path: Path) -> None:

@@ -6,10 +6,21 @@ import numpy as np
 import pytest
 
 from edgekit import ModelError
-from edgekit.converters._exits import attach_exits, submodel
-from edgekit.converters._graph import cut_points, layer_macs, model_macs, pick_cuts
-from edgekit.converters._keras import keras
-from edgekit.converters._models import builtin_cnn, check_functional
+from edgekit.converters._exits import (  # internal: exit heads and stage cuts, below convert
+    attach_exits,
+    submodel,
+)
+from edgekit.converters._graph import (  # internal: where exits go, below convert
+    cut_points,
+    layer_macs,
+    model_macs,
+    pick_cuts,
+)
+from edgekit.converters._keras import keras  # internal: tf-keras imported as the converters do
+from edgekit.converters._models import (  # internal: the built-in models, below convert
+    builtin_cnn,
+    check_functional,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit._package import QuantParams
+from edgekit._package import QuantParams  # internal: a stage's int8 scale and zero point
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -22,8 +22,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type
     """A small stage-shaped Keras model (features + logits), exported both ways."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     keras = pytest.importorskip("tf_keras")
-    from edgekit.converters._jetson import export_jetson_onnx
-    from edgekit.converters._onnx import export_int8_onnx
+    from edgekit.converters._jetson import (  # internal: the Jetson export, below convert
+        export_jetson_onnx,
+    )
+    from edgekit.converters._onnx import (  # internal: the default ONNX export, below convert
+        export_int8_onnx,
+    )
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 4), name="input")
@@ -80,7 +84,10 @@ def test_every_zero_point_is_int8_zero_and_weights_per_channel(tiny: dict) -> No
 
 
 def test_qdq_pairs_sit_where_tensorrt_fuses_them(tiny: dict) -> None:  # type: ignore[type-arg]
-    from edgekit.converters._jetson import _TRT_QDQ_CONSUMERS, tensorrt_problems
+    from edgekit.converters._jetson import (  # internal: TensorRT's rules
+        _TRT_QDQ_CONSUMERS,
+        tensorrt_problems,
+    )
 
     proto = onnx.load(str(tiny["dir"] / "jetson.onnx"))
     assert tensorrt_problems(proto) == []
@@ -103,7 +110,9 @@ def test_qdq_pairs_sit_where_tensorrt_fuses_them(tiny: dict) -> None:  # type: i
 
 def test_the_default_stages_are_what_tensorrt_refuses(tiny: dict) -> None:  # type: ignore[type-arg]
     """The checker can fail: today's asymmetric stages break the rules (issue 13)."""
-    from edgekit.converters._jetson import tensorrt_problems
+    from edgekit.converters._jetson import (  # internal: TensorRT's rules, checked on the files
+        tensorrt_problems,
+    )
 
     problems = tensorrt_problems(onnx.load(str(tiny["dir"] / "default.onnx")))
     assert any("is not 0" in p for p in problems)
@@ -137,7 +146,7 @@ def test_same_bytes_contract_as_the_default_stage(tiny: dict) -> None:  # type: 
 
 
 def test_symmetric_covers_the_tflite_range() -> None:
-    from edgekit.converters._jetson import symmetric
+    from edgekit.converters._jetson import symmetric  # internal: the Jetson scale helper
 
     q = QuantParams(0.02, -128, "int8")  # [0, 5.1]
     s = symmetric(q)
@@ -149,7 +158,9 @@ def test_symmetric_covers_the_tflite_range() -> None:
 @pytest.mark.slow
 def test_convert_target_jetson_cli(tmp_path: Path) -> None:
     from edgekit.cli import main
-    from edgekit.converters._jetson import tensorrt_problems
+    from edgekit.converters._jetson import (  # internal: TensorRT's rules, checked on the files
+        tensorrt_problems,
+    )
 
     out = tmp_path / "j.edgepkg"
     assert (

@@ -135,7 +135,7 @@ def test_device_bench_records_the_provider_of_each_stage(
     """What ``edgekit bench PKG user@host`` runs on the device (the agent), here in-process."""
     import json
 
-    from edgekit.devices._agent import main
+    from edgekit.devices._agent import main  # internal: the device agent, run in-process
 
     args = ["bench", str(digits_pkg), "--backend", "onnxruntime", "-n", "4", "--policies", "full"]
     assert main(args) == 0

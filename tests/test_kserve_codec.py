@@ -9,9 +9,8 @@ import zlib
 import numpy as np
 import pytest
 
-from edgekit._kserve import (
+from edgekit._kserve import (  # internal: the KServe v2 wire codec, unit by unit
     HEADER_LENGTH,
-    ProtocolError,
     Tensor,
     choose_encoding,
     compress,
@@ -30,6 +29,7 @@ from edgekit._kserve import (
     read_infer_response,
     to_8bit,
 )
+from edgekit.serve import ProtocolError
 
 RNG = np.random.default_rng(0)
 

@@ -15,14 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgekit._kserve import (
+from edgekit._kserve import (  # internal: the KServe v2 wire codec, fuzzed
     DATATYPES,
     HEADER_LENGTH,
     InferRequest,
-    ProtocolError,
     decode_infer_request,
     encode_infer_request,
 )
+from edgekit.serve import ProtocolError
 
 LIMIT = 64 << 10
 STATUSES = {400, 413, 415}

@@ -16,11 +16,10 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import edgekit  # noqa: E402
-from edgekit import ConversionError  # noqa: E402
-from edgekit._package import read_manifest  # noqa: E402
+from edgekit import ConversionError, read_manifest  # noqa: E402
 from edgekit.converters import convert  # noqa: E402
-from edgekit.converters._onnxin import load_onnx, valid_cuts  # noqa: E402
-from edgekit.converters._onnxin._graph import analyse, pick_cuts  # noqa: E402
+from edgekit.converters._onnxin import load_onnx, valid_cuts  # noqa: E402  # internal: ONNX intake
+from edgekit.converters._onnxin._graph import analyse, pick_cuts  # noqa: E402  # internal: ONNX cuts
 from edgekit.data import Dataset, load_fashion_mnist  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "onnx"
@@ -271,7 +270,7 @@ def test_vgg_package(vgg_pkg: Path) -> None:
 
 @pytest.mark.slow
 def test_features_cached(vgg_pkg: Path) -> None:
-    from edgekit.converters._onnxin._heads import cache_dir
+    from edgekit.converters._onnxin._heads import cache_dir  # internal: the feature cache's folder
 
     files = list(cache_dir().glob("*.npz"))
     assert len(files) == 3  # train, val, test of the vgg conversion
@@ -294,7 +293,7 @@ def test_vgg_package_predicts_uint8_images(vgg_pkg: Path) -> None:
 def test_vgg_tail_served(vgg_pkg: Path) -> None:
     from _serving import Client, Local
 
-    from edgekit._kserve import encode_split_request
+    from edgekit._kserve import encode_split_request  # internal: the KServe v2 codec
     from edgekit.serve import ServeConfig, Server
 
     data = _fmnist(3000, 600)
@@ -447,7 +446,7 @@ def test_cli_errors(tmp_path: Path) -> None:
 
 
 def test_feature_cache_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgekit.converters._onnxin._heads import _prune
+    from edgekit.converters._onnxin._heads import _prune  # internal: the feature cache's bound
 
     for i in range(5):
         (tmp_path / f"{i}.npz").write_bytes(b"x" * 400_000)

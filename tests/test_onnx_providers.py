@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit._errors import ConversionError
-from edgekit._package import QuantParams
-from edgekit.converters._onnx import quantize_qdq
-from edgekit.converters._providers import node_providers, provider_summary
+from edgekit import ConversionError
+from edgekit._package import QuantParams  # internal: a stage's int8 scale and zero point
+from edgekit.converters._onnx import quantize_qdq  # internal: the QDQ pass, below convert
+from edgekit.converters._providers import (  # internal: the provider report
+    node_providers,
+    provider_summary,
+)
 
 onnx = pytest.importorskip("onnx")
 

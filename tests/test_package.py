@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edgekit import ChecksumError, PackageError, SchemaVersionError, read_manifest
-from edgekit._package import (
+from edgekit._package import (  # internal: the manifest's records and writer
     SCHEMA_VERSION,
     ExitSpec,
     InputSpec,

@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit._package import QuantParams
-from edgekit.converters._exits import submodel
-from edgekit.converters._keras import keras
-from edgekit.converters._ptq import to_int8_tflite_stage
-from edgekit.converters._quantize import tflite_io_quant
+from edgekit._package import QuantParams  # internal: a stage's int8 scale and zero point
+from edgekit.converters._exits import submodel  # internal: stage cuts, below convert
+from edgekit.converters._keras import keras  # internal: tf-keras imported as the converters do
+from edgekit.converters._ptq import to_int8_tflite_stage  # internal: one stage's PTQ, below convert
+from edgekit.converters._quantize import (  # internal: reads a stage's io quantization
+    tflite_io_quant,
+)
 
 
 def _stages():

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import edgekit
-from edgekit import _errors
+from edgekit import _errors  # internal: the tree the facades publish is checked against it
 
 REPO = Path(__file__).resolve().parents[1]
 FACADES = (
@@ -78,7 +78,7 @@ def test_a_lazy_facade_publishes_every_name_of_a_module_it_loads() -> None:
     # asking for push alone also gives PushResult (same private module) its public name,
     # so a PushResult pickled by a user who never spelled the name still unpickles
     devices.push  # noqa: B018
-    from edgekit.devices import _push
+    from edgekit.devices import _push  # internal: the private class a lazy facade publishes
 
     assert _push.PushResult.__module__ == "edgekit.devices"
     assert pickle.loads(pickle.dumps(_push.PushResult)) is _push.PushResult
@@ -153,7 +153,7 @@ def test_old_import_locations_give_the_same_classes() -> None:
 
 def test_state_error_is_an_edgekit_error_and_still_a_value_error(tmp_path: Path) -> None:
     from edgekit.runtime import StateError
-    from edgekit.runtime._persist import read_state
+    from edgekit.runtime._persist import read_state  # internal: the state-file reader alone
 
     (tmp_path / "state.json").write_bytes(b"[1, 2]")
     with pytest.raises(ValueError) as info:

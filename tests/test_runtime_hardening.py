@@ -24,7 +24,7 @@ from edgekit.runtime import (
     Outcome,
     SplitBanditPolicy,
 )
-from edgekit.runtime._offload import OffloadClient
+from edgekit.runtime._offload import OffloadClient  # internal: the offload client alone, no package
 
 N, MACS = 4, [0.1, 0.3, 0.6, 1.0]
 
@@ -257,7 +257,7 @@ def test_state_is_saved_on_a_timer(digits_pkg: Path, digits: Any, tmp_path: Path
 
 
 def test_a_bad_save_interval_is_refused(tmp_path: Path) -> None:
-    from edgekit.runtime._persist import Autosave
+    from edgekit.runtime._persist import Autosave  # internal: the autosave timer alone
 
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="save interval"):

@@ -30,7 +30,7 @@ from apps.smart_camera import (
     WebView,
     open_source,
 )
-from apps.smart_camera._sources import FASHION_HARD, HARD_MIX
+from apps.smart_camera._sources import FASHION_HARD, HARD_MIX  # internal: the hard test:// mixes
 
 cv2 = pytest.importorskip("cv2")
 
@@ -271,7 +271,7 @@ def test_realtime_source_keeps_only_the_newest_frame(pkg: Path) -> None:
 
 
 def test_camera_unplugged_retries_then_clear_error(pkg: Path, tmp_path: Path) -> None:
-    from apps.smart_camera._sources import VideoSource
+    from apps.smart_camera._sources import VideoSource  # internal: a file read as a live camera
 
     video = _video(tmp_path / "cam.avi", _frames(5))
     src = VideoSource(str(video), live=True, loop=False)  # reads like a camera: the end = unplugged

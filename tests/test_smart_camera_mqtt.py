@@ -12,7 +12,7 @@ import pytest
 from _mqtt import Broker, Recorder, free_port, have_mosquitto, wait_for
 from _sshd import need
 
-from apps.smart_camera._mqtt import parse_broker
+from apps.smart_camera._mqtt import parse_broker  # internal: the --mqtt URL parser alone
 
 ROOT = Path(__file__).resolve().parents[1]
 

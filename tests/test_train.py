@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.converters._exits import attach_exits
-from edgekit.converters._graph import pick_cuts
-from edgekit.converters._models import builtin_cnn
-from edgekit.converters._train import TrainConfig, evaluate_exits, train_exits
+from edgekit.converters._exits import attach_exits  # internal: exit heads, below convert
+from edgekit.converters._graph import pick_cuts  # internal: where exits go, below convert
+from edgekit.converters._models import builtin_cnn  # internal: the built-in model, below convert
+from edgekit.converters._train import (  # internal: the training step alone
+    TrainConfig,
+    evaluate_exits,
+    train_exits,
+)
 
 
 def _model() -> object:

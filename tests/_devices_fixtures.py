@@ -5,7 +5,8 @@ one builds the cached rootfs: minutes, once per machine). The fault devices (no 
 Python, a tiny disk) start only for the modules that ask for them.
 
 Where the emulator cannot run (not root, no binfmt_misc/qemu, no debootstrap, no network
-namespaces) the tests that need it skip with the reason; in CI (``CI=true``) they fail instead.
+namespaces) the tests that need it skip with the reason; under CI (``CI=true``) the skip rule in
+conftest.py fails them instead.
 Every device started here is stopped and purged at the end, also when tests fail (fixture
 finalizers, and an atexit hook for a session that dies before they run).
 """
@@ -24,8 +25,6 @@ import pytest
 
 from edgekit.devices import _emulator as emu
 from edgekit.devices._emulator import VirtualDevice
-
-IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 def device_name(suffix: str) -> str:
@@ -63,9 +62,8 @@ atexit.register(_stop_all_started)
 
 
 def unavailable(reason: str) -> None:
-    """Skip (or fail in CI, where the virtual device must run) with ``reason``."""
-    if IN_CI:
-        pytest.fail(f"virtual device unavailable in CI: {reason}", pytrace=False)
+    """Skip with ``reason`` (under CI, where the virtual device must run, the skip rule in
+    conftest.py makes it a failure)."""
     pytest.skip(f"virtual device unavailable: {reason}")
 
 
@@ -143,7 +141,7 @@ def device_known_hosts(
 
 
 @pytest.fixture(scope="session")
-def ssh_config(
+def ssh_config_file(
     device_known_hosts: Path, virtual_device: VirtualDevice, virtual_device2: VirtualDevice
 ) -> Path:
     """An ssh config file with aliases ``pi0`` and ``pi1`` for the two session devices."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,72 @@ pytest_plugins = ["_devices_fixtures"]
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# --------------------------------------------------------------------------------------------
+# The skip rule (tests/README.md, "Skips"). Outside CI a test whose requirement is missing
+# skips with the reason (`-rs` lists them). Under CI every skip is a failure, unless its reason
+# matches a pattern of SKIPS_ALLOWED, which says why CI may skip it. The hooks below apply the
+# rule to every skip however it is raised: pytest.skip, skipif marks, importorskip, a fixture
+# that skips, a module skipped at collection.
+
+#: ``re.search`` pattern on a skip's reason -> why CI may skip it.
+SKIPS_ALLOWED: dict[str, str] = {
+    r"^tflite_runtime is not installed \(the tflite backend\)": (
+        "tflite-runtime 2.14 needs numpy<2 and this venv has numpy 2; the tflite backend is "
+        "tested in its own numpy-1 environment by test_runtime_tflite_runtime.py"
+    ),
+}
+
+
+def in_ci() -> bool:
+    """Whether this run is CI: ``CI`` is ``true`` (any case) or ``1``; anything else is not."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def skip_allowed(reason: str) -> str | None:
+    """Why CI may skip a test skipped for ``reason``; None when it may not."""
+    for pattern, why in SKIPS_ALLOWED.items():
+        if re.search(pattern, reason):
+            return why
+    return None
+
+
+def _skip_reason(longrepr: object) -> str:
+    """A skipped report's reason (its longrepr is ``(path, lineno, "Skipped: reason")``)."""
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return str(text).removeprefix("Skipped: ")
+
+
+def _fail_unexpected_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):  # an xfail is no skip
+        return
+    reason = _skip_reason(report.longrepr)
+    if skip_allowed(reason) is None:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped under CI, which must run it: {reason}\n"
+            "(install what it needs, or add its reason to SKIPS_ALLOWED in tests/conftest.py "
+            "with why CI may skip it)"
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    _fail_unexpected_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    _fail_unexpected_skip(report)
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _serving import Client, Local
+from _wait import LineReader, wait_for
 
 from edgekit._kserve import HEADER_LENGTH, encode_infer_request, encode_split_request
 from edgekit.data import load_digits
@@ -165,11 +166,11 @@ def _answer(sock: socket.socket) -> bytes | None:
     if not r:
         return None
     data = b""
-    sock.settimeout(2)
+    sock.settimeout(2)  # a timeout here is an error: the server sent something and kept it open
     try:
         while chunk := sock.recv(1 << 16):
             data += chunk
-    except OSError:
+    except ConnectionResetError:  # closed with a reset: closed all the same
         pass
     return data
 
@@ -203,7 +204,7 @@ def test_slowloris_connections_are_closed(digits_pkg: Path) -> None:
                         data = head[sent[i] : sent[i] + 1] if i < len(slow) else b"{"
                         try:
                             s.sendall(data)
-                        except OSError:
+                        except ConnectionError:  # broken pipe or reset: the server closed it
                             closed_at[i] = now - start
                             continue
                         if i < len(slow):
@@ -227,17 +228,29 @@ def test_slowloris_connections_are_closed(digits_pkg: Path) -> None:
     assert b"did not arrive within 6 s" in answers[len(slow)]
 
 
+def _taken_in(host: str, port: int) -> socket.socket:
+    """A connection the server has surely taken in (one request answered on it), left idle."""
+    s = socket.create_connection((host, port), timeout=5)
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith(b"}"):  # the JSON body {"live": true} ends the answer
+        chunk = s.recv(4096)
+        assert chunk, data
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    return s
+
+
 def test_connections_beyond_the_cap_are_closed(digits_pkg: Path) -> None:
     with Server(digits_pkg, ServeConfig(port=0, max_connections=5)) as srv:
         host, port = _host_port(srv.url)
-        idle = [socket.create_connection((host, port), timeout=5) for _ in range(5)]
-        time.sleep(0.3)
+        idle = [_taken_in(host, port) for _ in range(5)]
         extra = socket.create_connection((host, port), timeout=5)
-        extra.settimeout(5)
+        extra.settimeout(5)  # no answer within 5 s fails: it must be closed, not left waiting
         try:
             extra.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
             got = extra.recv(100)
-        except OSError:
+        except ConnectionError:  # reset or broken pipe: closed all the same
             got = b""
         assert got == b"", got  # closed without an answer
         extra.close()
@@ -458,14 +471,10 @@ def served(digits_pkg: Path) -> Iterator[tuple[str, int]]:
     env = {**os.environ, "EDGEKIT_TOKEN": TOKEN}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
+    err = LineReader(proc.stderr)  # drained all along: the server never blocks on its log
     try:
-        deadline = time.monotonic() + 60
-        line = ""
-        while time.monotonic() < deadline and "serving digits on" not in line:
-            line = proc.stderr.readline()
-            if not line:
-                break
-        assert "serving digits on" in line, line
+        line = err.wait_for_line("serving digits on", 60)
+        assert line is not None, err.tail()
         yield line.split(" on ", 1)[1].split("/v2", 1)[0], proc.pid
     finally:
         proc.terminate()
@@ -473,7 +482,7 @@ def served(digits_pkg: Path) -> Iterator[tuple[str, int]]:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(30)
 
 
 def _seeds(local: Local, images: np.ndarray) -> list[tuple[str, bytes, dict[str, str]]]:
@@ -565,6 +574,8 @@ def test_fuzzing_the_running_server_gives_no_5xx_and_flat_memory(
                 conn.request(method, path, body if method != "GET" else None, headers)
                 r = conn.getresponse()
                 r.read()
+            except TimeoutError as exc:  # a hung server is a failure, not a parse error
+                raise AssertionError(f"no answer within 10 s: {method} {path}") from exc
             except (OSError, http.client.HTTPException):
                 conn.close()  # the server closed a connection it could not parse: fine
                 conn = http.client.HTTPConnection(host, port, timeout=10)
@@ -643,7 +654,5 @@ def test_decoder_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> Non
     ).stdout
     pids = [int(p) for p in out.split()]
     assert pids
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.2)
-    assert not any(Path(f"/proc/{p}").exists() for p in pids), pids
+    alive = lambda: [p for p in pids if Path(f"/proc/{p}").exists()]  # noqa: E731
+    wait_for(lambda: not alive(), 10, f"the orphaned decoder workers {alive()} to exit")

@@ -15,25 +15,30 @@ import pytest
 from _sshd import CutProxy, add_cut_files, free_port, reusable
 
 from edgekit import read_manifest
-from edgekit.devices._connection import Connection
-from edgekit.devices._emulator import VirtualDevice
-from edgekit.devices._errors import (
+from edgekit.devices import (
+    Connection,
     DiskFullError,
+    PushOptions,
+    PushResult,
     RemoteCommandError,
     UnknownHostKeyError,
     UnsupportedDeviceError,
-)
-from edgekit.devices._ops import (
-    bench_on_device,
+    VirtualDevice,
+    bench,
     deployments,
-    predict_on_device,
-    probe_device,
+    predict,
+    probe,
+    push,
 )
-from edgekit.devices._push import PushOptions, push, push_one
 
 
 def _opts(cfg: Path, **kw: object) -> PushOptions:
     return PushOptions(ssh_config=str(cfg), verbose=False, **kw)  # type: ignore[arg-type]
+
+
+def push_one(package: Path, target: str, options: PushOptions) -> PushResult:
+    """One target through the public ``push``: its result map's one entry."""
+    return push(package, [target], options)[target]
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +50,19 @@ def fmnist_test() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def pushed(ssh_config: Path, fmnist_fast_pkg: Path) -> dict[str, object]:
-    res = push_one(fmnist_fast_pkg, "pi0", _opts(ssh_config))
+def pushed(ssh_config_file: Path, fmnist_fast_pkg: Path) -> dict[str, object]:
+    res = push_one(fmnist_fast_pkg, "pi0", _opts(ssh_config_file))
     assert res.ok, res.error
     return res.to_json()
 
 
-def test_probe_reports_aarch64(ssh_config: Path, virtual_device: VirtualDevice) -> None:
-    info = probe_device("pi0", _opts(ssh_config))
+def test_probe_reports_aarch64(ssh_config_file: Path, virtual_device: VirtualDevice) -> None:
+    info = probe("pi0", _opts(ssh_config_file))
     assert info.arch == "aarch64" and info.python.startswith("3.11") and info.python_ok
     assert info.emulated and info.profile().backend == "litert"
     out = subprocess.run(
         [sys.executable, "-m", "edgekit", "device", "probe", "pi0", "--json",
-         "--ssh-config", str(ssh_config)],
+         "--ssh-config", str(ssh_config_file)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert json.loads(out.stdout)["arch"] == "aarch64"
@@ -65,14 +70,14 @@ def test_probe_reports_aarch64(ssh_config: Path, virtual_device: VirtualDevice) 
 
 def test_push_then_predict_on_device_with_litert(
     pushed: dict[str, object],
-    ssh_config: Path,
+    ssh_config_file: Path,
     fmnist_fast_pkg: Path,
     fmnist_test: tuple[np.ndarray, np.ndarray],
 ) -> None:
     assert pushed["changed"] and pushed["smoke"]["backend"] == "litert"  # type: ignore[index]
     assert pushed["device"]["arch"] == "aarch64"  # type: ignore[index]
     x, y = fmnist_test
-    out = predict_on_device("pi0", x, options=_opts(ssh_config))
+    out = predict("pi0", x, options=_opts(ssh_config_file))
     assert out["backend"] == "litert" and len(out["labels"]) == len(x)
     # The same int8 model on the host gives the same answers.
     import edgekit
@@ -86,11 +91,11 @@ def test_push_then_predict_on_device_with_litert(
 
 def test_bench_on_device_brings_back_json(
     pushed: dict[str, object],
-    ssh_config: Path,
+    ssh_config_file: Path,
     fmnist_fast_pkg: Path,
     fmnist_test: tuple[np.ndarray, np.ndarray],
 ) -> None:
-    res = bench_on_device(fmnist_fast_pkg, "pi0", fmnist_test[0][:40], options=_opts(ssh_config))
+    res = bench(fmnist_fast_pkg, "pi0", fmnist_test[0][:40], options=_opts(ssh_config_file))
     assert res["device"]["arch"] == "aarch64" and res["backend"] == "litert"
     assert len(res["stage_latency_ms"]) == len(json.loads(
         (fmnist_fast_pkg / "manifest.json").read_text())["stages"])  # fmt: skip
@@ -100,7 +105,7 @@ def test_bench_on_device_brings_back_json(
     # And through the CLI, as JSON on stdout.
     out = subprocess.run(
         [sys.executable, "-m", "edgekit", "bench", str(fmnist_fast_pkg), "pi0", "--json",
-         "-n", "20", "--ssh-config", str(ssh_config), "--quiet"],
+         "-n", "20", "--ssh-config", str(ssh_config_file), "--quiet"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -108,10 +113,10 @@ def test_bench_on_device_brings_back_json(
 
 
 def test_two_devices_at_once(
-    pushed: dict[str, object], ssh_config: Path, fmnist_fast_pkg: Path
+    pushed: dict[str, object], ssh_config_file: Path, fmnist_fast_pkg: Path
 ) -> None:
     dead = f"root@127.0.0.1:{free_port()}"
-    results = push(fmnist_fast_pkg, ["pi0", "pi1", dead], _opts(ssh_config))
+    results = push(fmnist_fast_pkg, ["pi0", "pi1", dead], _opts(ssh_config_file))
     assert list(results) == ["pi0", "pi1", dead]
     assert results["pi0"].ok and results["pi0"].files_sent == 0  # the package is there already
     assert results["pi1"].ok and results["pi1"].changed, results["pi1"].error
@@ -120,7 +125,7 @@ def test_two_devices_at_once(
 
 
 def _variant(pkg: Path, dest: Path, extra_bytes: int = 0) -> Path:
-    from edgekit._package import read_manifest, write_manifest
+    from edgekit._package import write_manifest  # internal: rewrites a package's manifest
 
     out = dest / pkg.name
     shutil.copytree(pkg, out)
@@ -136,7 +141,7 @@ def _variant(pkg: Path, dest: Path, extra_bytes: int = 0) -> Path:
 
 def test_dropped_link_mid_push(
     pushed: dict[str, object],
-    ssh_config: Path,
+    ssh_config_file: Path,
     virtual_device: VirtualDevice,
     device_key: Path,
     fmnist_fast_pkg: Path,
@@ -148,7 +153,7 @@ def test_dropped_link_mid_push(
     common_files, common_bytes = reusable(fmnist_fast_pkg, v2)
     total = sum((v2 / rel).stat().st_size for rel in [*read_manifest(v2).files, "manifest.json"])
     fresh = total - common_bytes  # what a push after fmnist_fast_pkg sends when nothing is cut
-    before = [d.deploy for d in deployments("pi0", options=_opts(ssh_config)) if d.current]
+    before = [d.deploy for d in deployments("pi0", options=_opts(ssh_config_file)) if d.current]
     proxy = CutProxy((virtual_device.host, virtual_device.port), cut_after=3_200_000)
     kh = tmp_path / "known_hosts"
     kind, b64 = virtual_device.known_hosts_line.split()[1:3]
@@ -164,12 +169,9 @@ def test_dropped_link_mid_push(
     assert not res.ok and proxy.cuts >= 1
     assert res.error is not None and "dropped" in res.error.message
     assert "still current" in res.error.message
-    opts = _opts(ssh_config)
+    opts = _opts(ssh_config_file)
     assert [d.deploy for d in deployments("pi0", options=opts) if d.current] == before
-    assert (
-        len(predict_on_device("pi0", np.zeros((2, 28, 28, 1), np.uint8), options=opts)["labels"])
-        == 2
-    )
+    assert len(predict("pi0", np.zeros((2, 28, 28, 1), np.uint8), options=opts)["labels"]) == 2
     again = push_one(v2, "pi0", opts)
     assert again.ok and again.changed, again.error
     # What arrived before the cut is reused: the first file, and the start of the second
@@ -178,30 +180,27 @@ def test_dropped_link_mid_push(
     assert again.bytes_reused > common_bytes + first.stat().st_size + 200_000
     assert again.bytes_sent < fresh - first.stat().st_size - 200_000
     name = read_manifest(v2).name
-    with Connection("pi0", ssh_config=ssh_config) as c:
+    with Connection("pi0", ssh_config=ssh_config_file) as c:
         got = c.run(f"sha256sum /opt/edgekit/{name}/current/package/{second.name}").stdout
     assert got.split()[0] == read_manifest(v2).files[second.name]
 
 
 def test_corrupt_file_on_device(
-    pushed: dict[str, object], ssh_config: Path, fmnist_fast_pkg: Path
+    pushed: dict[str, object], ssh_config_file: Path, fmnist_fast_pkg: Path
 ) -> None:
-    opts = _opts(ssh_config)
+    opts = _opts(ssh_config_file)
     assert push_one(fmnist_fast_pkg, "pi0", opts).ok  # make it current again
     rel = "tflite/stage_0.tflite"
-    with Connection("pi0", ssh_config=ssh_config) as c:
+    with Connection("pi0", ssh_config=ssh_config_file) as c:
         name = json.loads((fmnist_fast_pkg / "manifest.json").read_text())["name"]
         f = f"/opt/edgekit/{name}/current/package/{rel}"
         c.run(f"printf 'XXXX' | dd of={f} bs=1 seek=200 conv=notrunc status=none")
     with pytest.raises(RemoteCommandError, match="sha256"):
-        predict_on_device("pi0", np.zeros((1, 28, 28, 1), np.uint8), options=opts)
+        predict("pi0", np.zeros((1, 28, 28, 1), np.uint8), options=opts)
     fixed = push_one(fmnist_fast_pkg, "pi0", opts)
     # Sent again, or copied from another release on the device that holds the same bytes.
     assert fixed.ok and fixed.repaired == (rel,) and fixed.files_sent <= 1, fixed.error
-    assert (
-        len(predict_on_device("pi0", np.zeros((1, 28, 28, 1), np.uint8), options=opts)["labels"])
-        == 1
-    )
+    assert len(predict("pi0", np.zeros((1, 28, 28, 1), np.uint8), options=opts)["labels"]) == 1
 
 
 def _target_opts(dev: VirtualDevice, key: Path, tmp_path: Path) -> tuple[str, PushOptions]:
@@ -260,7 +259,7 @@ _SKIP = ("edgekit/.incoming", "edgekit/.lock")  # under the device's /opt
 
 def test_crafted_packages_never_leave_the_release_folder(
     pushed: dict[str, object],
-    ssh_config: Path,
+    ssh_config_file: Path,
     fmnist_fast_pkg: Path,
     virtual_device: VirtualDevice,
     tmp_path: Path,
@@ -270,7 +269,7 @@ def test_crafted_packages_never_leave_the_release_folder(
 
     from edgekit import PackageError
 
-    opts = _opts(ssh_config)
+    opts = _opts(ssh_config_file)
     assert push_one(fmnist_fast_pkg, "pi0", opts).ok  # make it current again
     opt = virtual_device.rootfs / "opt"
     top = sorted(p.name for p in virtual_device.rootfs.iterdir())
@@ -292,30 +291,27 @@ def test_crafted_packages_never_leave_the_release_folder(
     assert changes(before, snapshot(opt, skip=_SKIP)) == []
     assert sorted(p.name for p in virtual_device.rootfs.iterdir()) == top  # no /x
     assert not (opt / "outside").exists()
-    assert (
-        len(predict_on_device("pi0", np.zeros((1, 28, 28, 1), np.uint8), options=opts)["labels"])
-        == 1
-    )
+    assert len(predict("pi0", np.zeros((1, 28, 28, 1), np.uint8), options=opts)["labels"]) == 1
 
 
 def test_device_refuses_a_symlink_in_the_release_folder(
     pushed: dict[str, object],
-    ssh_config: Path,
+    ssh_config_file: Path,
     fmnist_fast_pkg: Path,
     virtual_device: VirtualDevice,
     tmp_path: Path,
 ) -> None:
     from _trust import changes, snapshot
 
-    from edgekit.devices._push import package_release_id
+    from edgekit.devices._push import package_release_id  # internal: names the release folder
 
-    opts = _opts(ssh_config)
+    opts = _opts(ssh_config_file)
     v2 = tmp_path / "v2" / fmnist_fast_pkg.name
     shutil.copytree(fmnist_fast_pkg, v2)
     rep = json.loads((v2 / "report.json").read_text())
     rep["note"] = "symlink test"
     (v2 / "report.json").write_text(json.dumps(rep))
-    from edgekit._package import read_manifest, write_manifest
+    from edgekit._package import write_manifest  # internal: rewrites a package's manifest
 
     name = write_manifest(v2, read_manifest(v2, verify=False)).name
     opt = virtual_device.rootfs / "opt"

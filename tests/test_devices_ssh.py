@@ -42,7 +42,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
 
 
 @pytest.fixture(scope="module")
-def ssh_config(sshd: Sshd, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ssh_config_file(sshd: Sshd, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = tmp_path_factory.mktemp("cfg") / "config"
     cfg.write_text(
         f"Host hostdev\n  HostName 127.0.0.1\n  User root\n  Port {sshd.port}\n"
@@ -104,32 +104,32 @@ def test_unreachable_device() -> None:
     assert err.value.hint
 
 
-def test_ssh_config_alias_and_proxyjump(sshd: Sshd, ssh_config: Path) -> None:
-    with Connection("hostdev", ssh_config=ssh_config) as c:
+def test_ssh_config_alias_and_proxyjump(sshd: Sshd, ssh_config_file: Path) -> None:
+    with Connection("hostdev", ssh_config=ssh_config_file) as c:
         assert c.run("echo $USER").stdout.strip() == "root"
-    with Connection("jumped", ssh_config=ssh_config) as c:
+    with Connection("jumped", ssh_config=ssh_config_file) as c:
         assert c.target.proxy_jump == "hostdev"
         assert c.run("echo through").stdout == "through\n"
         assert c._jump is not None and c._jump.alive
 
 
-def test_remote_command_failure_is_reported(ssh_config: Path) -> None:
-    with Connection("hostdev", ssh_config=ssh_config) as c:
+def test_remote_command_failure_is_reported(ssh_config_file: Path) -> None:
+    with Connection("hostdev", ssh_config=ssh_config_file) as c:
         res = c.run("echo oops >&2; exit 3", check=False)
         assert (res.exit_code, res.stderr) == (3, "oops\n")
         with pytest.raises(RemoteCommandError, match="exited with 3"):
             c.run("exit 3")
 
 
-def test_probe_over_ssh(ssh_config: Path, device_root: Path) -> None:
+def test_probe_over_ssh(ssh_config_file: Path, device_root: Path) -> None:
     import platform
 
-    info = probe_device("hostdev", _opts(ssh_config, device_root))
+    info = probe_device("hostdev", _opts(ssh_config_file, device_root))
     assert info.arch == platform.machine() and info.python_ok and info.python_venv
     assert info.cores >= 1 and info.disk_free_mb > 0
     out = subprocess.run(
         [sys.executable, "-m", "edgekit", "device", "probe", "hostdev", "--json",
-         "--ssh-config", str(ssh_config)],
+         "--ssh-config", str(ssh_config_file)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     probe = json.loads(out.stdout)
@@ -137,9 +137,9 @@ def test_probe_over_ssh(ssh_config: Path, device_root: Path) -> None:
 
 
 def test_push_run_rollback(
-    ssh_config: Path, device_root: Path, digits_pkg: Path, digits_ptq_pkg: Path
+    ssh_config_file: Path, device_root: Path, digits_pkg: Path, digits_ptq_pkg: Path
 ) -> None:
-    opts = _opts(ssh_config, device_root)
+    opts = _opts(ssh_config_file, device_root)
     first = push_one(digits_pkg, "hostdev", opts)
     assert first.ok, first.error
     assert first.changed and first.files_sent > 0 and first.smoke["backend"] == "litert"
@@ -155,7 +155,7 @@ def test_push_run_rollback(
     assert len(out["labels"]) == 8 and out["backend"] == "litert"
     # Run a command in the current deployment.
     res = subprocess.run(
-        [sys.executable, "-m", "edgekit", "run", "--ssh-config", str(ssh_config),
+        [sys.executable, "-m", "edgekit", "run", "--ssh-config", str(ssh_config_file),
          "--root", str(device_root), "--quiet", "hostdev", "--", "python", "-c", _PRINT_NAME],
         capture_output=True, text=True,
     )  # fmt: skip
@@ -176,10 +176,13 @@ def _digits(n: int) -> np.ndarray:
 
 
 def test_rollback_to_previous_version(
-    ssh_config: Path, tmp_path: Path, digits_pkg: Path, tmp_path_factory: pytest.TempPathFactory
+    ssh_config_file: Path,
+    tmp_path: Path,
+    digits_pkg: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     root = tmp_path / "edgekit"
-    opts = _opts(ssh_config, root)
+    opts = _opts(ssh_config_file, root)
     # Two versions of the same package: the second differs by one file.
     v2 = tmp_path / "v2" / digits_pkg.name
     shutil.copytree(digits_pkg, v2)
@@ -206,10 +209,10 @@ def _touch_report(pkg: Path) -> None:
 
 
 def test_dropped_link_keeps_previous_and_next_push_resumes(
-    sshd: Sshd, ssh_config: Path, tmp_path: Path, digits_pkg: Path, digits_ptq_pkg: Path
+    sshd: Sshd, ssh_config_file: Path, tmp_path: Path, digits_pkg: Path, digits_ptq_pkg: Path
 ) -> None:
     root = tmp_path / "edgekit"
-    opts = _opts(ssh_config, root)
+    opts = _opts(ssh_config_file, root)
     assert push_one(digits_pkg, "hostdev", opts).ok
     v2 = tmp_path / "v2" / digits_pkg.name
     shutil.copytree(digits_pkg, v2)
@@ -249,10 +252,10 @@ def test_dropped_link_keeps_previous_and_next_push_resumes(
 
 
 def test_corrupt_file_on_device_is_refused_and_repaired(
-    ssh_config: Path, tmp_path: Path, digits_pkg: Path
+    ssh_config_file: Path, tmp_path: Path, digits_pkg: Path
 ) -> None:
     root = tmp_path / "edgekit"
-    opts = _opts(ssh_config, root)
+    opts = _opts(ssh_config_file, root)
     first = push_one(digits_pkg, "hostdev", opts)
     assert first.ok
     stage = next((root / "digits" / "current" / "package" / "tflite").glob("stage_1*.tflite"))
@@ -268,7 +271,7 @@ def test_corrupt_file_on_device_is_refused_and_repaired(
 
 
 def test_full_disk_refused_before_anything_changes(
-    ssh_config: Path, tmp_path: Path, digits_pkg: Path
+    ssh_config_file: Path, tmp_path: Path, digits_pkg: Path
 ) -> None:
     root = tmp_path / "small"
     root.mkdir()
@@ -278,7 +281,7 @@ def test_full_disk_refused_before_anything_changes(
     if mounted != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        res = push_one(digits_pkg, "hostdev", _opts(ssh_config, root))
+        res = push_one(digits_pkg, "hostdev", _opts(ssh_config_file, root))
         assert not res.ok and isinstance(res.error, DiskFullError)
         assert "MB free" in res.error.message and "nothing was changed" in res.error.message
         # Only the push lock (a zero-byte file the next push reuses) was created.
@@ -289,9 +292,9 @@ def test_full_disk_refused_before_anything_changes(
 
 
 def test_fleet_push_reports_every_target(
-    ssh_config: Path, tmp_path: Path, digits_pkg: Path
+    ssh_config_file: Path, tmp_path: Path, digits_pkg: Path
 ) -> None:
-    opts = _opts(ssh_config, tmp_path / "edgekit")
+    opts = _opts(ssh_config_file, tmp_path / "edgekit")
     dead = f"root@127.0.0.1:{free_port()}"
     results = devices.push(digits_pkg, ["hostdev", dead, "jumped"], opts)
     assert list(results) == ["hostdev", dead, "jumped"]
@@ -325,14 +328,14 @@ def test_connect_options_alone_reach_the_device(sshd: Sshd, tmp_path: Path) -> N
 
 
 def test_cli_push_list_predict_rollback(
-    ssh_config: Path, tmp_path: Path, digits_pkg: Path, capsys: pytest.CaptureFixture[str]
+    ssh_config_file: Path, tmp_path: Path, digits_pkg: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The commands a user types: push (two versions, then a dead target), device list,
     device predict, rollback."""
     from edgekit.cli import main
 
     root = tmp_path / "edgekit"
-    ssh = ["--ssh-config", str(ssh_config), "--root", str(root), "--quiet"]
+    ssh = ["--ssh-config", str(ssh_config_file), "--root", str(root), "--quiet"]
     v2 = tmp_path / "v2" / digits_pkg.name
     shutil.copytree(digits_pkg, v2)
     _touch_report(v2)
@@ -367,7 +370,7 @@ _SKIP = ("edgekit/.incoming", "edgekit/.lock")  # the content-addressed upload a
 
 @pytest.fixture(scope="module")
 def trust_dev(
-    ssh_config: Path, digits_pkg: Path, tmp_path_factory: pytest.TempPathFactory
+    ssh_config_file: Path, digits_pkg: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
     """A device root ``DEV/edgekit`` with digits pushed (its environment made once), and a
     folder ``DEV/outside`` beside it that no push may touch."""
@@ -375,12 +378,12 @@ def trust_dev(
     outside = dev / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("untouched")
-    assert push_one(digits_pkg, "hostdev", _opts(ssh_config, dev / "edgekit")).ok
+    assert push_one(digits_pkg, "hostdev", _opts(ssh_config_file, dev / "edgekit")).ok
     return dev / "edgekit", outside
 
 
 def test_crafted_packages_are_refused_before_anything_is_sent(
-    ssh_config: Path, tmp_path: Path, digits_pkg: Path, trust_dev: tuple[Path, Path]
+    ssh_config_file: Path, tmp_path: Path, digits_pkg: Path, trust_dev: tuple[Path, Path]
 ) -> None:
     from _trust import changes, snapshot, with_escaping_key, with_name, with_symlink
 
@@ -395,14 +398,14 @@ def test_crafted_packages_are_refused_before_anything_is_sent(
     before = snapshot(root.parent)
     for pkg in crafted:
         with pytest.raises(PackageError, match=r"symlink|not a plain relative|package name"):
-            push_one(pkg, "hostdev", _opts(ssh_config, root))
+            push_one(pkg, "hostdev", _opts(ssh_config_file, root))
         with pytest.raises(PackageError):
-            push(pkg, ["hostdev"], _opts(ssh_config, root))
+            push(pkg, ["hostdev"], _opts(ssh_config_file, root))
     assert changes(before, snapshot(root.parent)) == []
 
 
 def test_device_rechecks_what_a_lax_host_sends(
-    ssh_config: Path,
+    ssh_config_file: Path,
     tmp_path: Path,
     digits_pkg: Path,
     trust_dev: tuple[Path, Path],
@@ -411,7 +414,7 @@ def test_device_rechecks_what_a_lax_host_sends(
     from _trust import changes, lax_host, snapshot, with_escaping_key, with_name
 
     root, outside = trust_dev
-    opts = _opts(ssh_config, root)
+    opts = _opts(ssh_config_file, root)
     key_pkg = with_escaping_key(digits_pkg, tmp_path / "k1" / "k2" / "k3" / "k4" / "k.edgepkg")
     name_pkg = with_name(digits_pkg, tmp_path / "n.edgepkg", "../../x")
     before = snapshot(root.parent, skip=_SKIP)
@@ -430,14 +433,14 @@ def test_device_rechecks_what_a_lax_host_sends(
 
 
 def test_device_refuses_to_write_through_a_symlink_it_finds(
-    ssh_config: Path, tmp_path: Path, digits_pkg: Path, trust_dev: tuple[Path, Path]
+    ssh_config_file: Path, tmp_path: Path, digits_pkg: Path, trust_dev: tuple[Path, Path]
 ) -> None:
     from _trust import changes, snapshot
 
     from edgekit.devices._push import package_release_id
 
     root, outside = trust_dev
-    opts = _opts(ssh_config, root)
+    opts = _opts(ssh_config_file, root)
     v2 = tmp_path / "v2" / digits_pkg.name
     shutil.copytree(digits_pkg, v2)
     _touch_report(v2)

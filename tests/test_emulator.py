@@ -179,11 +179,11 @@ def test_an_unknown_host_key_is_refused(virtual_device: VirtualDevice, tmp_path:
 
 @needs_ssh_client
 def test_ssh_config_aliases(
-    ssh_config: Path, virtual_device: VirtualDevice, virtual_device2: VirtualDevice
+    ssh_config_file: Path, virtual_device: VirtualDevice, virtual_device2: VirtualDevice
 ) -> None:
     for alias in ("pi0", "pi1"):
         res = subprocess.run(
-            ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", alias, "uname -m; hostname"],
+            ["ssh", "-F", str(ssh_config_file), "-o", "BatchMode=yes", alias, "uname -m; hostname"],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert res.returncode == 0, res.stderr

@@ -47,16 +47,16 @@ def device_broker(virtual_device: object, tmp_path: Path) -> Iterator[Broker]:
 
 
 def test_node_on_the_virtual_pi(
-    ssh_config: Path, digits_pkg: Path, device_broker: Broker, tmp_path: Path
+    ssh_config_file: Path, digits_pkg: Path, device_broker: Broker, tmp_path: Path
 ) -> None:
     push = subprocess.run(
         [sys.executable, "-m", "edgekit", "push", str(digits_pkg), "pi0",
-         "--ssh-config", str(ssh_config), "--quiet"],
+         "--ssh-config", str(ssh_config_file), "--quiet"],
         capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert push.returncode == 0, push.stderr[-3000:]
     inst = subprocess.run(
-        [str(ROOT / "apps" / "iot_node" / "install.sh"), "pi0", "-F", str(ssh_config)],
+        [str(ROOT / "apps" / "iot_node" / "install.sh"), "pi0", "-F", str(ssh_config_file)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert inst.returncode == 0, inst.stderr[-3000:]
@@ -67,7 +67,7 @@ def test_node_on_the_virtual_pi(
     try:
         # The one command that starts it there (detached, logging to a file).
         ssh(
-            ssh_config,
+            ssh_config_file,
             "setsid sh /opt/edgekit/apps/iot_node/run.sh --config /etc/edgekit/iot-node.toml "
             f"--package /opt/edgekit/digits/current --device pi0 --broker {host} --port {port} "
             "--stats-s 2 </dev/null >/var/log/edgekit-iot-node.log 2>&1 & echo $! >/run/iot.pid",
@@ -91,7 +91,7 @@ def test_node_on_the_virtual_pi(
                 names.append(info.name)
         # Unpacked beside the inbox, then renamed in: the node never sees a half file.
         ssh(
-            ssh_config,
+            ssh_config_file,
             f"mkdir -p {INBOX}/.up && tar -xf - -C {INBOX}/.up && mv {INBOX}/.up/*.png {INBOX}/",
             stdin=buf.getvalue(),
         )
@@ -107,13 +107,19 @@ def test_node_on_the_virtual_pi(
         for i, n in enumerate(names):  # where the device ran the whole model, same answer
             if f"inbox:{n}" in by_name:
                 assert by_name[f"inbox:{n}"] == host_labels[i]
-        done = ssh(ssh_config, f"ls {INBOX}/done").split()
+        done = ssh(ssh_config_file, f"ls {INBOX}/done").split()
         assert sorted(done) == sorted(names)
-        ssh(ssh_config, "kill -TERM $(cat /run/iot.pid)")
+        ssh(ssh_config_file, "kill -TERM $(cat /run/iot.pid)")
         wait_for(lambda: rec.raw("/status")[-1].payload == b"offline", 60, "offline")
     finally:
         subprocess.run(
-            ["ssh", "-F", str(ssh_config), "pi0", "kill $(cat /run/iot.pid) 2>/dev/null; true"],
+            [
+                "ssh",
+                "-F",
+                str(ssh_config_file),
+                "pi0",
+                "kill $(cat /run/iot.pid) 2>/dev/null; true",
+            ],
             capture_output=True,
             timeout=60,
         )

@@ -44,14 +44,14 @@ def pkg(fmnist_fast_pkg: Path) -> Path:
 
 
 def test_camera_app_on_the_virtual_pi(
-    ssh_config: Path, virtual_device: VirtualDevice, pkg: Path
+    ssh_config_file: Path, virtual_device: VirtualDevice, pkg: Path
 ) -> None:
     if not (Path(FASHION_MNIST_DIR) / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip("dataset-fashion-mnist is not installed")
-    opts = PushOptions(ssh_config=str(ssh_config), verbose=False)
+    opts = PushOptions(ssh_config=str(ssh_config_file), verbose=False)
     res = push(pkg, ["pi0"], opts)["pi0"]
     assert res.ok, res.error
-    with Connection("pi0", ssh_config=ssh_config) as conn:
+    with Connection("pi0", ssh_config=ssh_config_file) as conn:
         _copy_app(conn)
     cmd = (
         f"cd {APP_DIR} && EDGEKIT_FASHION_MNIST={APP_DIR}/data python -m apps.smart_camera "
@@ -79,6 +79,6 @@ def test_camera_app_on_the_virtual_pi(
     t.join(900)
     assert done and done[0].ok, done and (done[0].stdout[-2000:], done[0].stderr[-2000:])
     assert "250 frames" in done[0].stdout
-    with Connection("pi0", ssh_config=ssh_config) as conn:
+    with Connection("pi0", ssh_config=ssh_config_file) as conn:
         lines = conn.run(f"wc -l < {APP_DIR}/camera.jsonl").stdout.split()
     assert int(lines[0]) == 250

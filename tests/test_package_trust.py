@@ -190,7 +190,8 @@ def test_force_refuses_a_folder_that_is_not_a_package(tmp_path: Path) -> None:
     # Refused before anything else: the missing dataset is never even looked at.
     with pytest.raises(OutputExistsError, match="not an edge package") as err:
         convert(_NO_DATA, home, force=True, verbose=False)
-    assert "nothing was touched" in err.value.message and err.value.hint
+    assert "nothing was touched" in err.value.message
+    assert "pick a new folder for --out" in (err.value.hint or "")  # what to do instead
     assert _tree(home) == before
 
 
@@ -243,7 +244,7 @@ def _dead_pid() -> int:
     import sys
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
+    proc.wait(60)
     return proc.pid
 
 
@@ -274,7 +275,8 @@ def test_sigterm_removes_the_partial_folder(tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
-    import time
+
+    from _wait import wait_for
 
     out = tmp_path / "p.edgepkg"
     proc = subprocess.Popen(
@@ -283,11 +285,19 @@ def test_sigterm_removes_the_partial_folder(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     partial = tmp_path / f".p.edgepkg.partial-{proc.pid}"
-    deadline = time.monotonic() + 120
-    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert partial.exists(), proc.communicate()[1][-2000:]
-    time.sleep(1.0)  # into the work
+    maps = Path(f"/proc/{proc.pid}/maps")
+
+    def into_the_work() -> bool:
+        # the partial folder exists (the SIGTERM handler is in place) and TensorFlow is loaded
+        assert proc.poll() is None, proc.communicate(timeout=60)[1][-2000:]
+        return partial.exists() and "tensorflow" in maps.read_text()
+
+    try:
+        wait_for(into_the_work, 120, "the convert to start its work")
+    except AssertionError:
+        proc.kill()
+        proc.wait(60)
+        raise
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
@@ -412,7 +422,10 @@ def test_load_and_verify_refuse_a_path_outside_the_package(tmp_path: Path) -> No
     with pytest.raises(PackageError, match=r"stages\[0\]\.files\['tflite'\]"):
         edgekit.load(pkg)
     res = subprocess.run(
-        [sys.executable, "-m", "edgekit", "verify", str(pkg)], capture_output=True, text=True
+        [sys.executable, "-m", "edgekit", "verify", str(pkg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 2 and "stages[0].files['tflite']" in res.stderr
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .link import TBF, DelayProxy, Link
-from .plots import _plots
-from .report import _bytes_table, _demo_table, _jsonable, _report, _tensor_bytes
-from .worker import _server, _worker_cmd, worker
+from .plots import write_plots
+from .report import bytes_table, demo_table, jsonable, report_tables, tensor_bytes
+from .worker import server, worker, worker_cmd
 
 __all__ = ["bench", "demo", "main"]
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(args: argparse.Namespace, pkg: Path, out: Path) -> int:
     rates = [float(r) for r in args.rates.split(",")]
-    n_stages = len(_tensor_bytes(pkg))
+    n_stages = len(tensor_bytes(pkg))
     static = ["local"] + [f"split:{s}" for s in range(n_stages)]
     policies = [*static, "bandit-split", "local-bandit", "bandit"]
     link = Link()
@@ -107,7 +107,7 @@ def bench(args: argparse.Namespace, pkg: Path, out: Path) -> int:
     link.up()
     proxy = None
     try:
-        with _server(pkg, link.host_ip, out / "server.log") as url:
+        with server(pkg, link.host_ip, out / "server.log") as url:
             if args.rtt_ms > 0:
                 host, port = link.host_ip, int(url.rsplit(":", 1)[1])
                 proxy = DelayProxy(host, (host, port), args.rtt_ms / 2e3)
@@ -116,7 +116,7 @@ def bench(args: argparse.Namespace, pkg: Path, out: Path) -> int:
                 link.shape(rate, args.burst)
                 print(f"  {rate:g} Mbit/s:", flush=True)
                 res = out / f"device-{rate:g}mbit.json"
-                cmd = [*link.exec_prefix(), *_worker_cmd(args, url, ",".join(policies), res)]
+                cmd = [*link.exec_prefix(), *worker_cmd(args, url, ",".join(policies), res)]
                 subprocess.run(cmd, check=True)
                 result["settings"][f"{rate:g}"] = json.loads(res.read_text())
             if args.drift_rates != "none":
@@ -126,10 +126,10 @@ def bench(args: argparse.Namespace, pkg: Path, out: Path) -> int:
         if proxy is not None:
             proxy.close()
         link.down()
-    result["bytes"] = _bytes_table(pkg, result)
-    result["rows"] = _report(result, rates, static)
-    (out / "split.json").write_text(json.dumps(result, indent=2, default=_jsonable))
-    _plots(out, result, rates, [*static, "bandit-split", "local-bandit", "bandit"])
+    result["bytes"] = bytes_table(pkg, result)
+    result["rows"] = report_tables(result, rates, static)
+    (out / "split.json").write_text(json.dumps(result, indent=2, default=jsonable))
+    write_plots(out, result, rates, [*static, "bandit-split", "local-bandit", "bandit"])
     missed = [r["name"] for r in result["rows"] if not r["ok"]]
     print(
         f"wrote {out / 'split.json'} and plots; {len(result['rows']) - len(missed)}/"
@@ -146,7 +146,7 @@ def _drift(
     link.shape(fast, args.burst)
     res = out / "device-drift.json"
     names = "bandit-split:ducb,local,split:0"  # the bandit first: it starts at the change
-    cmd = [*link.exec_prefix(), *_worker_cmd(args, url, names, res), "--drift"]
+    cmd = [*link.exec_prefix(), *worker_cmd(args, url, names, res), "--drift"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdin is not None
     for line in proc.stdout:
@@ -176,11 +176,11 @@ def demo(args: argparse.Namespace, pkg: Path, out: Path) -> int:
         "than this host (emulated)",
         flush=True,
     )
-    with _server(pkg, "127.0.0.1", out / "server.log") as url:
+    with server(pkg, "127.0.0.1", out / "server.log") as url:
         res = out / "demo.json"
         a = argparse.Namespace(**{**vars(args), "inputs": inputs, "warmup": warm})
-        cmd = _worker_cmd(a, url, "local,local-bandit,bandit-split,bandit", res)
+        cmd = worker_cmd(a, url, "local,local-bandit,bandit-split,bandit", res)
         subprocess.run(cmd, check=True)
     p = json.loads(res.read_text())["policies"]
-    _demo_table(p, pkg)
+    demo_table(p, pkg)
     return 0

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 
-def _plots(out: Path, result: dict[str, Any], rates: list[float], cols: list[str]) -> None:
+def write_plots(out: Path, result: dict[str, Any], rates: list[float], cols: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 
-def _summary(r: dict[str, Any], n_stages: int) -> dict[str, Any]:
+def summary(r: dict[str, Any], n_stages: int) -> dict[str, Any]:
     lat = r["lat"] * 1e3
     off = r["split"] >= 0
     return {
@@ -33,7 +33,7 @@ def _summary(r: dict[str, Any], n_stages: int) -> dict[str, Any]:
     }
 
 
-def _windows(r: dict[str, Any], w: int) -> list[dict[str, float]]:
+def windows(r: dict[str, Any], w: int) -> list[dict[str, float]]:
     out = []
     for i in range(0, len(r["lat"]), w):
         sl = slice(i, i + w)
@@ -47,7 +47,7 @@ def _windows(r: dict[str, Any], w: int) -> list[dict[str, float]]:
     return out
 
 
-def _input_bytes(pkg: Path, n: int = 200) -> dict[str, float]:
+def input_bytes(pkg: Path, n: int = 200) -> dict[str, float]:
     """Raw, zlib and PNG sizes of test images (what sending the picture itself costs)."""
     from edgekit.data import load_dataset
 
@@ -83,14 +83,14 @@ def _png(img: np.ndarray) -> bytes:
         )
 
 
-def _tensor_bytes(pkg: Path) -> list[int]:
+def tensor_bytes(pkg: Path) -> list[int]:
     man = json.loads((pkg / "manifest.json").read_text())
     return [int(np.prod(s["input"]["shape"][1:])) for s in man["stages"]]
 
 
-def _bytes_table(pkg: Path, result: dict[str, Any]) -> dict[str, Any]:
-    inp = _input_bytes(pkg)
-    tensors = _tensor_bytes(pkg)
+def bytes_table(pkg: Path, result: dict[str, Any]) -> dict[str, Any]:
+    inp = input_bytes(pkg)
+    tensors = tensor_bytes(pkg)
     any_setting = next(iter(result["settings"].values()))["policies"]
     wire = [any_setting.get(f"split:{s}", {}).get("bytes_per_offload") for s in range(len(tensors))]
     chosen: dict[str, Any] = {}
@@ -119,7 +119,10 @@ def _objective(p: dict[str, Any], c: str, lam: float) -> float:
     return float(p[c]["confidence"] - lam * p[c]["mean_ms"] / p["local"]["mean_ms"])
 
 
-def _report(result: dict[str, Any], rates: list[float], static: list[str]) -> list[dict[str, Any]]:
+def report_tables(
+    result: dict[str, Any], rates: list[float], static: list[str]
+) -> list[dict[str, Any]]:
+    """Print the latency, bytes, accuracy and J tables and the targets; the target rows."""
     cols = [*static, "bandit-split", "local-bandit", "bandit"]
     lam = result["lambda"]
     print("\nmean end-to-end latency (ms) per input, as the caller sees it; bytes sent per input")
@@ -208,7 +211,7 @@ def _report(result: dict[str, Any], rates: list[float], static: list[str]) -> li
     return rows
 
 
-def _demo_table(p: dict[str, Any], pkg: Path) -> None:
+def demo_table(p: dict[str, Any], pkg: Path) -> None:
     """The demo's side-by-side table of local-only and the bandit with a server."""
     labels = {
         "local": "local only, full model",
@@ -232,14 +235,14 @@ def _demo_table(p: dict[str, Any], pkg: Path) -> None:
             print(f"  {'':<32} the bandit's choice: split {b['split']}, threshold {b['threshold']}")
     b = p["bandit-split"]
     if b["bytes_per_offload"]:
-        inp = _input_bytes(pkg)
+        inp = input_bytes(pkg)
         print(
             f"\n  bytes per offload {b['bytes_per_offload']:.0f} B on the wire (headers included; "
             f"raw input {inp['raw_bytes']} B, as PNG {inp['png_bytes']:.0f} B)"
         )
 
 
-def _jsonable(o: Any) -> Any:
+def jsonable(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     if isinstance(o, (np.floating, np.integer)):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .report import _jsonable, _summary, _windows
+from .report import jsonable, summary, windows
 
 __all__ = ["NEVER", "ROUNDS", "SETTLE_S", "VENV_BIN", "worker"]
 
@@ -163,10 +163,10 @@ def worker(args: argparse.Namespace) -> int:
                 parts[name].append(_stream(models[name], x[block], y[block]))
         for name, m in models.items():
             res = {k: np.concatenate([p[k] for p in parts[name]]) for k in parts[name][0]}
-            s = _summary(res, n_stages)
+            s = summary(res, n_stages)
             s["round_means_ms"] = [float(p["lat"].mean() * 1e3) for p in parts[name]]
             if args.drift:
-                s["windows"] = _windows(res, 100)
+                s["windows"] = windows(res, 100)
             st = m.stats()
             if "arms" in st:
                 s["best_arm"] = st["arms"]["best"]
@@ -187,11 +187,11 @@ def worker(args: argparse.Namespace) -> int:
     finally:
         for m in models.values():
             m.close()
-    Path(args.result).write_text(json.dumps(out, default=_jsonable))
+    Path(args.result).write_text(json.dumps(out, default=jsonable))
     return 0
 
 
-def _worker_cmd(a: argparse.Namespace, url: str, policies: str, result: Path) -> list[str]:
+def worker_cmd(a: argparse.Namespace, url: str, policies: str, result: Path) -> list[str]:
     """The command line of one device process (``python -m benchmarks.split --worker``)."""
     return [*_taskset(0), sys.executable, "-m", "benchmarks.split", "--worker",
             "--package", str(a.package), "--url", url, "--policies", policies,
@@ -216,7 +216,7 @@ def _taskset(cpu: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def _server(pkg: Path, host: str, log: Path) -> Iterator[str]:
+def server(pkg: Path, host: str, log: Path) -> Iterator[str]:
     """``edgekit serve`` on CPU 1 with no batching delay (one device: nothing to wait for)."""
     port = _free_port(host)
     cmd = [*_taskset(1), str(VENV_BIN / "edgekit"), "serve", str(pkg), "--host", host,

@@ -31,11 +31,12 @@ from edgekit.runtime import Quantizer
 from edgekit.runtime.backends import litert, onnxruntime
 
 from ._exits import attach_exits, head_macs, split_trained, submodel
-from ._graph import CutPoint, model_macs, pick_cuts
+from ._graph import CutPoint, cut_points, model_macs, pick_cuts
 from ._keras import keras
 from ._models import builtin_cnn, load_model
 from ._onnxin import convert_onnx, is_onnx_model
 from ._output import staged_output
+from ._placement import PLACEMENTS, latency_costs, measure_cuts
 from ._ptq import to_int8_tflite_stage
 from ._quantize import (
     QATUnsupportedError,
@@ -79,6 +80,9 @@ class ConvertOptions:
     - ``layout`` (``auto``, ``NCHW``, ``NHWC``), ``mean``, ``std`` (per channel, pixel/255
       units), ``labels`` (``auto``, or ``none`` for heads distilled from the model's own
       logits): for ``.onnx`` models only.
+    - ``place_exits``: ``macs`` matches ``exits`` fractions against cumulative MACs;
+      ``latency`` against the INT8 latency of each candidate cut, measured on this host
+      with LiteRT (``converters/_placement``; recorded in the report's ``exit_placement``).
     - ``keep_work``: keep the trained model (``OUT.work/trained.keras``) after a successful
       run too; after a failed one it is always kept. Passing it back as ``model`` reuses its
       exits and weights without training again (other formats, other quantization).
@@ -109,8 +113,13 @@ class ConvertOptions:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     labels: str = "auto"
+    place_exits: str = "macs"
 
     def __post_init__(self) -> None:
+        if self.place_exits not in PLACEMENTS:
+            raise ValueError(
+                f"place_exits must be one of {', '.join(PLACEMENTS)}, not {self.place_exits!r}"
+            )
         if self.quant not in ("qat", "ptq"):
             raise ValueError(f"quant must be 'qat' or 'ptq', not {self.quant!r}")
         if self.train not in ("auto", "joint", "heads", "none"):
@@ -155,6 +164,12 @@ def convert(
     with staged_output(out, force=opts.force, name=opts.name) as staged:
         opts = dataclasses.replace(opts, name=staged.name)
         if is_onnx_model(opts.model):
+            if opts.place_exits != "macs":
+                raise ConversionError(
+                    f"place_exits={opts.place_exits!r} is for Keras models; exits of an ONNX "
+                    "model are placed by MACs",
+                    hint="leave --place-exits out, or give the exits by name with --exits",
+                )
             manifest, report = convert_onnx(opts, dataset, staged.tmp, staged.name)
         else:
             manifest, report = _Conversion(opts, dataset, staged.tmp, staged.out.name).run()
@@ -194,6 +209,12 @@ class _Conversion:
         self.missing: dict[str, str] = {}  # format -> why it is not in the package
         self.onnx_providers: dict[str, dict[str, int]] = {}  # file -> provider -> nodes (CPU)
         self.qat_fallback: str | None = None
+        # How the exits were placed (by MACs, or by latency measured here: what was timed)
+        self.placement: dict[str, Any] = {
+            "by": "macs"
+            if not opts.exits or all(isinstance(e, (int, float)) for e in opts.exits)
+            else "layers"
+        }
         # The trained model is saved outside the package being written, and survives a
         # failed run as OUT.work/ next to the output folder.
         self.work = root.parent / f".{out_name}.work-{os.getpid()}"
@@ -277,6 +298,7 @@ class _Conversion:
         if resumed is not None:
             model, (backbone, cut_layers) = backbone, resumed
             cuts = pick_cuts(backbone, layers=cut_layers)
+            self.placement = {"by": "reused"}
             self.notes.append(
                 f"{source} is a model edgekit trained: its exits and weights are reused"
                 + (", --exits is ignored" if o.exits else "")
@@ -291,8 +313,22 @@ class _Conversion:
                     layers = [str(e) for e in o.exits]
             else:
                 fractions = list(BUILTIN_EXITS if o.model is None else USER_EXITS)
-            cuts = pick_cuts(backbone, fractions=fractions, layers=layers)
+            cost = None
+            if o.place_exits == "latency" and fractions is not None:
+                self.placement = measure_cuts(
+                    backbone, cut_points(backbone), data.x_train, say=self._say
+                )
+                cost = latency_costs(self.placement)
+            cuts = pick_cuts(backbone, fractions=fractions, layers=layers, cost=cost)
             model = attach_exits(backbone, cuts)
+            self.placement["targets"] = fractions
+        self.placement["chosen"] = [c.layer for c in cuts]
+        if self.placement["by"] == "latency":
+            costs = latency_costs(self.placement)
+            self._say(
+                "exits placed by latency measured here: "
+                + ", ".join(f"{c.layer} ({costs[c.layer]:.0%} of the time)" for c in cuts)
+            )
         self._say(
             f"model {source}: {model_macs(backbone) / 1e6:.2f} M MACs, exits after "
             + ", ".join(f"{c.layer} ({c.fraction:.0%})" for c in cuts)
@@ -426,6 +462,7 @@ class _Conversion:
                 }
                 for i, e in enumerate(manifest.exits)
             ],
+            "exit_placement": self.placement,
             "agreement": agreement,
             "targets": targets,
             "sizes": sizes,

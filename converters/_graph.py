@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgekit._errors import ModelError
@@ -143,10 +143,21 @@ def cut_points(model: Any) -> list[CutPoint]:
 
 
 def pick_cuts(
-    model: Any, *, fractions: Sequence[float] | None = None, layers: Sequence[str] | None = None
+    model: Any,
+    *,
+    fractions: Sequence[float] | None = None,
+    layers: Sequence[str] | None = None,
+    cost: Mapping[str, float] | None = None,
 ) -> list[CutPoint]:
-    """Choose exit positions by cumulative-MAC fraction (nearest valid cut) or by layer name."""
+    """Choose exit positions by cumulative-MAC fraction (nearest valid cut) or by layer name.
+
+    ``cost``: another cumulative cost fraction per cut layer (measured latency, see
+    ``converters/_placement``); fractions are then matched against it instead of MACs, and
+    only the cut points it names are candidates.
+    """
     points = cut_points(model)
+    if cost is not None and not layers:
+        points = [replace(p, fraction=cost[p.layer]) for p in points if p.layer in cost]
     if not points:
         raise ModelError(
             "the model has no layer after which it can be cut into stages",
@@ -196,6 +207,9 @@ def pick_cuts(
             chosen.append(best)
             after, floor = best.position, best.fraction + MIN_EXIT_GAP
     chosen = sorted({p.position: p for p in chosen}.values(), key=lambda p: p.position)
+    if cost is not None and not layers:  # back to the MAC fractions the rest relies on
+        by_position = {p.position: p for p in cut_points(model)}
+        chosen = [by_position[p.position] for p in chosen]
     return chosen
 
 

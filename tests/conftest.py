@@ -83,6 +83,20 @@ def pytest_make_collect_report(
     return report
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_threads() -> Generator[None, None, None]:
+    """Fail the run if tests leave non-daemon threads running (a server or pool not closed).
+
+    Autouse and session-scoped, so it is set up first and torn down last: the other session
+    fixtures have stopped their servers by the time it looks.
+    """
+    from _threads import check_no_leftover_threads, non_daemon_threads
+
+    before = non_daemon_threads()
+    yield
+    check_no_leftover_threads(before)
+
+
 @pytest.fixture(scope="session")
 def digits() -> Any:
     """scikit-learn's digits as an edgekit Dataset (default split and seed)."""

@@ -64,7 +64,7 @@ def prepare(package: Path, out: Path, before: str, python: str) -> None:
     bench_dir = out / "benchmarks"
     bench_dir.mkdir(exist_ok=True)
     here = Path(__file__).parent
-    for f in ("__init__.py", "_overhead.py", "runtime_remote.py"):
+    for f in ("__init__.py", "_overhead.py", "runtime_remote.py", "runtime_profile.py"):
         shutil.copy(here / f, bench_dir / f)
     print(f"prepared {out}")
 
@@ -119,17 +119,56 @@ def measure(out: Path, n: int) -> dict[str, Any]:
     return res
 
 
+def placement(out: Path, n: int, packages: list[str]) -> dict[str, Any]:
+    """Bandit vs full (mean latency, accuracy) and raw stage times of each package in DIR.
+
+    For comparing exit placements side by side: ``prepare`` once, copy more packages into
+    DIR, then ``placement --packages pkg.edgepkg other.edgepkg``.
+    """
+    import edgekit
+    from edgekit.evaluate import cpu_info, evaluate
+
+    from .runtime_profile import profile_package
+
+    d = np.load(out / "test.npz")
+    x, y = d["x"][:n], d["y"][:n]
+    res: dict[str, Any] = {"cpu": cpu_info()}
+    print(res["cpu"], flush=True)
+    for name in packages:
+        pkg = out / name
+        exits = [e.layer for e in edgekit.read_manifest(pkg, verify=False).exits]
+        r: dict[str, Any] = {"exits": exits}
+        r["raw"] = profile_package(pkg, threads=1, ops=False)
+        for pol in ("full", "bandit"):
+            with edgekit.load(pkg, backend="litert", policy=pol, threads=1) as m:
+                r[pol] = evaluate(m, x, y, verbose=False, with_recording=False)
+        ratio = r["bandit"]["latency_ms"]["mean"] / r["full"]["latency_ms"]["mean"]
+        drop = 100 * (r["full"]["accuracy"] - r["bandit"]["accuracy"])
+        r["bandit_vs_full"] = {"latency_ratio": ratio, "accuracy_drop_points": drop}
+        b, f = r["bandit"], r["full"]
+        print(f"{name} exits {exits}: bandit mean latency / full {ratio:.3f}, accuracy "
+              f"{b['accuracy']:.4f} vs full {f['accuracy']:.4f} (drop {drop:.2f} points), "
+              f"exits taken {b['exit_histogram']}", flush=True)  # fmt: skip
+        res[name] = r
+    dest = Path(os.environ.get("OUT", str(out)), "placement.json")
+    dest.write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("prepare", "measure"))
+    ap.add_argument("what", choices=("prepare", "measure", "placement"))
     ap.add_argument("--dir", default="build/xeon")
     ap.add_argument("--package", default="build/fmnist.edgepkg")
     ap.add_argument("--before", default="e07f153")
     ap.add_argument("--python", default="3.12")
     ap.add_argument("-n", type=int, default=10000)
+    ap.add_argument("--packages", nargs="+", default=["pkg.edgepkg"], help="placement: in DIR")
     args = ap.parse_args(argv)
     if args.what == "prepare":
         prepare(Path(args.package), Path(args.dir), args.before, args.python)
+    elif args.what == "placement":
+        placement(Path(args.dir), args.n, args.packages)
     else:
         measure(Path(args.dir), args.n)
     return 0

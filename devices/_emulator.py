@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -33,20 +32,33 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgekit._errors import EdgekitError
 from edgekit._progress import Progress, say
+
+from ._emu_errors import EmulatorError, HostNotSupported
+from ._emu_sys import (
+    SYS_PATH,
+    _is_root,
+    _locked,
+    _pid_alive,
+    _reap,
+    _run,
+    _user_home,
+    _write_atomic,
+)
+from ._netns import ShapedLink, _rate_bits
 
 __all__ = [
     "DATA_DIR",
     "DeviceStatus",
     "EmulatorError",
     "HostNotSupported",
+    "ShapedLink",
     "VirtualDevice",
     "build_rootfs",
     "cache_dir",
@@ -76,10 +88,8 @@ STAMP = ".edgekit-rootfs.json"
 # Lines debootstrap prints for this recipe (measured), for a progress bar with an ETA.
 _DEBOOTSTRAP_LINES = 625
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,10}$")
-_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$")
 _SIZE_RE = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
 _KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecdsa-sha2-")
-_SYS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _OLD_PYTHON_DIR = "/usr/lib/edgekit-old-python"
 _OLD_PYTHON_WRAPPER = """#!/bin/sh
 # edgekit virtual device: pretends to be Python 3.7.3, a Python too old for edgekit.
@@ -95,14 +105,6 @@ sys.version_info = namedtuple("version_info", "major minor micro releaselevel se
 sys.version = "3.7.3 (default, Jan 22 2021, 20:04:44) \\n[GCC 8.3.0]"
 sys.hexversion = 0x030703F0
 """
-
-
-class EmulatorError(EdgekitError):
-    """The virtual device could not be built, started, shaped or stopped."""
-
-
-class HostNotSupported(EmulatorError):
-    """This machine cannot run the virtual device (not root, no binfmt_misc, no netns...)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,52 +301,19 @@ def _veth_name(name: str) -> str:
     return f"ekh-{name}"
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def _run(
-    argv: Sequence[str], *, check: bool = True, timeout: float = 120, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    try:
-        proc = subprocess.run(
-            list(argv),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=input,
-            env={**os.environ, "LC_ALL": "C"},
-        )
-    except FileNotFoundError as exc:
-        raise HostNotSupported(
-            f"{argv[0]} is not installed",
-            hint="install the emulator's system packages: `make system-deps` "
-            "(apt-get install qemu-user-static binfmt-support debootstrap openssh-server iproute2)",
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise EmulatorError(f"`{' '.join(argv)}` did not finish in {timeout:.0f} s") from exc
-    if check and proc.returncode != 0:
-        raise EmulatorError(
-            f"`{' '.join(argv)}` failed (exit {proc.returncode}): "
-            f"{(proc.stderr or proc.stdout).strip()[-800:]}",
-            command=list(argv),
-            returncode=proc.returncode,
-        )
-    return proc
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _link(name: str, index: int | None = None) -> ShapedLink:
+    """The device's link: netns ek-NAME, veth ekh-NAME to eth0 inside, 10.77.N.1 and .2."""
+    host_ip = dev_ip = None
+    if index is not None:
+        prefix = _net_prefix()
+        host_ip, dev_ip = f"{prefix}.{index}.1", f"{prefix}.{index}.2"
+    return ShapedLink(
+        _netns_name(name),
+        host_if=_veth_name(name),
+        host_ip=host_ip,
+        dev_ip=dev_ip,
+        peer=f"ekd-{name}",
+    )
 
 
 def _size_bytes(text: str) -> int:
@@ -360,37 +329,6 @@ def _size_bytes(text: str) -> int:
             hint="give at least 4M (host keys and logs need a little room)",
         )
     return n
-
-
-def _rate_bits(rate: str) -> int:
-    m = _RATE_RE.match(rate.strip().lower())
-    if not m:
-        raise EmulatorError(
-            f"invalid rate {rate!r}",
-            hint="give a tc rate like 10mbit, 512kbit or 1mbps (bytes/s), or 'none'",
-            value=rate,
-        )
-    value, unit = float(m.group(1)), m.group(2)
-    scale = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
-    bits = value * scale[unit] if unit in scale else value * 8 * scale[unit[:-3] + "bit"]
-    if bits < 8000:
-        raise EmulatorError(f"rate {rate!r} is below 8kbit", hint="give at least 8kbit")
-    return int(bits)
-
-
-def _user_home() -> Path:
-    """The invoking user's home, also under sudo (whose HOME may be root's)."""
-    sudo_user = os.environ.get("SUDO_USER")
-    if sudo_user and sudo_user != "root":
-        import pwd
-
-        with contextlib.suppress(KeyError):
-            return Path(pwd.getpwnam(sudo_user).pw_dir)
-    return Path.home()
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -749,14 +687,6 @@ def _save_record(name: str, record: dict[str, Any]) -> None:
     _write_atomic(_state_dir(name) / "device.json", json.dumps(record, indent=2) + "\n")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _device_pids(root: Path, netns: str | None) -> list[int]:
     """Processes whose root is the device's rootfs, or that live in its network namespace."""
     ns_ino = None
@@ -808,12 +738,6 @@ def _banner(host: str, port: int, timeout: float = 3.0) -> bytes | None:
         return None
 
 
-def _qdisc(veth: str | None) -> str | None:
-    if not veth or not Path(f"/sys/class/net/{veth}").exists():
-        return None
-    return _run(["tc", "qdisc", "show", "dev", veth], check=False).stdout.strip() or None
-
-
 def status(name: str = "pi0", *, probe: bool = True) -> DeviceStatus:
     """Is the device running, where, which processes run in it."""
     _check_name(name)
@@ -830,7 +754,9 @@ def status(name: str = "pi0", *, probe: bool = True) -> DeviceStatus:
         ready=bool(ready),
         device=dev,
         pids=pids,
-        qdisc=_qdisc(dev.veth) if running else None,
+        qdisc=ShapedLink(dev.netns, host_if=dev.veth).qdisc()
+        if running and dev.netns and dev.veth
+        else None,
     )
 
 
@@ -1037,29 +963,6 @@ def _configure_root(root: Path, name: str, pubkey: str, loopback: bool, python: 
         os.symlink("python3", root / "usr/bin/python3.7")
 
 
-def _net_up(name: str, index: int) -> tuple[str, str, str, str]:
-    """netns + veth; returns (netns, veth, host address, device address)."""
-    ns, veth, prefix = _netns_name(name), _veth_name(name), _net_prefix()
-    host_ip, dev_ip = f"{prefix}.{index}.1", f"{prefix}.{index}.2"
-    _run(["ip", "netns", "add", ns])
-    _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", f"ekd-{name}", "netns", ns])
-    _run(["ip", "-n", ns, "link", "set", f"ekd-{name}", "name", "eth0"])
-    _run(["ip", "addr", "add", f"{host_ip}/30", "dev", veth])
-    _run(["ip", "link", "set", veth, "up"])
-    _run(["ip", "-n", ns, "addr", "add", f"{dev_ip}/30", "dev", "eth0"])
-    _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-    _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-    return ns, veth, host_ip, dev_ip
-
-
-def _net_down(name: str) -> None:
-    ns, veth = _netns_name(name), _veth_name(name)
-    if Path(f"/run/netns/{ns}").exists():
-        _run(["ip", "netns", "del", ns], check=False)
-    if Path(f"/sys/class/net/{veth}").exists():
-        _run(["ip", "link", "del", veth], check=False)
-
-
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -1096,7 +999,7 @@ def _start_sshd(root: Path, name: str, netns: str | None, addr: str, port: int, 
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={"PATH": _SYS_PATH, "LANG": "C.UTF-8"},
+            env={"PATH": SYS_PATH, "LANG": "C.UTF-8"},
         )
     return proc.pid
 
@@ -1243,7 +1146,9 @@ def start(
                 netns = veth = host_ip = None
                 addr, sport = "127.0.0.1", port
             else:
-                netns, veth, host_ip, addr = _net_up(name, index)
+                link = _link(name, index).up()
+                netns, veth, host_ip = link.netns, link.host_if, link.host_ip
+                addr = str(link.dev_ip)
                 sport = 22
             log = sd / "sshd.log"
             pid = _start_sshd(root, name, netns, addr, sport, log)
@@ -1302,12 +1207,6 @@ def start(
 # Shaping
 
 
-def _tbf_args(rate: str) -> list[str]:
-    bits = _rate_bits(rate)
-    burst = max(16 << 10, bits // 8 // 50)  # at least 16 KiB, or 20 ms of traffic
-    return ["tbf", "rate", str(bits), "burst", str(burst), "latency", "100ms"]
-
-
 def _shape(name: str, record: dict[str, Any], rate: str | None) -> VirtualDevice:
     dev = VirtualDevice.from_dict(record["device"])
     if dev.veth is None or dev.netns is None:
@@ -1315,15 +1214,8 @@ def _shape(name: str, record: dict[str, Any], rate: str | None) -> VirtualDevice
             f"virtual device {name} runs on loopback: its bandwidth cannot be shaped",
             hint="start it in a network namespace (without --loopback)",
         )
-    if rate is None or rate == "none":
-        _run(["tc", "qdisc", "del", "dev", dev.veth, "root"], check=False)
-        _run(["tc", "-n", dev.netns, "qdisc", "del", "dev", "eth0", "root"], check=False)
-        rate = None
-    else:
-        tbf = _tbf_args(rate)
-        _run(["tc", "qdisc", "replace", "dev", dev.veth, "root", *tbf])
-        _run(["tc", "-n", dev.netns, "qdisc", "replace", "dev", "eth0", "root", *tbf])
-    dev = replace(dev, rate=rate)
+    ShapedLink(dev.netns, host_if=dev.veth).shape(rate)
+    dev = replace(dev, rate=None if rate == "none" else rate)
     record["device"] = dev.to_dict()
     _save_record(name, record)
     return dev
@@ -1345,12 +1237,6 @@ def shape(name: str = "pi0", rate: str | None = "10mbit") -> VirtualDevice:
 
 # ---------------------------------------------------------------------------------------------
 # Stopping
-
-
-def _reap(pid: int) -> None:
-    """Collect ``pid`` if it is our own child (sshd started by this process) and has exited."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def _kill_all(root: Path, netns: str | None, extra: Sequence[int] = ()) -> None:
@@ -1382,7 +1268,7 @@ def _teardown(name: str, sd: Path, rec: dict[str, Any] | None) -> None:
     _kill_all(root, _netns_name(name), extra)
     _unmount_all(root)
     _unmount_all(sd / "disk")
-    _net_down(name)
+    _link(name).down()
 
 
 def stop(name: str = "pi0", *, purge: bool = False) -> bool:
@@ -1400,7 +1286,7 @@ def stop(name: str = "pi0", *, purge: bool = False) -> bool:
         if sd.exists():
             _teardown(name, sd, rec)
         else:
-            _net_down(name)
+            _link(name).down()
         if purge:
             _remove_tree(sd)
         elif rec is not None:

@@ -427,3 +427,60 @@ def test_conflicting_settings_need_a_purge(device_key: Path) -> None:
         assert "--purge" in (exc.value.hint or "")
     finally:
         stop_device(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shaped link alone (root and network namespaces; no rootfs, no device)
+
+
+def _link_names(tag: str) -> tuple[str, str, str, int]:
+    n = os.getpid() % 10000
+    return f"ekt{tag}{n}", f"ekth{tag}{n}", f"ektd{tag}{n}", 16 + os.getpid() % 200
+
+
+def test_shaped_link_up_shape_exec_down() -> None:
+    require_emulator()
+    ns, host_if, dev_if, net = _link_names("a")
+    link = emu.ShapedLink(ns, host_if=host_if, dev_if=dev_if, host_ip=f"10.215.{net}.1",
+                          dev_ip=f"10.215.{net}.2", latency="400ms")  # fmt: skip
+    with socket.socket() as srv, link:
+        assert link.exists and Path(f"/sys/class/net/{host_if}").exists()
+        inside = subprocess.run(link.argv("ip", "-4", "-o", "addr", "show", "dev", dev_if),
+                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert f"10.215.{net}.2/30" in inside
+        # the namespace reaches the host over the pair, and only the pair
+        srv.bind((f"10.215.{net}.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        code = f"import socket; socket.create_connection(('10.215.{net}.1', {port}), 5).send(b'hi')"
+        res = subprocess.run(link.argv(sys.executable, "-c", code), capture_output=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        conn, peer = srv.accept()
+        with conn:
+            assert peer[0] == f"10.215.{net}.2" and conn.recv(2) == b"hi"
+        assert link.shape("2.5mbit", burst="32kbit") == "2.5mbit"
+        host_q = link.qdisc() or ""
+        assert "tbf" in host_q and "rate 2500Kbit" in host_q and "lat 400ms" in host_q, host_q
+        dev_q = subprocess.run(link.argv("tc", "qdisc", "show", "dev", dev_if),
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert "rate 2500Kbit" in dev_q and "burst 4Kb" in dev_q, dev_q
+        link.shape("1mbit")  # replaces; the default bucket is 16 KiB
+        assert "rate 1Mbit" in (link.qdisc() or "") and "burst 16Kb" in (link.qdisc() or "")
+        assert link.shape(None) is None and "tbf" not in (link.qdisc() or "")
+    assert not link.exists and not Path(f"/sys/class/net/{host_if}").exists()
+    link.down()  # twice is fine
+    with pytest.raises(EmulatorError, match="invalid rate"):
+        link.shape("fast")
+
+
+def test_shaped_link_that_fails_to_come_up_leaves_nothing() -> None:
+    require_emulator()
+    ns, host_if, dev_if, _ = _link_names("b")
+    link = emu.ShapedLink(ns, host_if=host_if, dev_if=dev_if, host_ip="10.215.1.1",
+                          dev_ip="not-an-address")  # fmt: skip
+    with pytest.raises(EmulatorError, match="not-an-address"):
+        link.up()
+    assert not link.exists and not Path(f"/sys/class/net/{host_if}").exists()
+    with pytest.raises(EmulatorError, match="no addresses"):
+        emu.ShapedLink(ns, host_if=host_if).up()
+    assert not link.exists

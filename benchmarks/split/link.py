@@ -1,18 +1,19 @@
 """The network between the device and the server: a namespace and a shaped veth pair
-(``Link``), and a user-space proxy that adds fixed latency (``DelayProxy``: no netem here)."""
+(``Link``, on ``edgekit.devices.emulate.ShapedLink``), and a user-space proxy that adds
+fixed latency (``DelayProxy``: no netem here)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
-import subprocess
 import threading
 import time
 
-__all__ = ["TBF", "DelayProxy", "Link"]
+__all__ = ["LATENCY", "TBF", "DelayProxy", "Link"]
 
-TBF = "burst {burst} latency 400ms"
+LATENCY = "400ms"
+TBF = "burst {burst} latency " + LATENCY
 
 
 class DelayProxy:
@@ -67,42 +68,37 @@ class DelayProxy:
         self.sock.close()
 
 
-def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
-
-
 class Link:
-    """A network namespace for the device and a veth pair to the host, shaped with tbf."""
+    """A network namespace for the device and a veth pair to the host, shaped with tbf
+    (``burst B latency 400ms``) on both ends: ``edgekit.devices.emulate.ShapedLink`` with
+    this benchmark's names, addresses and rates in Mbit/s."""
 
     def __init__(self) -> None:
+        from edgekit.devices import emulate  # here: the device's worker process needs none of it
+
         n = os.getpid() % 10000
+        net = 16 + (os.getpid() % 200)
         self.ns = f"eksplit{n}"
         self.host_if, self.dev_if = f"eksh{n}", f"eksd{n}"
-        net = 16 + (os.getpid() % 200)
         self.host_ip, self.dev_ip = f"10.213.{net}.1", f"10.213.{net}.2"
+        self._link = emulate.ShapedLink(
+            self.ns,
+            host_if=self.host_if,
+            dev_if=self.dev_if,
+            host_ip=self.host_ip,
+            dev_ip=self.dev_ip,
+            latency=LATENCY,
+        )
 
     def up(self) -> None:
-        _run(["ip", "netns", "add", self.ns])
-        _run(["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.dev_if])
-        _run(["ip", "link", "set", self.dev_if, "netns", self.ns])
-        _run(["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if])
-        _run(["ip", "link", "set", self.host_if, "up"])
-        ns = ["ip", "netns", "exec", self.ns]
-        _run([*ns, "ip", "addr", "add", f"{self.dev_ip}/30", "dev", self.dev_if])
-        _run([*ns, "ip", "link", "set", self.dev_if, "up"])
-        _run([*ns, "ip", "link", "set", "lo", "up"])
+        self._link.up()
 
     def shape(self, mbit: float | None, burst: str = "32kbit") -> None:
         """Both directions at ``mbit`` (None: unshaped), with a bucket of ``burst``."""
-        for pre, dev in (([], self.host_if), (["ip", "netns", "exec", self.ns], self.dev_if)):
-            _run([*pre, "tc", "qdisc", "del", "dev", dev, "root"], check=False)
-            if mbit is not None:
-                _run([*pre, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
-                      f"{mbit}mbit", *TBF.format(burst=burst).split()])  # fmt: skip
+        self._link.shape(None if mbit is None else f"{mbit}mbit", burst=burst)
 
     def down(self) -> None:
-        _run(["ip", "link", "del", self.host_if], check=False)
-        _run(["ip", "netns", "del", self.ns], check=False)
+        self._link.down()
 
     def exec_prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.ns]
+        return self._link.exec_prefix()

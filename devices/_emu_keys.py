@@ -13,7 +13,7 @@ from edgekit._progress import say
 from ._emu_errors import EmulatorError
 from ._emu_sys import _run, _user_home
 
-__all__ = []
+__all__: list[str] = []
 
 
 _KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecdsa-sha2-")

@@ -17,22 +17,16 @@ from ._emu_errors import EmulatorError, HostNotSupported
 from ._emu_paths import ARCH, DATA_DIR
 from ._emu_sys import _run, _write_atomic
 
-__all__ = []
+__all__: list[str] = []
 
 
 _SIZE_RE = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
-
-
 _OLD_PYTHON_DIR = "/usr/lib/edgekit-old-python"
-
-
 _OLD_PYTHON_WRAPPER = """#!/bin/sh
 # edgekit virtual device: pretends to be Python 3.7.3, a Python too old for edgekit.
 case "$1" in -V|--version) echo "Python 3.7.3"; exit 0;; esac
 PYTHONPATH=%(dir)s${PYTHONPATH:+:$PYTHONPATH} exec %(dir)s/python3.11 "$@"
 """
-
-
 _OLD_PYTHON_SITE = """import sys
 from collections import namedtuple
 

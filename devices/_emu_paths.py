@@ -31,43 +31,19 @@ __all__ = [
 
 
 SUITE = "bookworm"
-
-
 DEB_ARCH = "arm64"
-
-
 ARCH = "aarch64"
-
-
 PACKAGES = ("python3", "python3-venv", "openssh-server")
-
-
 # Bump when the recipe changes: a cached rootfs with another recipe is rebuilt.
 RECIPE = 1
-
-
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-
-
 DEFAULT_CACHE = Path("/var/cache/edgekit/emulator")
-
-
 DEFAULT_STATE = Path("/var/lib/edgekit/emulator")
-
-
 DEFAULT_NET = "10.77"
-
-
 #: Where the integrator's push installs on a device; with ``disk_limit`` it is on the small disk.
 DATA_DIR = "/opt/edgekit"
-
-
 PYTHON_MODES = ("system", "none", "old")
-
-
 STAMP = ".edgekit-rootfs.json"
-
-
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,10}$")
 
 

@@ -53,6 +53,16 @@ def format_table(report: dict[str, Any]) -> str:
     ):
         if key in ag:
             lines.append(f"- {text}: {_pct(ag[key])}")
+    placed = report.get("exit_placement") or {}
+    if placed.get("by") == "latency":
+        timed = ", ".join(
+            f"{c['layer']} {c['latency_us']:.0f} us ({c['latency_fraction']:.0%})"
+            for c in placed["candidates"]
+        )
+        lines.append(
+            f"- exits placed by INT8 latency measured on {placed['host']} "
+            f"({placed['threads']} thread): backbone {placed['backbone_us']:.0f} us; {timed}"
+        )
     if report.get("notes"):
         lines.extend(f"- note: {n}" for n in report["notes"])
     return "\n".join(lines)

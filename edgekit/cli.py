@@ -42,6 +42,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     opts = ConvertOptions(
         model=args.model,
         exits=_parse_exits(args.exits),
+        place_exits=args.place_exits,
         train=args.train,
         quant=args.quant,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
@@ -264,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the built-in CNN",
     )
     c.add_argument("--exits", help="MAC fractions (0.12,0.4,0.6) or layer names")
+    c.add_argument(
+        "--place-exits",
+        default="macs",
+        choices=["macs", "latency"],
+        help="match --exits fractions against MACs, or against INT8 latency measured on this "
+        "host (slower convert; report.json records the measurements)",
+    )
     c.add_argument(
         "--layout",
         default="auto",

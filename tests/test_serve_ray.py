@@ -7,8 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _serving import Client, Local, softmax_max
+from _wait import LineReader
 
 from edgekit._kserve import HEADER_LENGTH, encode_split_request, package_sha256
 from edgekit.data import load_digits
@@ -33,27 +32,20 @@ def ray_server(digits_pkg: Path) -> Iterator[str]:
     Yields the server's URL; SIGTERM at the end must stop Serve and Ray cleanly.
     """
     cmd = [sys.executable, "-m", "edgekit", "serve", str(digits_pkg), "--engine", "ray"]
-    cmd += ["--replicas", "1", "--port", "0", "--token", TOKEN, "--max-delay-ms", "5"]
+    # A 4-row batch waits up to 300 ms for its rows: concurrent requests join one batch even
+    # on a loaded machine; a lone request pays the 300 ms.
+    cmd += ["--replicas", "1", "--port", "0", "--token", TOKEN]
+    cmd += ["--max-batch", "4", "--max-delay-ms", "300"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None
-    seen: list[str] = []
-    url = None
-    deadline = time.monotonic() + 240
-    for line in proc.stderr:
-        seen.append(line)
-        if "serving digits on" in line:
-            assert "Ray Serve, 1 replica(s)" in line and "auth: bearer token" in line
-            url = line.split(" on ", 1)[1].split("/v2", 1)[0]
-            break
-        if time.monotonic() > deadline:
-            break
-    if url is None:
+    err = LineReader(proc.stderr)  # drained all along, with a deadline on the startup line
+    line = err.wait_for_line("serving digits on", 240)
+    if line is None:
         proc.kill()
-        proc.wait()
-        pytest.fail("edgekit serve --engine ray did not start:\n" + "".join(seen[-40:]))
-    rest: list[str] = []
-    drain = threading.Thread(target=lambda: rest.extend(proc.stderr or []), daemon=True)
-    drain.start()
+        proc.wait(60)
+        pytest.fail("edgekit serve --engine ray did not start:\n" + err.tail())
+    assert "Ray Serve, 1 replica(s)" in line and "auth: bearer token" in line
+    url = line.split(" on ", 1)[1].split("/v2", 1)[0]
     try:
         yield url
     finally:
@@ -62,11 +54,11 @@ def ray_server(digits_pkg: Path) -> Iterator[str]:
             proc.wait(120)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(60)
             pytest.fail("the Ray server did not stop on SIGTERM")
-        drain.join(10)
-        assert proc.returncode == 0, "".join(rest[-40:])
-        assert any("stopped serving" in line for line in rest), "".join(rest[-40:])
+        err.join(10)
+        assert proc.returncode == 0, err.tail()
+        assert err.wait_for_line("stopped serving", 0) is not None, err.tail()
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +126,7 @@ def test_ray_refuses_without_token_and_batches(ray_server: str, local: Local) ->
     c.close()
     (st,) = stats["model_stats"]
     assert status == 200 and st["requests"] == 24 and st["rows"] == 24
+    # batched: requests ran together (batches of up to 4 rows), not one by one
+    sizes = {int(k): v for k, v in st["batch_sizes"].items()}
+    assert sum(k * v for k, v in sizes.items()) == 24 and st["batches"] == sum(sizes.values())
+    assert max(sizes) > 1 and st["batches"] < 24, st

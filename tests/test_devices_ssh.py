@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _sshd import CutProxy, Sshd, add_cut_files, free_port, reusable, start_sshd
+from _net import refused_port
+from _sshd import CutProxy, Sshd, add_cut_files, reusable, start_sshd
 
 import edgekit.devices as devices
 from edgekit import read_manifest
@@ -65,7 +66,12 @@ def _opts(cfg: Path, root: Path, **kw: object) -> PushOptions:
 
 def _fingerprint(pub: str) -> str:
     out = subprocess.run(
-        ["ssh-keygen", "-lf", "-"], input=pub, capture_output=True, text=True, check=True
+        ["ssh-keygen", "-lf", "-"],
+        input=pub,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
     return out.stdout.split()[1]
 
@@ -89,7 +95,11 @@ def test_unknown_host_key_refused_then_accepted(sshd: Sshd, tmp_path: Path) -> N
 
 
 def test_changed_host_key_refused(sshd: Sshd, tmp_path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")])
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+        check=True,
+        timeout=30,
+    )
     other = (tmp_path / "k.pub").read_text().split()
     kh = tmp_path / "known_hosts"
     kh.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
@@ -99,9 +109,10 @@ def test_changed_host_key_refused(sshd: Sshd, tmp_path: Path) -> None:
 
 
 def test_unreachable_device() -> None:
-    with pytest.raises(ConnectError, match="cannot reach") as err:
-        Connection(f"root@127.0.0.1:{free_port()}", connect_timeout=3).run("true")
-    assert err.value.hint
+    with refused_port() as port, pytest.raises(ConnectError, match="cannot reach") as err:
+        Connection(f"root@127.0.0.1:{port}", connect_timeout=3).run("true")
+    assert "Unable to connect to port" in err.value.message  # refused, not a timeout
+    assert "sshd running" in (err.value.hint or "")  # what to check
 
 
 def test_ssh_config_alias_and_proxyjump(sshd: Sshd, ssh_config_file: Path) -> None:
@@ -130,7 +141,7 @@ def test_probe_over_ssh(ssh_config_file: Path, device_root: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "edgekit", "device", "probe", "hostdev", "--json",
          "--ssh-config", str(ssh_config_file)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=300,
     )  # fmt: skip
     probe = json.loads(out.stdout)
     assert probe["arch"] == platform.machine() and probe["profile"]["backend"] == "litert"
@@ -157,7 +168,7 @@ def test_push_run_rollback(
     res = subprocess.run(
         [sys.executable, "-m", "edgekit", "run", "--ssh-config", str(ssh_config_file),
          "--root", str(device_root), "--quiet", "hostdev", "--", "python", "-c", _PRINT_NAME],
-        capture_output=True, text=True,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("digits-ptq")
@@ -195,8 +206,9 @@ def test_rollback_to_previous_version(
     back = rollback("hostdev", options=opts)
     assert back.deploy == deps[0].deploy
     assert [d.deploy for d in deployments("hostdev", options=opts) if d.current] == [back.deploy]
-    with pytest.raises(Exception, match=r"to roll back to"):
+    with pytest.raises(devices.DeviceError, match=r"no version doesnotexist .*roll back to") as e:
         rollback("hostdev", options=opts, to="doesnotexist")
+    assert "--to DEPLOY" in (e.value.hint or "")  # how to pick one of the kept versions
 
 
 def _touch_report(pkg: Path) -> None:
@@ -276,7 +288,7 @@ def test_full_disk_refused_before_anything_changes(
     root = tmp_path / "small"
     root.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)]
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)], timeout=60
     ).returncode
     if mounted != 0:
         pytest.skip("cannot mount a tmpfs here")
@@ -288,15 +300,16 @@ def test_full_disk_refused_before_anything_changes(
         assert [p.name for p in root.iterdir()] in ([], [".lock"])
         assert not any(p.stat().st_size for p in root.iterdir())
     finally:
-        subprocess.run(["umount", "--lazy", str(root)])
+        subprocess.run(["umount", "--lazy", str(root)], timeout=60)
 
 
 def test_fleet_push_reports_every_target(
     ssh_config_file: Path, tmp_path: Path, digits_pkg: Path
 ) -> None:
     opts = _opts(ssh_config_file, tmp_path / "edgekit")
-    dead = f"root@127.0.0.1:{free_port()}"
-    results = devices.push(digits_pkg, ["hostdev", dead, "jumped"], opts)
+    with refused_port() as port:
+        dead = f"root@127.0.0.1:{port}"
+        results = devices.push(digits_pkg, ["hostdev", dead, "jumped"], opts)
     assert list(results) == ["hostdev", dead, "jumped"]
     assert results["hostdev"].ok and results["jumped"].ok
     assert not results[dead].ok and "cannot reach" in results[dead].error.message  # type: ignore[union-attr]
@@ -320,10 +333,10 @@ def test_connect_options_alone_reach_the_device(sshd: Sshd, tmp_path: Path) -> N
         assert c.target.port == sshd.port and c.run("id -un").stdout.strip() == "root"
     info = devices.probe("127.0.0.1", devices.DeviceOptions(conn, root=str(tmp_path / "r")))
     assert info.arch == os.uname().machine and info.python_ok
-    wrong = devices.ConnectOptions(
-        ssh_config=str(tmp_path / "none"), known_hosts=str(kh), user="root", port=free_port()
-    )
-    with pytest.raises(devices.ConnectError, match="cannot reach"):
+    with refused_port() as port, pytest.raises(devices.ConnectError, match="cannot reach"):
+        wrong = devices.ConnectOptions(
+            ssh_config=str(tmp_path / "none"), known_hosts=str(kh), user="root", port=port
+        )
         devices.probe("127.0.0.1", devices.DeviceOptions(wrong))
 
 
@@ -357,8 +370,8 @@ def test_cli_push_list_predict_rollback(
     assert f"-> {first['deploy']}" in capsys.readouterr().out
     assert main(["device", "list", "hostdev", *ssh]) == 0
     assert f"* {first['deploy']}" in capsys.readouterr().out
-    dead = f"root@127.0.0.1:{free_port()}"
-    assert main(["push", str(digits_pkg), dead, *ssh]) == 1
+    with refused_port() as port:
+        assert main(["push", str(digits_pkg), f"root@127.0.0.1:{port}", *ssh]) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "cannot reach" in out and "hint:" in out
 

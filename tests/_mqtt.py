@@ -45,14 +45,18 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0
 
 class Broker:
     """``/usr/sbin/mosquitto -c CONF`` on 127.0.0.1:``port``; ``stop``/``start`` keep its
-    persistence. ``extra`` lines go into the config (TLS, passwords)."""
+    persistence. ``extra`` lines go into the config (TLS, passwords); ``{port}`` in them is
+    the broker's port. Without ``port`` the broker picks a free one, and picks again if another
+    process takes it between the pick and mosquitto's bind."""
 
     def __init__(
         self, folder: Path, port: int | None = None, extra: str = "", host: str = "127.0.0.1"
     ) -> None:
         self.folder = folder
         self.host = host
+        self._own_port = port is None
         self.port = port or free_port()
+        self._extra = extra
         folder.mkdir(parents=True, exist_ok=True)
         self.log = folder / "mosquitto.log"
         # As root, mosquitto runs as its own user, which cannot enter pytest's 0700 folders:
@@ -65,20 +69,38 @@ class Broker:
                 os.chown(self.data, pw.pw_uid, pw.pw_gid)
             except KeyError:
                 user = "user root\n"
-        anon = "" if "password_file" in extra else "allow_anonymous true\n"
-        listener = "" if "listener" in extra else f"listener {self.port} {host}\n"
+        self._user = user
         self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(
-            f"{user}{listener}{anon}persistence true\npersistence_location {self.data}/\n"
-            f"log_dest stderr\nlog_type error\nlog_type warning\n{extra}"
-        )
+        self._write_conf()
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _write_conf(self) -> None:
+        extra = self._extra.replace("{port}", str(self.port))
+        anon = "" if "password_file" in extra else "allow_anonymous true\n"
+        listener = "" if "listener" in extra else f"listener {self.port} {self.host}\n"
+        self.conf.write_text(
+            f"{self._user}{listener}{anon}persistence true\npersistence_location {self.data}/\n"
+            f"log_dest stderr\nlog_type error\nlog_type warning\n{extra}"
+        )
+
     def start(self) -> Broker:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stderr=log)
-        wait_for(self._accepting, 10, f"mosquitto on port {self.port} (log: {self.log})")
-        return self
+        for attempt in range(5):
+            seen = self.log.stat().st_size if self.log.exists() else 0
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stderr=log)
+            try:
+                wait_for(self._accepting, 10, f"mosquitto on port {self.port} (log: {self.log})")
+                return self
+            except AssertionError:
+                with open(self.log, "rb") as f:
+                    f.seek(seen)
+                    taken = b"Address already in use" in f.read()
+                if not (taken and self._own_port and attempt < 4):
+                    raise
+                self.stop(kill=True)
+                self.port = free_port()
+                self._write_conf()
+        raise AssertionError("unreachable")
 
     def _accepting(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

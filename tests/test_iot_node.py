@@ -308,7 +308,7 @@ def test_normal_run(
     assert node.stop() == 0
     status = [m.payload for m in rec.raw("/status")]
     assert status[0] == b"online" and status[-1] == b"offline"
-    time.sleep(0.3)
+    wait_for(lambda: "STOPPING=1" in got, 10, "STOPPING=1 on the notify socket")
     reading.set()
     reader.join()
     notify.close()
@@ -572,15 +572,13 @@ def test_tls_and_password(
             pw = pwd.getpwnam("mosquitto")
             for p in (secrets, ca, cert, key, passwd):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
-        from _mqtt import free_port
-
-        port = free_port()
         b = Broker(
             tmp_path / "tls-broker",
-            port=port,
-            extra=f"listener {port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+            extra="listener {port} 127.0.0.1\n"
+            f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
             f"password_file {passwd}\nallow_anonymous false\n",
         ).start()
+        port = b.port
         try:
             rec = Recorder(
                 port, ["edgekit/tls/events"], "rec-tls", ca_certs=str(ca), auth=("node", "s3cret")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,13 +131,16 @@ def test_ptq_with_named_exits(digits_ptq_pkg: Path) -> None:
     assert report["exits"][-1]["accuracy"]["tflite_int8"] > 0.85
 
 
-def test_existing_output_is_refused(digits_pkg: Path) -> None:
+def test_existing_output_is_refused(digits_pkg: Path, tmp_path: Path) -> None:
     from edgekit.converters import convert
 
-    before = read_manifest(digits_pkg)
+    # A copy, so that a regression overwrites this test's folder, not the session package.
+    out = tmp_path / "existing.edgepkg"
+    shutil.copytree(digits_pkg, out)
+    before = read_manifest(out)
     with pytest.raises(OutputExistsError, match="--force"):
-        convert("digits", digits_pkg, fast=True, verbose=False)
-    assert read_manifest(digits_pkg) == before
+        convert("digits", out, fast=True, verbose=False)
+    assert read_manifest(out) == before
 
 
 def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -251,12 +251,17 @@ def test_two_devices_have_separate_disks(
     assert ok(b, "test -e /root/marker && echo yes || echo no").strip() == "no"
     lower = Path(json.loads((a.state_dir / "device.json").read_text())["lower"])
     assert not (lower / "root/marker").exists() and (a.rootfs / "root/marker").exists()
-    # a file the device corrupts is corrupt only there
-    ok(a, "echo garbage > /usr/lib/os-release")
-    assert (
-        "Debian" in ok(b, "cat /usr/lib/os-release")
-        and "Debian" in (lower / "usr/lib/os-release").read_text()
-    )
+    # a file the device corrupts is corrupt only there (and restored: `a` is shared)
+    ok(a, "cp /usr/lib/os-release /root/os-release.saved")
+    try:
+        ok(a, "echo garbage > /usr/lib/os-release")
+        assert (
+            "Debian" in ok(b, "cat /usr/lib/os-release")
+            and "Debian" in (lower / "usr/lib/os-release").read_text()
+        )
+    finally:
+        ok(a, "cp /root/os-release.saved /usr/lib/os-release && rm -f /root/os-release.saved")
+    assert "Debian" in ok(a, "cat /usr/lib/os-release")
 
 
 def test_status(virtual_device: VirtualDevice) -> None:

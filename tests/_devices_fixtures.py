@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from edgekit.devices import _emulator as emu
-from edgekit.devices._emulator import VirtualDevice
+from edgekit.devices import VirtualDevice
+from edgekit.devices import emulate as emu
 
 
 def device_name(suffix: str) -> str:

@@ -61,8 +61,8 @@ def with_name(src: Path, dest: Path, name: str) -> Path:
 def lax_host(monkeypatch: pytest.MonkeyPatch) -> None:
     """Switch off the host's own package rule (in this process only), to show that the
     device's check stops what a buggy or hostile host would send."""
-    import edgekit._package as pk
-    from edgekit.devices import _remote
+    import edgekit._package as pk  # internal: switches off the host's package rule
+    from edgekit.devices import _remote  # internal: and the agent's copy of it
 
     monkeypatch.setattr(pk, "check_package_path", lambda rel, **_: rel)
     monkeypatch.setattr(pk, "check_name", lambda name, **_: name)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-# The virtual arm64 device's fixtures (virtual_device, ssh_config...): tests/_devices_fixtures.py
+# The virtual arm64 device's fixtures (virtual_device, ssh_config_file...): _devices_fixtures.py
 pytest_plugins = ["_devices_fixtures"]
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -108,6 +108,7 @@ def device_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgekit-tests", "-f", str(key)],
         check=True,
+        timeout=600,
     )
     return key
 

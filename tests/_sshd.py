@@ -68,7 +68,9 @@ def start_sshd(folder: Path) -> Sshd:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("hostkey", "id"):
         subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / name)], check=True
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / name)],
+            check=True,
+            timeout=600,
         )
     (folder / "authorized_keys").write_text((folder / "id.pub").read_text())
     Path("/run/sshd").mkdir(exist_ok=True)

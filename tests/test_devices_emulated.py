@@ -63,7 +63,7 @@ def test_probe_reports_aarch64(ssh_config_file: Path, virtual_device: VirtualDev
     out = subprocess.run(
         [sys.executable, "-m", "edgekit", "device", "probe", "pi0", "--json",
          "--ssh-config", str(ssh_config_file)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=600
     )  # fmt: skip
     assert json.loads(out.stdout)["arch"] == "aarch64"
 
@@ -106,7 +106,7 @@ def test_bench_on_device_brings_back_json(
     out = subprocess.run(
         [sys.executable, "-m", "edgekit", "bench", str(fmnist_fast_pkg), "pi0", "--json",
          "-n", "20", "--ssh-config", str(ssh_config_file), "--quiet"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, timeout=600
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["device"]["arch"] == "aarch64"

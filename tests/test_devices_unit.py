@@ -47,7 +47,11 @@ def test_target_from_ssh_config(tmp_path: Path) -> None:
 
 def test_probe_script_runs_here() -> None:
     out = subprocess.run(
-        ["sh", "-s", "/nonexistent/edgekit"], input=PROBE_SCRIPT, capture_output=True, text=True
+        ["sh", "-s", "/nonexistent/edgekit"],
+        input=PROBE_SCRIPT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr
     info = parse_probe("local", out.stdout)
@@ -118,7 +122,9 @@ def test_edgekit_wheel_is_reproducible_and_complete(tmp_path: Path) -> None:
 
 
 def _sh(script: str) -> str:
-    return subprocess.run(["sh", "-c", script], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["sh", "-c", script], check=True, capture_output=True, text=True, timeout=600
+    ).stdout
 
 
 def test_switch_and_prune_scripts(tmp_path: Path) -> None:

@@ -105,7 +105,11 @@ def test_missing_key_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
     pub, _ = emu._resolve_key(tmp_path / "k", generate=True)
     want = subprocess.run(
-        ["ssh-keygen", "-l", "-f", str(pub)], capture_output=True, text=True, check=True
+        ["ssh-keygen", "-l", "-f", str(pub)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
     ).stdout.split()[1]
     assert emu._fingerprint(pub.read_text()) == want
 
@@ -161,7 +165,10 @@ def test_ssh_reaches_an_arm64_device_with_python311(virtual_device: VirtualDevic
     assert ok(dev, "test -e /sys/firmware/devicetree || echo none").strip() == "none"
     # the device's host key is the one the client checked, and the fingerprint start printed
     kh = subprocess.run(
-        ["ssh-keygen", "-l", "-f", str(dev.known_hosts_path)], capture_output=True, text=True
+        ["ssh-keygen", "-l", "-f", str(dev.known_hosts_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
     ).stdout
     assert dev.host_key_fingerprint in kh
     assert dev.known_hosts_line == dev.known_hosts_path.read_text().strip()
@@ -297,10 +304,11 @@ def test_bandwidth_is_shaped_with_tbf(virtual_device2: VirtualDevice, tmp_path: 
     emu.shape(dev.name, "2mbit")
     try:
         qd = subprocess.run(["tc", "qdisc", "show", "dev", dev.veth or ""], capture_output=True,
-                            text=True, check=True).stdout  # fmt: skip
+                            text=True, check=True, timeout=600).stdout  # fmt: skip
         assert "tbf" in qd and "rate 2Mbit" in qd, qd
         inside = subprocess.run(["tc", "-n", dev.netns or "", "qdisc", "show", "dev", "eth0"],
-                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+                                capture_output=True, text=True, check=True,
+                                timeout=600).stdout  # fmt: skip
         assert "rate 2Mbit" in inside
         shaped = emu.status(dev.name).device
         assert shaped is not None and shaped.rate == "2mbit"
@@ -319,7 +327,7 @@ def test_bandwidth_is_shaped_with_tbf(virtual_device2: VirtualDevice, tmp_path: 
     finally:
         emu.shape(dev.name, None)
     qd = subprocess.run(["tc", "qdisc", "show", "dev", dev.veth or ""], capture_output=True,
-                        text=True).stdout  # fmt: skip
+                        text=True, timeout=600).stdout  # fmt: skip
     assert "tbf" not in qd
 
 
@@ -451,7 +459,8 @@ def test_shaped_link_up_shape_exec_down() -> None:
     with socket.socket() as srv, link:
         assert link.exists and Path(f"/sys/class/net/{host_if}").exists()
         inside = subprocess.run(link.argv("ip", "-4", "-o", "addr", "show", "dev", dev_if),
-                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+                                capture_output=True, text=True, check=True,
+                                timeout=600).stdout  # fmt: skip
         assert f"10.215.{net}.2/30" in inside
         # the namespace reaches the host over the pair, and only the pair
         srv.bind((f"10.215.{net}.1", 0))
@@ -467,7 +476,8 @@ def test_shaped_link_up_shape_exec_down() -> None:
         host_q = link.qdisc() or ""
         assert "tbf" in host_q and "rate 2500Kbit" in host_q and "lat 400ms" in host_q, host_q
         dev_q = subprocess.run(link.argv("tc", "qdisc", "show", "dev", dev_if),
-                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+                               capture_output=True, text=True, check=True,
+                                timeout=600).stdout  # fmt: skip
         assert "rate 2500Kbit" in dev_q and "burst 4Kb" in dev_q, dev_q
         link.shape("1mbit")  # replaces; the default bucket is 16 KiB
         assert "rate 1Mbit" in (link.qdisc() or "") and "burst 16Kb" in (link.qdisc() or "")

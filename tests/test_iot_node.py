@@ -565,6 +565,7 @@ def test_tls_and_password(
             ["mosquitto_passwd", "-b", "-c", str(passwd), "node", "s3cret"],
             check=True,
             capture_output=True,
+            timeout=600,
         )
         if os.geteuid() == 0:
             import pwd

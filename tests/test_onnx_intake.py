@@ -434,13 +434,16 @@ def test_cli_errors(tmp_path: Path) -> None:
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"\x00not onnx at all" * 64)
     cmd = [sys.executable, "-m", "edgekit", "convert", "--model", str(bad), "--dataset", "digits"]
-    r = subprocess.run([*cmd, "--out", str(tmp_path / "x.edgepkg")], capture_output=True, text=True)
+    r = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "x.edgepkg")], capture_output=True, text=True, timeout=600
+    )
     assert r.returncode != 0 and "is not an ONNX model" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "x.edgepkg").exists()
     r = subprocess.run(
         [*cmd, "--mean", "half", "--out", str(tmp_path / "y.edgepkg")],
         capture_output=True,
         text=True,
+        timeout=600,
     )
     assert r.returncode == 2 and "not a number or comma-separated numbers" in r.stderr
 

@@ -22,7 +22,7 @@ HEAVY = (
 def _modules_after(statement: str) -> set[str]:
     code = f"import sys, json\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=600
     ).stdout
     return set(json.loads(out.strip().splitlines()[-1]))
 

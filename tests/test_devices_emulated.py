@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _sshd import CutProxy, add_cut_files, free_port, reusable
+from _net import refused_port
+from _sshd import CutProxy, add_cut_files, reusable
 
 from edgekit import read_manifest
 from edgekit.devices import (
@@ -115,8 +116,9 @@ def test_bench_on_device_brings_back_json(
 def test_two_devices_at_once(
     pushed: dict[str, object], ssh_config_file: Path, fmnist_fast_pkg: Path
 ) -> None:
-    dead = f"root@127.0.0.1:{free_port()}"
-    results = push(fmnist_fast_pkg, ["pi0", "pi1", dead], _opts(ssh_config_file))
+    with refused_port() as port:
+        dead = f"root@127.0.0.1:{port}"
+        results = push(fmnist_fast_pkg, ["pi0", "pi1", dead], _opts(ssh_config_file))
     assert list(results) == ["pi0", "pi1", dead]
     assert results["pi0"].ok and results["pi0"].files_sent == 0  # the package is there already
     assert results["pi1"].ok and results["pi1"].changed, results["pi1"].error

@@ -267,7 +267,10 @@ def test_realtime_source_keeps_only_the_newest_frame(pkg: Path) -> None:
     s = cam.stats()
     assert s["frames"] == 300 and s["dropped"] > 100
     assert s["results"] + s["dropped"] == 300
-    assert max(r.glass_ms for r in results) < 100  # never seconds stale
+    # Queued, the last of 300 frames would be ~1.2 s stale (300 x 5 ms, less the 0.3 s of
+    # capture); kept newest-only, each is about one predict old. 400 ms leaves room for a
+    # loaded runner while still failing on a queue.
+    assert max(r.glass_ms for r in results) < 400
 
 
 def test_camera_unplugged_retries_then_clear_error(pkg: Path, tmp_path: Path) -> None:

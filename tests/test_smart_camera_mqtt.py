@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _mqtt import Broker, Recorder, free_port, have_mosquitto, wait_for
+from _mqtt import Broker, Recorder, have_mosquitto, wait_for
+from _net import refused_port
 from _sshd import need
 
 from apps.smart_camera._mqtt import parse_broker  # internal: the --mqtt URL parser alone
@@ -70,7 +71,8 @@ def test_every_result_is_an_event(fmnist_fast_pkg: Path, broker: Broker, tmp_pat
 def test_broker_away_frames_still_classified(fmnist_fast_pkg: Path, tmp_path: Path) -> None:
     """No broker: every frame is still classified and logged; nothing queues without bound."""
     log = tmp_path / "log.jsonl"
-    p = _camera(fmnist_fast_pkg, log, "--mqtt", f"127.0.0.1:{free_port()}", "--mqtt-device", "c2")
+    with refused_port() as port:
+        p = _camera(fmnist_fast_pkg, log, "--mqtt", f"127.0.0.1:{port}", "--mqtt-device", "c2")
     assert p.returncode == 0, p.stderr
     assert len(log.read_text().splitlines()) == 40
     assert "0 events published, 0 acknowledged, 40 skipped" in p.stdout

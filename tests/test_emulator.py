@@ -16,8 +16,8 @@ import pytest
 from _devices_fixtures import TINY_DISK, device_name, require_emulator, start_device, stop_device
 
 from edgekit.cli import main
-from edgekit.devices import _emulator as emu
-from edgekit.devices._emulator import EmulatorError, HostNotSupported, VirtualDevice
+from edgekit.devices import EmulatorError, HostNotSupported, VirtualDevice
+from edgekit.devices import emulate as emu  # its _helpers are unit-tested here too
 
 needs_ssh_client = pytest.mark.skipif(shutil.which("ssh") is None, reason="no OpenSSH client")
 
@@ -499,3 +499,35 @@ def test_shaped_link_that_fails_to_come_up_leaves_nothing() -> None:
     with pytest.raises(EmulatorError, match="no addresses"):
         emu.ShapedLink(ns, host_if=host_if).up()
     assert not link.exists
+
+
+def test_cli_shape_status_build_as_typed(
+    virtual_device2: VirtualDevice, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`edgekit device emulate shape|status|build` succeed as a user types them."""
+    dev = virtual_device2
+
+    def qdisc() -> str:
+        return subprocess.run(["tc", "qdisc", "show", "dev", dev.veth or ""], capture_output=True,
+                              text=True, check=True, timeout=60).stdout  # fmt: skip
+
+    try:
+        assert main(["device", "emulate", "shape", "--name", dev.name, "--rate", "3mbit"]) == 0
+        out = capsys.readouterr().out.strip()
+        assert out == f"virtual device {dev.name}: bandwidth limited to 3mbit both ways on " + (
+            dev.veth or ""
+        )
+        assert "tbf" in qdisc() and "rate 3Mbit" in qdisc()
+        assert main(["device", "emulate", "status", "--name", dev.name]) == 0
+        line = capsys.readouterr().out
+        assert line.startswith(f"{dev.name}: running ") and ", shaped 3mbit" in line, line
+    finally:
+        assert main(["device", "emulate", "shape", "--name", dev.name, "--rate", "none"]) == 0
+    assert capsys.readouterr().out.strip() == f"virtual device {dev.name}: bandwidth unshaped"
+    assert "tbf" not in qdisc()
+    # With the rootfs cached, build answers with it and builds nothing.
+    lower = Path(json.loads((dev.state_dir / "device.json").read_text())["lower"])
+    stamp = max(p.stat().st_mtime_ns for p in lower.parent.iterdir())
+    assert main(["device", "emulate", "build"]) == 0
+    assert Path(capsys.readouterr().out.strip()) == lower
+    assert max(p.stat().st_mtime_ns for p in lower.parent.iterdir()) == stamp

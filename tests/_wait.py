@@ -1,11 +1,12 @@
-"""Waiting on a condition, or on a line from a child process, with a deadline."""
+"""Waiting on a condition, or on a line from a child process, with a deadline; stopping one."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 
@@ -69,3 +70,13 @@ class LineReader:
     def tail(self, n: int = 40) -> str:
         with self._cond:
             return "".join(self.lines[-n:])
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)

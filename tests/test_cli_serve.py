@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _wait import stop_process
 
 pytest.importorskip("uvicorn")
 
@@ -94,12 +95,7 @@ def test_serve_takes_the_token_from_the_environment_and_runs_litert(digits_pkg: 
         assert meta["platform"] == "edgekit_litert"
         assert meta["parameters"]["backend"] == "litert"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
+        stop_process(proc)
 
 
 @pytest.mark.slow
@@ -120,12 +116,7 @@ def test_serve_without_any_token_says_auth_is_off(digits_pkg: Path) -> None:
         status, meta = _get(f"{url}/v2")
         assert status == 200 and meta["name"] == "edgekit"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
+        stop_process(proc)
 
 
 def _bad_token_file(kind: str, d: Path) -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _serving import Client, Local
-from _wait import LineReader, wait_for
+from _wait import LineReader, stop_process, wait_for
 
 from edgekit._kserve import HEADER_LENGTH, encode_infer_request, encode_split_request
 from edgekit.data import load_digits
@@ -477,12 +477,7 @@ def served(digits_pkg: Path) -> Iterator[tuple[str, int]]:
         assert line is not None, err.tail()
         yield line.split(" on ", 1)[1].split("/v2", 1)[0], proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
+        stop_process(proc)
 
 
 def _seeds(local: Local, images: np.ndarray) -> list[tuple[str, bytes, dict[str, str]]]:

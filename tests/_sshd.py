@@ -23,9 +23,14 @@ def need(condition: bool, reason: str) -> None:
         pytest.skip(reason)
 
 
-def wait_banner(host: str, port: int, timeout: float = 20.0) -> None:
+def wait_banner(
+    host: str, port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait for an SSH banner on ``host:port``; with ``proc``, raise at once if it exits."""
     deadline = time.monotonic() + timeout
     while True:
+        if proc is not None and proc.poll() is not None:
+            raise ServerExited(f"the server for {host}:{port} exited with {proc.returncode}")
         try:
             with socket.create_connection((host, port), 2) as s:
                 if s.recv(64).startswith(b"SSH-"):
@@ -35,6 +40,14 @@ def wait_banner(host: str, port: int, timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no SSH banner on {host}:{port}")
         time.sleep(0.2)
+
+
+class ServerExited(RuntimeError):
+    """The server process ended before it answered."""
+
+
+#: How many ports ``start_sshd`` tries when the one it picked is taken before sshd binds it.
+SSHD_PORT_ATTEMPTS = 5
 
 
 @dataclass
@@ -74,23 +87,43 @@ def start_sshd(folder: Path) -> Sshd:
         )
     (folder / "authorized_keys").write_text((folder / "id.pub").read_text())
     Path("/run/sshd").mkdir(exist_ok=True)
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sshd, "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
-            "-h", str(folder / "hostkey"), "-o", f"AuthorizedKeysFile={folder}/authorized_keys",
-            "-o", "StrictModes=no", "-o", "PasswordAuthentication=no", "-o", "UsePAM=no",
-            "-o", "PidFile=none", "-o", "PermitRootLogin=prohibit-password",
-            "-o", "AllowTcpForwarding=yes",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(folder / "sshd.log", "wb"),  # noqa: SIM115 - lives as long as the server
-    )  # fmt: skip
-    wait_banner("127.0.0.1", port)
+    # The port was free a moment ago; another process may bind it before sshd does. sshd
+    # then exits with "Address already in use": try another port, a bounded number of times.
+    for attempt in range(1, SSHD_PORT_ATTEMPTS + 1):
+        port = free_port()
+        log = folder / "sshd.log"
+        proc = _popen_sshd(sshd, folder, port, log)
+        try:
+            wait_banner("127.0.0.1", port, proc=proc)
+            break
+        except ServerExited:
+            proc.wait(10)
+            text = log.read_text(errors="replace")
+            if "address already in use" not in text.lower() or attempt == SSHD_PORT_ATTEMPTS:
+                raise ServerExited(f"sshd on port {port} exited: {text[-2000:]}") from None
+        except BaseException:
+            proc.kill()
+            proc.wait(10)
+            raise
     known = folder / "known_hosts"
     s = Sshd(port, folder / "id", (folder / "hostkey.pub").read_text(), known, proc)
     known.write_text(s.known_line())
     return s
+
+
+def _popen_sshd(sshd: str, folder: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as err:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [
+                sshd, "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
+                "-h", str(folder / "hostkey"), "-o", f"AuthorizedKeysFile={folder}/authorized_keys",
+                "-o", "StrictModes=no", "-o", "PasswordAuthentication=no", "-o", "UsePAM=no",
+                "-o", "PidFile=none", "-o", "PermitRootLogin=prohibit-password",
+                "-o", "AllowTcpForwarding=yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )  # fmt: skip
 
 
 class CutProxy:

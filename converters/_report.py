@@ -11,7 +11,14 @@ from edgekit._package import Manifest
 
 __all__ = ["format_table", "stage_rows", "write_report"]
 
-_FORMATS = (("float", "float"), ("tflite_int8", "TFLite INT8"), ("onnx_int8", "ONNX INT8"))
+_FORMATS = (
+    ("float", "float"),
+    ("tflite_int8", "TFLite INT8"),
+    ("onnx_int8", "ONNX INT8"),
+    # ONNX intake with labels="both": the label-free comparison heads (not in the package)
+    ("float_label_free", "float, label-free heads"),
+    ("onnx_int8_label_free", "ONNX INT8, label-free heads"),
+)
 
 
 def _pct(v: Any) -> str:
@@ -20,6 +27,15 @@ def _pct(v: Any) -> str:
 
 def _kib(v: Any) -> str:
     return f"{v / 1024:.1f} KiB" if isinstance(v, (int, float)) else "-"
+
+
+def _onnx_act(act: str | None) -> str:
+    if act == "uint8":  # the manifest's stage quantization is the int8 contract
+        return (
+            "uint8 in the ONNX files (manifest.json gives the stages' quantization in int8 "
+            "terms, the same grid: uint8 value = int8 value + 128, zero point too)"
+        )
+    return act or "-"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -91,7 +107,7 @@ def write_report(root: Path, report: dict[str, Any]) -> None:
         f"- model: {report['model']['source']} ({report['model']['macs'] / 1e6:.2f} M MACs "
         f"with exits)",
         f"- quantization: {report['quantization']}; ONNX activations: "
-        f"{report.get('onnx_activation_type') or '-'}",
+        f"{_onnx_act(report.get('onnx_activation_type'))}",
         f"- conversion time: {report['timing']['total_seconds']:.0f} s",
         "",
         format_table(report),

@@ -4,6 +4,7 @@ and tests/fixtures/onnx (made by tests/fixtures/onnx/make_fixtures.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ pytest.importorskip("onnxruntime")
 
 import edgekit  # noqa: E402
 from edgekit import ConversionError, read_manifest  # noqa: E402
+from edgekit._package import QuantParams  # noqa: E402  # internal: the stage quantization type
 from edgekit.converters import convert  # noqa: E402
 from edgekit.converters._onnxin import load_onnx, valid_cuts  # noqa: E402  # internal: ONNX intake
 from edgekit.converters._onnxin._graph import analyse, pick_cuts  # noqa: E402  # internal: ONNX cuts
@@ -337,19 +339,13 @@ def test_dynamo_export_with_external_data(vgg_pkg: Path, tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_label_free_resnet_nhwc(tmp_path: Path) -> None:
+    """--labels none ships heads distilled from the model; --labels both ships labelled heads
+    and reports the label-free ones' accuracy beside theirs: the very heads --labels none
+    trains (same features, seeds and quantization), so the figures are those of that run."""
     _need(RESNET)
     data = _fmnist(2000, 400)
-    res = convert(
-        data,
-        tmp_path / "res.edgepkg",
-        model=str(RESNET),
-        mean=MEAN,
-        std=STD,
-        labels="none",
-        fast=True,
-        epochs=2,
-        verbose=False,
-    )
+    kw = dict(model=str(RESNET), mean=MEAN, std=STD, fast=True, epochs=2, verbose=False)
+    res = convert(data, tmp_path / "res.edgepkg", labels="none", **kw)
     r = res.report
     assert r["training"]["labels"] == "none" and r["model"]["layout"] == "NHWC"
     assert any("label-free" in n for n in r["notes"])
@@ -358,6 +354,40 @@ def test_label_free_resnet_nhwc(tmp_path: Path) -> None:
     ]
     assert r["exits"][-1]["accuracy"]["onnx_int8"] > 0.85
     assert r["agreement"]["onnx_chain_vs_unsplit"] >= 0.99
+
+    both = convert(data, tmp_path / "both.edgepkg", labels="both", **kw)
+    b = both.report
+    assert b["training"]["labels"] == "dataset+label-free"
+    for eb, en in zip(b["exits"], r["exits"], strict=True):
+        acc_b, acc_n = eb["accuracy"], en["accuracy"]
+        assert acc_b["float_label_free"] == acc_n["float"]
+        assert acc_b["onnx_int8_label_free"] == acc_n["onnx_int8_unsplit"]
+        assert {"float", "onnx_int8"} <= set(acc_b)  # the labelled heads' own figures
+    final = b["exits"][-1]["accuracy"]
+    note = next(n for n in b["notes"] if n.startswith("--labels both"))
+    assert f"{final['onnx_int8']:.2%} labelled, {final['onnx_int8_label_free']:.2%} label-free" in (
+        note
+    )
+    # the package holds the labelled heads only; report.md shows both side by side
+    assert (
+        read_manifest(both.path).exits[0].accuracy["onnx_int8"]
+        == b["exits"][0]["accuracy"]["onnx_int8"]
+    )
+    assert "ONNX INT8, label-free heads" in (both.path / "report.md").read_text()
+    assert not list(both.path.rglob("*label_free*"))
+    with pytest.raises(ConversionError, match="labels must be one of auto, none, both"):
+        convert(data, tmp_path / "bad.edgepkg", labels="some", **kw)
+
+    # stage rows: the manifest's int8 contract next to what each ONNX file's input really is
+    from edgekit.converters._onnx import read_io_quant  # internal: reads the file's 8-bit I/O
+
+    act = b["onnx_activation_type"]
+    assert act == read_manifest(both.path).onnx_activation_type
+    for k, row in enumerate(b["stages"]):
+        in_file = read_io_quant(both.path / "onnx" / f"stage_{k}.onnx")["input"]
+        assert in_file.dtype == act and row["onnx_input_quant"] == dataclasses.asdict(in_file)
+        assert row["input_quant"]["dtype"] == "int8"
+        assert in_file.as_dtype("int8") == QuantParams(**row["input_quant"])
 
 
 @pytest.mark.slow

@@ -39,6 +39,9 @@ from ._quant import quantize_graph
 __all__ = ["convert_onnx", "is_onnx_model"]
 
 DEFAULT_EXITS = (0.25, 0.5, 0.75)
+# auto: heads learn from the labels; none: from the model's own logits (no labels);
+# both: the package gets labelled heads, the report the label-free ones' accuracy too
+LABEL_MODES = ("auto", "none", "both")
 # pixel/255 in [0, 1] on the int8 grid: exact for uint8 images
 PIXEL_QUANT = QuantParams(1 / 255, -128, "int8")
 TFLITE_NOTE = (
@@ -150,7 +153,9 @@ class _Intake:
 
     def heads(
         self, src: OnnxSource, data: Dataset, cuts: list[OnnxCut]
-    ) -> tuple[list[Head], dict[str, Any], dict[str, Any]]:
+    ) -> tuple[list[Head], list[Head] | None, dict[str, Any], dict[str, Any]]:
+        """The package's heads, the label-free comparison heads (``labels="both"``, else
+        None), the training record and the float test accuracy per exit."""
         o = self.o
         fm = feature_model(src, cuts)
         n = len(cuts)
@@ -158,7 +163,8 @@ class _Intake:
         va = compute_features(fm, data.x_val, n, label="val", verbose=o.verbose)
         te = compute_features(fm, data.x_test, n, label="test", verbose=o.verbose)
         self.lap("features")
-        label_free = getattr(o, "labels", "auto") == "none"
+        mode = getattr(o, "labels", "auto")
+        label_free = mode == "none"
         epochs = o.epochs if o.epochs is not None else (4 if o.fast else 8)
         cfg = HeadConfig(
             epochs=epochs,
@@ -168,24 +174,29 @@ class _Intake:
             distill=o.distill,
             seed=o.seed,
         )
-        heads: list[Head] = []
-        hist_by_exit = []
-        for k, c in enumerate(cuts):
-            pool, _ = pool_kernel(c.shape)
-            head, hist = train_head(
-                tr.pooled[k],
-                tr.logits,
-                None if label_free else data.y_train,
-                va.pooled[k],
-                va.logits,
-                None if label_free else data.y_val,
-                pool,
-                dataclasses.replace(cfg, seed=o.seed + k),
-                label=f"head {k}",
-                verbose=o.verbose,
-            )
-            heads.append(head)
-            hist_by_exit.append(hist)
+
+        def train_all(without_labels: bool, tag: str) -> tuple[list[Head], list[list[Any]]]:
+            heads, hists = [], []
+            for k, c in enumerate(cuts):
+                pool, _ = pool_kernel(c.shape)
+                head, hist = train_head(
+                    tr.pooled[k],
+                    tr.logits,
+                    None if without_labels else data.y_train,
+                    va.pooled[k],
+                    va.logits,
+                    None if without_labels else data.y_val,
+                    pool,
+                    dataclasses.replace(cfg, seed=o.seed + k),
+                    label=f"{tag}head {k}",
+                    verbose=o.verbose,
+                )
+                heads.append(head)
+                hists.append(hist)
+            return heads, hists
+
+        heads, hist_by_exit = train_all(label_free, "")
+        free_heads = train_all(True, "label-free ")[0] if mode == "both" else None
         self.lap("train")
         epochs_run = max(len(h) for h in hist_by_exit)
         history = []
@@ -201,20 +212,25 @@ class _Intake:
                 "label-free heads (--labels none): trained to match the model's own final "
                 "logits; test accuracy still uses the test labels"
             )
-        float_acc = [
-            accuracy(head_logits(h, te.pooled[k]), data.y_test) for k, h in enumerate(heads)
-        ]
-        float_acc.append(accuracy(te.logits, data.y_test))
+
+        def float_acc(hs: list[Head]) -> list[float]:
+            acc = [accuracy(head_logits(h, te.pooled[k]), data.y_test) for k, h in enumerate(hs)]
+            # the final exit is the model's own output, whatever the heads learnt from
+            return [*acc, accuracy(te.logits, data.y_test)]
+
+        fl: dict[str, Any] = {"float": float_acc(heads)}
+        if free_heads is not None:
+            fl["float_label_free"] = float_acc(free_heads)
         training = {
             "mode": "heads",
-            "labels": "none" if label_free else "dataset",
+            "labels": {"none": "none", "both": "dataset+label-free"}.get(mode, "dataset"),
             "distill": 1.0 if label_free else cfg.distill,
             "trainer": "numpy MLP heads on onnxruntime features (frozen backbone)",
             "epochs": epochs,
             "epochs_run": epochs_run,
             "history": history,
         }
-        return heads, training, {"float": float_acc}
+        return heads, free_heads, training, fl
 
     def quantize(
         self, src: OnnxSource, data: Dataset, cuts: list[OnnxCut], full: Any, act: str
@@ -229,7 +245,7 @@ class _Intake:
             f"quantizing {len(cuts) + 1} stages (QDQ INT8, {act} activations, "
             f"{n_cal} calibration images)"
         )
-        paths, quants = [], []
+        paths, quants, files_quant = [], [], []
         feats = calib
         q_in = PIXEL_QUANT
         boundaries: dict[str, QuantParams] = {}
@@ -240,6 +256,7 @@ class _Intake:
                 stage, p, feats, pinned={"input": q_in}, activation_type=act, what=f"stage {k}"
             )
             paths.append(p)
+            files_quant.append(used)  # as the file holds it (uint8 or int8)
             quants.append({n: q.as_dtype("int8") for n, q in used.items()})
             if k < len(cuts):
                 q_in = used["ek_features"]
@@ -254,15 +271,23 @@ class _Intake:
 
         onnx.save(full, str(ff))
         self.lap("quantize")
-        return {"stages": paths, "full": fp, "full_float": ff, "quant": quants, "act": act}
+        return {
+            "stages": paths,
+            "full": fp,
+            "full_float": ff,
+            "quant": quants,
+            "file_quant": files_quant,
+            "pinned": pinned,
+            "calib": calib,
+            "act": act,
+        }
 
     def validate(
         self, data: Dataset, onx: dict[str, Any], n_exits: int
     ) -> tuple[list[dict[str, float]], dict[str, Any]]:
         self.say(f"validating on {len(data.x_test)} test images (onnxruntime)")
         y = data.y_test
-        x_q = Quantizer(InputSpec(tuple(data.input_shape)), PIXEL_QUANT).batch(data.x_test)
-        xo = x_q.view(np.uint8) ^ np.uint8(0x80) if onx["act"] == "uint8" else x_q
+        xo = self._test_input(data, onx["act"])
         chain = run_chain(ort_backend, onx["stages"], xo)
         full = run_full(ort_backend, onx["full"], xo, n_exits)
         acc = [
@@ -277,6 +302,43 @@ class _Intake:
         }
         self.lap("validate")
         return acc, agree
+
+    def label_free_check(
+        self,
+        src: OnnxSource,
+        data: Dataset,
+        cuts: list[OnnxCut],
+        free_heads: list[Head],
+        onx: dict[str, Any],
+    ) -> list[float]:
+        """INT8 test accuracy per exit of the label-free comparison heads (``labels="both"``).
+
+        Their unsplit multi-exit model is quantized like the package's (same calibration
+        images, the same pinned input and cut quantization) into a scratch folder and run on
+        the test images; none of it goes into the package."""
+        import tempfile
+
+        self.say("label-free comparison heads: quantizing and validating the unsplit model")
+        full = full_model(src, cuts, free_heads)
+        with tempfile.TemporaryDirectory(prefix="edgekit-labelfree-") as tmp:
+            fp = Path(tmp) / "full_label_free.onnx"
+            quantize_graph(
+                full,
+                fp,
+                onx["calib"],
+                pinned=onx["pinned"],
+                activation_type=onx["act"],
+                what="label-free comparison model",
+            )
+            out = run_full(ort_backend, fp, self._test_input(data, onx["act"]), len(cuts) + 1)
+        self.lap("label_free")
+        return [accuracy(o, data.y_test) for o in out]
+
+    @staticmethod
+    def _test_input(data: Dataset, act: str) -> np.ndarray:
+        """The test images as the 8-bit tensor stage 0's file takes."""
+        x_q = Quantizer(InputSpec(tuple(data.input_shape)), PIXEL_QUANT).batch(data.x_test)
+        return x_q.view(np.uint8) ^ np.uint8(0x80) if act == "uint8" else x_q
 
     def manifest(
         self,
@@ -331,10 +393,11 @@ class _Intake:
     def run(self) -> tuple[Manifest, dict[str, Any]]:
         start = time.monotonic()
         o = self.o
-        if getattr(o, "labels", "auto") not in ("auto", "none"):
+        if getattr(o, "labels", "auto") not in LABEL_MODES:
             raise ConversionError(
-                f"labels must be 'auto' or 'none', not {o.labels!r}",
-                hint="--labels none trains the exits on the model's own logits",
+                f"labels must be one of {', '.join(LABEL_MODES)}, not {o.labels!r}",
+                hint="--labels none trains the exits on the model's own logits; both also "
+                "trains such heads next to the labelled ones and reports their accuracy",
             )
         src = load_onnx(
             o.model,
@@ -353,7 +416,7 @@ class _Intake:
         data = self.data(src)
         self.lap("load")
         info, cuts = self.cuts(src)
-        heads, training, fl = self.heads(src, data, cuts)
+        heads, free_heads, training, fl = self.heads(src, data, cuts)
         self.say("float test accuracy per exit: " + " ".join(f"{a:.4f}" for a in fl["float"]))
         full = full_model(src, cuts, heads)
         act = _act(o.target)
@@ -362,6 +425,20 @@ class _Intake:
         acc, agree = self.validate(data, onx, n_exits)
         for i, a in enumerate(fl["float"]):
             acc[i]["float"] = a
+        if free_heads is not None:
+            free_int8 = self.label_free_check(src, data, cuts, free_heads, onx)
+            for i, (f, q) in enumerate(zip(fl["float_label_free"], free_int8)):
+                acc[i]["float_label_free"] = f
+                acc[i]["onnx_int8_label_free"] = q
+            self.notes.append(
+                "--labels both: the package's heads learnt from the labels; label-free heads "
+                "(distilled from the model's own logits, as --labels none trains them) were "
+                "trained on the same features and quantized the same way, for comparison only. "
+                "Final exit (the model's own output) INT8: "
+                f"{acc[-1]['onnx_int8']:.2%} labelled, {free_int8[-1]:.2%} label-free; "
+                "first exit: "
+                f"{acc[0]['onnx_int8']:.2%} labelled, {free_int8[0]:.2%} label-free"
+            )
         head_macs = [h.macs for h in heads]
         exits_macs = [c.macs + sum(head_macs[: i + 1]) for i, c in enumerate(cuts)]
         exits_macs.append(info.total_macs + sum(head_macs))
@@ -420,7 +497,7 @@ class _Intake:
             ],
             "agreement": agree,
             "sizes": sizes,
-            "stages": stage_rows(self.root, manifest),
+            "stages": _stage_rows(self.root, manifest, onx["file_quant"]),
             "training": training,
             "timing": {**self.timing, "total_seconds": round(total, 1)},
             "notes": self.notes,
@@ -430,6 +507,18 @@ class _Intake:
         manifest = write_manifest(self.root, manifest)
         self.say(f"done in {total:.0f} s")
         return manifest, report
+
+
+def _stage_rows(
+    root: Path, manifest: Manifest, file_quant: list[dict[str, QuantParams]]
+) -> list[dict[str, Any]]:
+    """The report's stage rows. ``input_quant`` is the manifest's stage contract, always in
+    int8 terms; ``onnx_input_quant`` is what the ONNX file's 8-bit input really is (uint8
+    activations on x86: the same scale, zero point + 128, so uint8 = int8 + 128)."""
+    rows = stage_rows(root, manifest)
+    for row, fq in zip(rows, file_quant):
+        row["onnx_input_quant"] = dataclasses.asdict(fq["input"])
+    return rows
 
 
 def _input_spec(src: OnnxSource, data: Dataset) -> InputSpec:

@@ -46,15 +46,36 @@ def builtin_cnn(input_shape: tuple[int, ...], num_classes: int, *, width: int = 
     return k.Model(inp, out, name="edgekit_cnn")
 
 
-def load_model(path: str | Path) -> Any:
-    """Read a tf-keras Functional model (``.keras``, ``.h5`` or a SavedModel folder)."""
+def load_model(path: str | Path, custom_objects: dict[str, Any] | None = None) -> Any:
+    """Read a tf-keras Functional model (``.keras``, ``.h5`` or a SavedModel folder).
+
+    Layers the file names but Keras cannot resolve by itself (tf-keras's own application
+    modules define some, e.g. ConvNeXt's ``LayerScale``, without registering them) are
+    looked up in the module the file records, then in ``tf_keras.src.applications``;
+    ``custom_objects`` (name -> class) are used first.
+    """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file {path} does not exist", path=str(path))
     k = keras()
+    given = dict(custom_objects or {})
+    entries = _layer_entries(_saved_config(path))
+    found, unresolved = _resolve_layers(entries, given)
     try:
-        model = k.models.load_model(path, compile=False)
+        model = k.models.load_model(path, compile=False, custom_objects={**found, **given})
     except Exception as exc:  # Keras raises many unrelated types for a bad file
+        if unresolved:
+            names = ", ".join(f"'{n}'" for n in unresolved)
+            raise ModelError(
+                f"{path} uses layer{'s' if len(unresolved) > 1 else ''} {names} that "
+                "tf-keras cannot resolve: not a built-in layer, not registered, and not "
+                "found in the module the file names or in tf_keras.src.applications",
+                hint="convert from Python with the class made known to tf-keras first: "
+                f"tf_keras.utils.get_custom_objects()['{unresolved[0]}'] = {unresolved[0]} "
+                "(the command line cannot import your code)",
+                path=str(path),
+                layers=unresolved,
+            ) from exc
         raise ModelError(
             f"{path} is not a Keras model that tf-keras can read ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
@@ -67,6 +88,107 @@ def load_model(path: str | Path) -> Any:
     if is_trained(model):
         return model  # a checkpoint convert kept: exits and final logits already in place
     return check_functional(model, str(path))
+
+
+def _saved_config(path: Path) -> Any:
+    """The model config a ``.keras`` or ``.h5`` file holds, without building it (or None)."""
+    import json
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                return json.loads(zf.read("config.json"))
+        if path.is_file():
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("model_config")
+                if raw is None:
+                    return None
+                return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except Exception:  # unreadable here: load_model below says what is wrong with the file
+        return None
+    return None  # a SavedModel folder keeps its own graph for layers it cannot resolve
+
+
+def _layer_entries(config: Any) -> list[dict[str, Any]]:
+    """Every layer entry of a saved model config, nested models and wrapped layers too."""
+    out: list[dict[str, Any]] = []
+
+    def walk(entry: Any) -> None:
+        if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
+            return
+        out.append(entry)
+        cfg = entry.get("config")
+        if not isinstance(cfg, dict):
+            return
+        for sub in cfg.get("layers") or []:
+            walk(sub)
+        for key in ("layer", "backward_layer"):  # wrappers: TimeDistributed, Bidirectional
+            walk(cfg.get(key))
+
+    walk(config)
+    return out
+
+
+def _resolve_layers(
+    entries: list[dict[str, Any]], given: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """Classes for the layer names Keras cannot resolve itself, and the names still unknown."""
+    from tf_keras.src.layers import serialization
+
+    k = keras()
+    serialization.populate_deserializable_objects()
+    builtin = serialization.LOCAL.ALL_OBJECTS
+    found: dict[str, Any] = {}
+    unresolved: list[str] = []
+    for e in entries:
+        name: str = e["class_name"]
+        registered = e.get("registered_name") or name
+        if (
+            name in builtin
+            or name in given
+            or name in found
+            or name in unresolved
+            or k.utils.get_registered_object(registered) is not None
+        ):
+            continue
+        cls = _find_layer_class(name, e.get("module"))
+        if cls is None:
+            unresolved.append(name)
+        else:
+            found[name] = cls
+    return found, unresolved
+
+
+def _find_layer_class(name: str, module: Any) -> Any:
+    """A Layer subclass called ``name`` in tf-keras: the module the file records, if it is
+    one of tf-keras's, else any ``tf_keras.src.applications`` module. Nothing outside
+    tf-keras is imported on a file's word."""
+    import importlib
+    import pkgutil
+
+    k = keras()
+    candidates: list[str] = []
+    if isinstance(module, str):
+        if module.startswith("keras."):  # saved by tf.keras before tf-keras was split out
+            module = "tf_keras." + module[len("keras.") :]
+        if module.startswith("tf_keras."):
+            candidates.append(module)
+    apps = importlib.import_module("tf_keras.src.applications")
+    candidates += [
+        f"{apps.__name__}.{m.name}" for m in pkgutil.iter_modules(apps.__path__) if not m.ispkg
+    ]
+    for mod_name in candidates:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        cls = getattr(mod, name, None)
+        if isinstance(cls, type) and issubclass(cls, k.layers.Layer):
+            return cls
+    return None
 
 
 def check_functional(model: Any, where: str = "the model") -> Any:

@@ -267,10 +267,53 @@ def test_realtime_source_keeps_only_the_newest_frame(pkg: Path) -> None:
     s = cam.stats()
     assert s["frames"] == 300 and s["dropped"] > 100
     assert s["results"] + s["dropped"] == 300
+    assert cam.capture.inline == 0  # too slow for the capture thread to classify frames itself
     # Queued, the last of 300 frames would be ~1.2 s stale (300 x 5 ms, less the 0.3 s of
     # capture); kept newest-only, each is about one predict old. 400 ms leaves room for a
     # loaded runner while still failing on a queue.
     assert max(r.glass_ms for r in results) < 400
+
+
+def test_capture_thread_classifies_while_the_model_keeps_up(pkg: Path) -> None:
+    """A camera at 50 frames/s and a model that keeps up: the capture thread classifies each
+    frame itself (no hand-off to a second thread), nothing is dropped. When the model turns
+    slower than the camera (60 ms a frame from frame 100 on), frames go to the other thread,
+    the newest only, and the drops are counted. Never two frames in the model at once."""
+    src = open_source("test://fashion-mnist?n=200&zoom=1")
+    threads: list[str] = []
+    inside = [0, 0]  # frames in predict now, the most at once
+
+    class Model:  # the real model; slow from the 101st frame
+        def __init__(self, m: Any) -> None:
+            self.m, self.manifest = m, m.manifest
+
+        def predict(self, x: np.ndarray) -> Any:
+            inside[0] += 1
+            inside[1] = max(inside)
+            threads.append(threading.current_thread().name)
+            try:
+                if len(threads) > 100:
+                    time.sleep(0.06)
+                return self.m.predict(x)
+            finally:
+                inside[0] -= 1
+
+        def stats(self) -> dict[str, Any]:
+            return dict(self.m.stats())
+
+    with edgekit.load(pkg, policy="full") as model:
+        cam, results = _run_camera(
+            Model(model), src, CameraConfig(cache_threshold=None), realtime=True, fps=50
+        )
+    s = cam.stats()
+    assert inside[1] == 1
+    assert s["frames"] == 200 and s["results"] + s["dropped"] == 200
+    fast = [r for r in results if r.seq <= 100]
+    assert threads[:100].count("capture") >= 80, threads[:100]  # classified where it was read
+    assert len(fast) >= 95  # kept up: (almost) nothing dropped
+    assert max(r.glass_ms for r in fast) < 60  # no queueing behind the capture thread
+    assert s["dropped"] > 30 and "MainThread" in threads[100:]  # slow: handed over, newest only
+    assert cam.capture.inline == threads.count("capture")
 
 
 def test_camera_unplugged_retries_then_clear_error(pkg: Path, tmp_path: Path) -> None:

@@ -108,7 +108,8 @@ def _arm(best: Any) -> dict[str, Any] | None:
 class Camera:
     """Runs ``model`` (an ``edgekit.EdgeModel``) on the frames of ``capture``.
 
-    Only the loop's thread touches the model; the web view reads snapshots
+    One frame at a time touches the model (on the capture thread or the one in :meth:`run`);
+    the web view reads snapshots
     (:meth:`latest`, :meth:`stats`, :meth:`frame_jpeg`) that the loop refreshes.
     ``on_result`` is called with every :class:`Result` (printing, MQTT, ...).
     """
@@ -139,6 +140,8 @@ class Camera:
         # EdgeModel.stats() is refreshed by the loop (the model's only user), at most every
         # stats_every_s and only while someone reads stats(): no work when nobody looks.
         self._stats_wanted = True
+        self._next_stats = 0.0
+        self._log: TextIO | None = None
         self.classified = 0
         self.cached = 0
         self.results = 0
@@ -157,43 +160,39 @@ class Camera:
         self._stop.set()
 
     def run(self) -> None:
-        """Classify frames until the source ends, ``duration_s`` passes or :meth:`stop`."""
+        """Classify frames until the source ends, ``duration_s`` passes or :meth:`stop`.
+
+        Frames are handled on this thread or, while the model keeps up with the source, on
+        the capture thread (:meth:`Capture.serve`): one frame at a time either way."""
         cfg = self.config
-        log: TextIO | None = open(cfg.log, "a", buffering=1 << 16) if cfg.log else None  # noqa: SIM115
+        self._log = open(cfg.log, "a", buffering=1 << 16) if cfg.log else None  # noqa: SIM115
         self.running = True
         end = time.perf_counter() + cfg.duration_s if cfg.duration_s else math.inf
-        next_stats = 0.0
         try:
-            while not self._stop.is_set():
-                now = time.perf_counter()
-                if now >= end:
-                    break
-                if now >= next_stats and self._stats_wanted:
-                    self._stats_wanted = False
-                    self._refresh_model_stats()
-                    next_stats = now + cfg.stats_every_s
-                f = self.capture.get(timeout=0.25)
-                if f is None:
-                    if self.capture.finished:
-                        break
-                    continue
-                r = self._process(f)
-                if log is not None:
-                    log.write(json.dumps(r.to_json()) + "\n")
-                if cfg.record is not None:
-                    self._record(f, r)
-                if self.on_result is not None:
-                    self.on_result(r)
+            self.capture.serve(self._handle, self._stop, end)
         finally:
             self.running = False
             self.error = self.capture.error
             self._refresh_model_stats()
-            if log is not None:
-                log.close()
+            if self._log is not None:
+                self._log.close()
             if self._writer is not None:
                 self._writer.release()
             with self._new:
                 self._new.notify_all()
+
+    def _handle(self, f: Frame) -> None:
+        if self._stats_wanted and time.perf_counter() >= self._next_stats:
+            self._stats_wanted = False
+            self._refresh_model_stats()
+            self._next_stats = time.perf_counter() + self.config.stats_every_s
+        r = self._process(f)
+        if self._log is not None:
+            self._log.write(json.dumps(r.to_json()) + "\n")
+        if self.config.record is not None:
+            self._record(f, r)
+        if self.on_result is not None:
+            self.on_result(r)
 
     def _process(self, f: Frame) -> Result:
         cfg = self.config

@@ -74,6 +74,9 @@ class ConvertOptions:
     - ``target``: ``x86`` (ONNX uint8 activations), ``arm`` (int8), or ``auto`` (this
       machine's architecture); ``coral`` adds Edge TPU-checked static stages (``edgetpu/``),
       ``jetson`` writes TensorRT-ready symmetric INT8 ONNX stages.
+    - ``jetson_precision``: ``int8`` (default) or ``fp16`` (``target="jetson"`` only): FP16
+      ONNX stages (float16 inside, the same int8 stage I/O; ``converters/_fp16``) for a
+      TensorRT FP16 engine instead of an INT8 one.
     - ``exit_weights``: loss weight per exit (final last); default grows with depth,
       ``max(0.3, MACs fraction)``, so early exits do not crowd out the final one.
     - ``fast``: a small run for tests and smoke checks (few epochs, small subsets).
@@ -114,8 +117,18 @@ class ConvertOptions:
     std: tuple[float, ...] | None = None
     labels: str = "auto"
     place_exits: str = "macs"
+    jetson_precision: str = "int8"
 
     def __post_init__(self) -> None:
+        if self.jetson_precision not in ("int8", "fp16"):
+            raise ValueError(
+                f"jetson_precision must be 'int8' or 'fp16', not {self.jetson_precision!r}"
+            )
+        if self.jetson_precision != "int8" and self.target != "jetson":
+            raise ValueError(
+                f"jetson_precision={self.jetson_precision!r} is for target='jetson', "
+                f"not {self.target!r}"
+            )
         if self.place_exits not in PLACEMENTS:
             raise ValueError(
                 f"place_exits must be one of {', '.join(PLACEMENTS)}, not {self.place_exits!r}"
@@ -169,6 +182,12 @@ def convert(
                     f"place_exits={opts.place_exits!r} is for Keras models; exits of an ONNX "
                     "model are placed by MACs",
                     hint="leave --place-exits out, or give the exits by name with --exits",
+                )
+            if opts.jetson_precision != "int8":
+                raise ConversionError(
+                    "jetson_precision='fp16' is for Keras models; the ONNX intake writes "
+                    "INT8 stages only",
+                    hint="leave --jetson-precision out",
                 )
             manifest, report = convert_onnx(opts, dataset, staged.tmp, staged.name)
         else:
@@ -402,16 +421,36 @@ class _Conversion:
             x_q = Quantizer(InputSpec(tuple(data.input_shape)), tfl["quant"][0]["input"]).batch(
                 data.x_test
             )
+            fp16 = o.jetson_precision == "fp16"
             targets["jetson"] = compare_with_default(
-                stages_float, calib, tfl["quant"], onnx["stages"], x_q, data.y_test, self.work
+                stages_float,
+                calib,
+                tfl["quant"],
+                onnx["stages"],
+                x_q,
+                data.y_test,
+                self.work,
+                precision=o.jetson_precision,
+                float_onnx=onnx["full_float"],
+                input_quant=tfl["quant"][0]["input"],
+            )
+            form = (
+                "fp16 (float16 weights and tensors, no Q/DQ)"
+                if fp16
+                else "TensorRT explicit-quantization form (symmetric int8, zero point 0)"
             )
             manifest = dataclasses.replace(
                 manifest,
                 targets={
-                    "jetson": "onnx stages in TensorRT explicit-quantization form (symmetric "
-                    "int8, zero point 0); stage I/O bytes on the TFLite parameters"
+                    "jetson": f"onnx stages in {form}; stage I/O bytes on the TFLite parameters",
+                    "jetson_precision": o.jetson_precision,
                 },
             )
+            if fp16:
+                self.notes.append(
+                    "the ONNX stages are the Jetson FP16 ones (float16 inside, int8 stage I/O): "
+                    "the ONNX INT8 accuracy columns are theirs"
+                )
             self._say("Jetson: " + targets["jetson"]["lines"][1])
         if o.target == "coral":
             from ._edgetpu import prepare_coral
@@ -685,7 +724,13 @@ class _Conversion:
             from ._jetson import export_jetson_onnx
 
             export = functools.partial(_drop_activation_type, export_jetson_onnx)
-        self._say(f"exporting {len(stages_float)} stages to ONNX QDQ INT8 ({act} activations)")
+        if self.opts.target == "jetson" and self.opts.jetson_precision == "fp16":
+            from ._fp16 import export_jetson_fp16_onnx
+
+            export = functools.partial(_drop_activation_type, export_jetson_fp16_onnx)
+            self._say(f"exporting {len(stages_float)} stages to ONNX FP16 (int8 stage I/O)")
+        else:
+            self._say(f"exporting {len(stages_float)} stages to ONNX QDQ INT8 ({act} activations)")
         d = self.root / "onnx"
         d.mkdir()
         feats = calib

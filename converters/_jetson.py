@@ -272,11 +272,19 @@ def compare_with_default(
     x_q: np.ndarray,
     y: np.ndarray,
     work: Path,
+    *,
+    precision: str = "int8",
+    float_onnx: Path | None = None,
+    input_quant: QuantParams | None = None,
 ) -> dict[str, Any]:
     """Accuracy of the Jetson stages next to the default (asymmetric int8) ONNX stages.
 
     Both chains run in onnxruntime on this machine (CPU) on the same int8 test inputs; the
-    default stages are written to ``work`` and not kept.
+    default stages are written to ``work`` and not kept. ``precision`` says what the Jetson
+    stages are (``int8``: symmetric Q/DQ; ``fp16``: :mod:`._fp16`). For ``fp16``, the drop
+    from ``float_onnx`` (the unsplit float32 ONNX model of the same weights, outputs
+    ``exit_K``) is reported too, on the same 8-bit inputs (``x_q`` read with
+    ``input_quant``), so only the float16 rounding counts.
     """
     from edgekit.runtime.backends import onnxruntime as ort_backend
 
@@ -296,7 +304,40 @@ def compare_with_default(
     acc_d = [float((o.argmax(1) == y).mean()) for o in a]
     acc_j = [float((o.argmax(1) == y).mean()) for o in b]
     worst = max(d - j for d, j in zip(acc_d, acc_j))
+    pairs = ", ".join(f"{100 * d:.2f}% -> {100 * j:.2f}%" for d, j in zip(acc_d, acc_j))
+    if precision == "fp16":
+        out: dict[str, Any] = {
+            "precision": "fp16",
+            "accuracy_default_onnx_int8": acc_d,
+            "accuracy_jetson_onnx_fp16": acc_j,
+            "max_drop_points": round(100 * worst, 2),
+            "lines": [
+                "ONNX stages: float16 weights and tensors (onnxruntime's "
+                "convert_float_to_float16, keep_io_types), opset 17, no Q/DQ; 8-bit stage I/O "
+                "on the TFLite parameters (Cast/Sub/Mul in, Mul/Round/Add/Clip/Cast out, "
+                "float32)",
+                "accuracy per exit on onnxruntime CPU, default int8 -> Jetson FP16 stages: "
+                + pairs,
+            ],
+        }
+        if float_onnx is not None and input_quant is not None:
+            acc_f = _float_accuracy(float_onnx, x_q, input_quant, y, len(acc_j))
+            drop = max(f - j for f, j in zip(acc_f, acc_j))
+            out["accuracy_float_onnx"] = acc_f
+            out["max_drop_vs_float_points"] = round(100 * drop, 2)
+            out["lines"].append(
+                "float32 ONNX of the same weights -> Jetson FP16 per exit, same 8-bit inputs: "
+                + ", ".join(f"{100 * f:.2f}% -> {100 * j:.2f}%" for f, j in zip(acc_f, acc_j))
+                + f"; largest drop {100 * drop:.2f} points"
+            )
+        out["lines"].append(
+            "onnxruntime on this CPU runs most float16 ops in float32 on the float16 weights "
+            "(inserted Casts): float16 arithmetic and TensorRT's FP16 engine are not run here "
+            "(no Jetson)"
+        )
+        return out
     return {
+        "precision": "int8",
         "accuracy_default_onnx_int8": acc_d,
         "accuracy_jetson_onnx_int8": acc_j,
         "max_drop_points": round(100 * worst, 2),
@@ -304,8 +345,23 @@ def compare_with_default(
             "ONNX stages: symmetric int8 Q/DQ (zero point 0, per-channel weights), opset "
             "17; 8-bit stage I/O on the TFLite parameters (Cast/Sub/Mul in, "
             "Mul/Round/Add/Clip/Cast out)",
-            "accuracy per exit on onnxruntime CPU, default -> Jetson stages: "
-            + ", ".join(f"{100 * d:.2f}% -> {100 * j:.2f}%" for d, j in zip(acc_d, acc_j)),
+            "accuracy per exit on onnxruntime CPU, default -> Jetson stages: " + pairs,
             f"largest drop: {100 * worst:.2f} points (not measured on a Jetson: no hardware)",
         ],
     }
+
+
+def _float_accuracy(
+    path: Path, x_q: np.ndarray, q: QuantParams, y: np.ndarray, n_exits: int
+) -> list[float]:
+    """Accuracy per exit of the unsplit float32 ONNX model on the real values of ``x_q``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [f"exit_{k}" for k in range(n_exits)]
+    x = (q.scale * (x_q.astype(np.float32) - q.zero_point)).astype(np.float32)
+    hits = np.zeros(n_exits)
+    for i in range(0, len(x), 500):
+        outs = sess.run(names, {sess.get_inputs()[0].name: x[i : i + 500]})
+        hits += [(o.argmax(1) == y[i : i + 500]).sum() for o in outs]
+    return [float(h / len(x)) for h in hits]

@@ -47,6 +47,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         quant=args.quant,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
         target=args.target,
+        jetson_precision=args.jetson_precision,
         exit_weights=tuple(float(w) for w in args.exit_weights.split(","))
         if args.exit_weights
         else None,
@@ -308,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "x86", "arm", "coral", "jetson"],
         help="ONNX activation type: uint8 for x86, int8 for ARM; coral: stages checked for "
         "the Edge TPU (README 'Coral'); jetson: TensorRT-ready ONNX (README 'Jetson')",
+    )
+    c.add_argument(
+        "--jetson-precision",
+        default="int8",
+        choices=["int8", "fp16"],
+        help="--target jetson: int8 (symmetric Q/DQ, default) or fp16 ONNX stages (float16 "
+        "inside, the same int8 stage I/O)",
     )
     c.add_argument("--epochs", type=int, help="training epochs (default 6; 3 with --fast)")
     c.add_argument(

@@ -6,11 +6,12 @@ sits where its fusion passes expect it (Q->DQ pairs in front of convolutions, ma
 products, element-wise adds, pooling and data-movement ops). The default ONNX stages are
 asymmetric (zero points pinned to the TFLite boundary parameters, e.g. -128), so TensorRT
 rejects them. NVIDIA's Model Optimizer (``nvidia-modelopt``) makes such files but does not
-install next to this stack: 0.47.0 with its ``onnx`` extra pulls torch and
-``onnxruntime-gpu~=1.22.0``, a second distribution of the ``onnxruntime`` package that would
-overwrite the lock's onnxruntime 1.31.1 (pip does not flag it); ONNX Runtime's own static
-quantizer makes them too, with ``ActivationSymmetric`` and
-``WeightSymmetric``, which is what is used here.
+install next to this stack: 0.47.0 requires ``torch>=2.8``, and its ``onnx`` extra
+``onnx~=1.21.0`` (the lock has 1.23.2) and, on Linux x86-64 with Python 3.11,
+``onnxruntime-gpu~=1.24.2`` (``~=1.22.0`` on Python 3.10), a second distribution of the
+``onnxruntime`` module that would overwrite the lock's onnxruntime 1.31.1 (pip does not flag
+it); ONNX Runtime's own static quantizer makes them too, with ``ActivationSymmetric`` and
+``WeightSymmetric``, which is what is used here. The FP16 flavour is in :mod:`._fp16`.
 
 Stage contract: the bytes between stages stay those of TFLite (the manifest's parameters).
 A Jetson stage reads them with Cast/Sub/Mul in front of its first Q->DQ pair and writes its

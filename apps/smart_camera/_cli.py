@@ -14,7 +14,7 @@ import edgekit
 from ._app import Camera, CameraConfig, Result
 from ._capture import Capture
 from ._mqtt import MqttEvents, parse_broker
-from ._sources import SourceError, open_source
+from ._sources import TIMEOUT_S, SourceError, open_source
 from ._web import WebError, WebView
 
 __all__ = ["main"]
@@ -31,7 +31,16 @@ def parser() -> argparse.ArgumentParser:
         "--source",
         default="/dev/video0",
         help="image, folder, video file, /dev/videoN, rtsp://..., a GStreamer pipeline "
-        "(... ! appsink), picam[:WxH] or test://fashion-mnist (default /dev/video0)",
+        "('videotestsrc ! video/x-raw,width=320,height=240'), picam[:WxH] or "
+        "test://fashion-mnist (default /dev/video0)",
+    )
+    p.add_argument(
+        "--source-timeout",
+        type=float,
+        default=TIMEOUT_S,
+        metavar="S",
+        help="a network source or pipeline that opens or sends no frame within S seconds "
+        f"is lost (default {TIMEOUT_S:g})",
     )
     p.add_argument("--loop", action="store_true", help="repeat a file source")
     p.add_argument("--fps", type=float, help="read a file source at this rate, like a camera")
@@ -110,7 +119,9 @@ def run(a: argparse.Namespace) -> int:
         raise ValueError("--fps must be positive")
     if a.retries < 0 or a.backoff <= 0:
         raise ValueError("--retries must be 0 or more and --backoff positive")
-    source = open_source(a.source, loop=a.loop, seed=a.seed)
+    if a.source_timeout <= 0:
+        raise ValueError("--source-timeout must be positive")
+    source = open_source(a.source, loop=a.loop, seed=a.seed, timeout_s=a.source_timeout)
     opts: dict[str, Any] = {}
     if a.offload:
         opts["offload"] = a.offload

@@ -2,6 +2,10 @@
 # Installs the Debian packages edgekit's demo and tests use, when they are missing.
 set -euo pipefail
 pkgs=(dataset-fashion-mnist chromium)  # chromium: the web-page tests of the apps, headless
+# The smart camera's source tests: GStreamer pipelines (gst-launch-1.0: pip's OpenCV has no
+# GStreamer backend) and a real RTSP server (GStreamer's, in Debian's python3-gi).
+pkgs+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gir1.2-gst-rtsp-server-1.0 python3-gi)
 # The IoT node's tests: a real MQTT broker, and systemd-analyze for its unit file.
 pkgs+=(mosquitto systemd)
 # The virtual arm64 device (`edgekit device emulate`, the device tests) runs only as root.

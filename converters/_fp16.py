@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,13 @@ from ._jetson import TRT_OPSET_RANGE, _tflite_bytes_at_the_edges
 __all__ = ["PRECISIONS", "export_jetson_fp16_onnx", "fp16_problems"]
 
 PRECISIONS = ("int8", "fp16")
+# Largest mean |FP16 - float32| of a stage's int8 outputs on the calibration inputs, in
+# quanta of the output grid: float16 rounding moves an 8-bit output by a quantum at times
+# (a value near a rounding boundary), overflow or lost precision by many.
+MAX_MEAN_QUANTA = 0.5
+_F16_MAX = 65504.0
+_CHECK_SAMPLES = 256  # calibration inputs the float16 checks run on
+_CHECK_BYTES = 256 << 20  # float32 tensors fetched at once by the range check, about
 _FLOAT, _INT8, _FLOAT16 = 1, 3, 10  # onnx.TensorProto data types
 _EDGE = "_ek_"  # in the names of the int8 edge ops and their constants (see _jetson)
 # Quantized ops have no place in an FP16 stage (their presence would also switch the
@@ -54,9 +61,11 @@ def export_jetson_fp16_onnx(
     """Write an FP16 ONNX stage of ``model`` whose 8-bit I/O uses ``io_quant`` (TFLite's).
 
     ``io_quant`` maps ``"input"`` and the output names to their int8 parameters, as for
-    :func:`edgekit.converters._jetson.export_jetson_onnx`. ``calib``, when given, is checked
-    for shape only (an FP16 stage needs no calibration; the argument keeps the exporters'
-    signature).
+    :func:`edgekit.converters._jetson.export_jetson_onnx`. ``calib`` (representative stage
+    inputs, float) needs no calibration here: when given, the FP16 stage runs on it next to
+    the same graph in float32 and a ConversionError says so if float16 changes the int8
+    outputs by more than :data:`MAX_MEAN_QUANTA` on average (values beyond float16's range,
+    65504, become inf; tiny ones lose their digits).
     """
     if not TRT_OPSET_RANGE[0] <= opset <= TRT_OPSET_RANGE[1]:
         raise ConversionError(
@@ -70,8 +79,10 @@ def export_jetson_fp16_onnx(
     inp = ox._keras_input(model)
     wanted = ox._target_quant(io_quant, list(model.output_names), "int8")
     if calib is not None:
-        ox._check_calib(calib, tuple(inp.shape)[1:])
+        calib = ox._check_calib(calib, tuple(inp.shape)[1:])
     proto = ox._float_model_proto(model, opset)
+    reference = onnx.ModelProto()
+    reference.CopyFrom(proto)
     try:
         half = float16.convert_float_to_float16(proto, keep_io_types=True)
     except Exception as exc:
@@ -96,11 +107,79 @@ def export_jetson_fp16_onnx(
             + "; ".join(problems[:5]),
             hint="convert with --jetson-precision int8 (the default)",
         )
+    if calib is not None:
+        _tflite_bytes_at_the_edges(reference, wanted)
+        _compare_with_float32(half, reference, calib, wanted)
     with tempfile.TemporaryDirectory(prefix="edgekit-fp16-") as tmp:
         tmp_path = Path(tmp) / "stage.onnx"
         onnx.save(half, str(tmp_path))
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(tmp_path), str(path))
+
+
+def _compare_with_float32(
+    half: Any, reference: Any, calib: np.ndarray, wanted: Mapping[str, QuantParams]
+) -> None:
+    """ConversionError if a float32 tensor of the stage leaves float16's range on ``calib``,
+    or if the FP16 stage's int8 outputs stray from float32's.
+
+    The range is read on the float32 graph because onnxruntime on a CPU computes most float16
+    ops in float32 (an overflow TensorRT's FP16 engine would hit does not show in its
+    outputs here)."""
+    import onnxruntime as ort
+
+    onnx = ox._onnx_module()
+    q = wanted["input"]
+    x = np.clip(np.round(calib[:_CHECK_SAMPLES] / q.scale) + q.zero_point, -128, 127)
+    x = x.astype(np.int8)
+    inp = half.graph.input[0].name
+    names = [o.name for o in half.graph.output]
+    typed = onnx.shape_inference.infer_shapes(reference)
+    floats = [v.name for v in typed.graph.value_info if v.type.tensor_type.elem_type == _FLOAT]
+    per_sample = sum(  # bytes of every float tensor for one input (batch dim left out)
+        4 * int(np.prod([d.dim_value or 1 for d in v.type.tensor_type.shape.dim[1:]]))
+        for v in typed.graph.value_info
+        if v.type.tensor_type.elem_type == _FLOAT
+    )
+    step = int(max(1, min(32, _CHECK_BYTES // max(1, per_sample))))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(reference)
+    have = set(names)
+    probe.graph.output.extend(
+        onnx.helper.make_tensor_value_info(n, _FLOAT, None) for n in floats if n not in have
+    )
+    every = [o.name for o in probe.graph.output]
+
+    def run(proto: Any, fetch: list[str]) -> Iterator[list[np.ndarray]]:
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        for i in range(0, len(x), step):  # chunks: every tensor of the stage is fetched
+            yield [np.asarray(o) for o in sess.run(fetch, {inp: x[i : i + step]})]
+
+    peak = dict.fromkeys(every, 0.0)
+    for chunk in run(probe, every):
+        for n, a in zip(every, chunk):
+            if a.size and np.issubdtype(a.dtype, np.floating):
+                peak[n] = max(peak[n], float(np.abs(a).max()))
+    over = {n: v for n, v in peak.items() if not v <= _F16_MAX}  # inf and NaN too
+    if over:
+        name, value = max(over.items(), key=lambda kv: kv[1])
+        raise ConversionError(
+            f"{len(over)} tensors of the stage leave float16's range (65504) on the calibration "
+            f"data, e.g. {name!r} reaches {value:.4g}",
+            hint="TensorRT's FP16 engine would overflow there; convert with "
+            "--jetson-precision int8 (the default)",
+        )
+    got = [np.concatenate(o) for o in zip(*run(half, names))]
+    want = [np.concatenate(o) for o in zip(*run(reference, names))]
+    for name, h, f in zip(names, got, want):
+        diff = np.abs(h.astype(np.int32) - f.astype(np.int32))
+        if float(diff.mean()) > MAX_MEAN_QUANTA:
+            raise ConversionError(
+                f"float16 changes the stage's {name!r} by {diff.mean():.2f} quanta on average "
+                f"(largest {int(diff.max())}) against float32 on the calibration data",
+                hint="the model has weights or values below float16's precision; convert "
+                "with --jetson-precision int8 (the default)",
+            )
 
 
 def _topological_order(graph: Any) -> None:

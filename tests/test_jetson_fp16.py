@@ -125,6 +125,62 @@ def test_the_rules_can_fail(two_stages: dict[str, Any]) -> None:
     assert any("float32 weights" in p for p in flt)
 
 
+def test_values_beyond_float16_range_are_refused(tmp_path: Path) -> None:
+    """A stage whose activations pass 65504 on the calibration data is a clear error, not a
+    file whose FP16 engine would overflow (onnxruntime on this CPU would not show it)."""
+    keras = pytest.importorskip("tf_keras")
+    from edgekit._errors import ConversionError
+    from edgekit.converters._fp16 import (  # internal: the FP16 export, below convert
+        export_jetson_fp16_onnx,
+    )
+
+    inp = keras.Input((4,), name="input")
+    big = keras.layers.Dense(
+        8, activation="relu", kernel_initializer=keras.initializers.Constant(3e4)
+    )
+    small = keras.layers.Dense(
+        10, name="ek_logits", kernel_initializer=keras.initializers.Constant(1e-4)
+    )
+    model = keras.Model(inp, small(big(inp)))
+    calib = np.random.default_rng(0).normal(0.0, 1.0, (64, 4)).astype(np.float32)
+    logits = model.predict(calib, verbose=0)
+    io = {
+        "input": _grid(float(calib.min()), float(calib.max())),
+        "ek_logits": _grid(float(logits.min()), float(logits.max())),
+    }
+    with pytest.raises(ConversionError, match="leave float16's range"):
+        export_jetson_fp16_onnx(model, tmp_path / "s.onnx", calib, io_quant=io)
+    assert not (tmp_path / "s.onnx").exists()
+    # without calibration data nothing can be checked, and the file is written
+    export_jetson_fp16_onnx(model, tmp_path / "s.onnx", io_quant=io)
+    assert (tmp_path / "s.onnx").exists()
+
+
+def test_weights_below_float16_precision_are_refused(tmp_path: Path) -> None:
+    """Weights float16 cannot hold (1e-8: float16 keeps nothing below 6e-8) change the int8
+    outputs: a clear error naming the output, not a quietly wrong stage."""
+    keras = pytest.importorskip("tf_keras")
+    from edgekit._errors import ConversionError
+    from edgekit.converters._fp16 import (  # internal: the FP16 export, below convert
+        export_jetson_fp16_onnx,
+    )
+
+    keras.utils.set_random_seed(0)
+    init = keras.initializers.RandomNormal
+    inp = keras.Input((4,), name="input")
+    tiny = keras.layers.Dense(8, kernel_initializer=init(stddev=1e-8), bias_initializer="zeros")
+    out = keras.layers.Dense(10, name="ek_logits", kernel_initializer=init(stddev=1e4))
+    model = keras.Model(inp, out(tiny(inp)))
+    calib = np.random.default_rng(0).normal(0.0, 1.0, (64, 4)).astype(np.float32)
+    logits = model.predict(calib, verbose=0)
+    io = {
+        "input": _grid(float(calib.min()), float(calib.max())),
+        "ek_logits": _grid(float(logits.min()), float(logits.max())),
+    }
+    with pytest.raises(ConversionError, match="float16 changes the stage's 'ek_logits'"):
+        export_jetson_fp16_onnx(model, tmp_path / "s.onnx", calib, io_quant=io)
+
+
 def test_chained_fp16_stages_keep_the_stage_contract_and_the_float_accuracy(
     two_stages: dict[str, Any],
 ) -> None:

@@ -265,6 +265,11 @@ def test_fp16_needs_target_jetson(capsys: pytest.CaptureFixture[str], tmp_path: 
 
     with pytest.raises(ValueError, match="'int8' or 'fp16'"):
         ConvertOptions(target="jetson", jetson_precision="fp32")
+    # the ONNX intake writes INT8 stages only: refused before anything is read
+    args = [*args[:-2], "--model", str(tmp_path / "m.onnx"), "--target", "jetson"]
+    assert main([*args, "--jetson-precision", "fp16"]) == 2
+    assert "the ONNX intake writes INT8 stages only" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.slow

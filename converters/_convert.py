@@ -31,6 +31,7 @@ from edgekit.runtime import Quantizer
 from edgekit.runtime.backends import litert, onnxruntime
 
 from ._exits import attach_exits, head_macs, split_trained, submodel
+from ._fp16 import PRECISIONS as JETSON_PRECISIONS
 from ._graph import CutPoint, cut_points, model_macs, pick_cuts
 from ._keras import keras
 from ._models import builtin_cnn, load_model
@@ -120,7 +121,7 @@ class ConvertOptions:
     jetson_precision: str = "int8"
 
     def __post_init__(self) -> None:
-        if self.jetson_precision not in ("int8", "fp16"):
+        if self.jetson_precision not in JETSON_PRECISIONS:
             raise ValueError(
                 f"jetson_precision must be 'int8' or 'fp16', not {self.jetson_precision!r}"
             )

@@ -91,7 +91,7 @@ def _stubbed_before(rt: Any, package: Path, policy: str, shape: tuple[int, ...])
     return m
 
 
-def _per_call_us(fns: dict[str, Callable[[], Any]], rounds: int, calls: int) -> dict[str, float]:
+def _per_call_us(fns: dict[str, Callable[..., Any]], rounds: int, calls: int) -> dict[str, float]:
     """Median over interleaved rounds of the mean microseconds per call of each."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():

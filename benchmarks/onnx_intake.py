@@ -6,7 +6,10 @@ in one run, batch 1, one thread, interleaved so load changes hit every variant a
         --model tests/fixtures/torch/fmnist_vgg_legacy.onnx --mean 0.286 --std 0.353 [-n 2000]
 
 Prints accuracy and mean latency per variant and the ratios to the float model; writes
-``onnx_intake.json`` and ``onnx_intake.png`` into ``--out``.
+``onnx_intake.json`` and ``onnx_intake.png`` into ``--out``. ``--label-free-package`` adds a
+package converted with ``--labels none`` (same model) as two more variants, so heads trained
+with and without labels are compared on the same images in the same run; a package converted
+with ``--labels both`` has the label-free heads' per-exit accuracy in its report, printed too.
 """
 
 from __future__ import annotations
@@ -41,6 +44,21 @@ def _float_runner(model: str, mean: list[float], std: list[float], layout: str) 
     return run
 
 
+def _print_label_free(report: dict[str, Any]) -> None:
+    """The conversion's own per-exit INT8 accuracy, labelled vs label-free heads (a package
+    converted with --labels both; its whole test split)."""
+    exits = report["exits"]
+    if not all("onnx_int8_label_free" in e["accuracy"] for e in exits):
+        return
+    print("conversion report (--labels both), INT8 test accuracy per exit:")
+    for e in exits:
+        acc = e["accuracy"]
+        print(
+            f"  exit {e['index']} ({e['macs_fraction']:.0%} MACs): labelled heads "
+            f"{acc['onnx_int8']:.4f}, label-free heads {acc['onnx_int8_label_free']:.4f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--package", required=True)
@@ -50,6 +68,9 @@ def main() -> None:
     ap.add_argument("--std", default="1")
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--out", default="build/bench")
+    ap.add_argument(
+        "--label-free-package", help="the same model converted with --labels none (optional)"
+    )
     a = ap.parse_args()
     data = load_dataset(a.dataset)
     x = np.round(data.x_test[: a.n] * 255).astype(np.uint8)
@@ -60,8 +81,17 @@ def main() -> None:
     std = [float(v) for v in a.std.split(",")]
     variants: dict[str, Any] = {"float (source model)": _float_runner(a.model, mean, std, layout)}
     models = {}
-    for key, policy in (("INT8 stages, full", "full"), ("INT8 stages, bandit", "bandit")):
-        m = edgekit.load(a.package, policy=policy, backend="onnxruntime", threads=1)
+    packages = [
+        ("INT8 stages, full", a.package, "full"),
+        ("INT8 stages, bandit", a.package, "bandit"),
+    ]
+    if a.label_free_package:
+        packages += [
+            ("label-free heads, full", a.label_free_package, "full"),
+            ("label-free heads, bandit", a.label_free_package, "bandit"),
+        ]
+    for key, package, policy in packages:
+        m = edgekit.load(package, policy=policy, backend="onnxruntime", threads=1)
         models[key] = m
         variants[key] = lambda img, m=m: m.predict(img).label
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -91,12 +121,13 @@ def main() -> None:
         )
         r = rows[-1]
         print(
-            f"  {k:<22} accuracy {r['accuracy']:.4f}  mean {mean_ms:7.3f} ms "
+            f"  {k:<24} accuracy {r['accuracy']:.4f}  mean {mean_ms:7.3f} ms "
             f"(x{r['latency_vs_float']:.2f} of float)  p50 {r['p50_ms']:7.3f} ms "
             f"(x{r['p50_vs_float']:.2f})  p95 {r['p95_ms']:7.3f} ms"
         )
     for m in models.values():
         m.close()
+    _print_label_free(report)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "onnx_intake.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -202,6 +202,27 @@ def test_app_on_rtsp(
     assert "Traceback" not in proc.stderr and "WARN" not in proc.stderr
 
 
+def test_rtsp_capture_newest_frame_only(rtsp_server: tuple[str, subprocess.Popen[str]]) -> None:
+    """A live 30 frames/s stream: a handler that keeps up runs on the capture thread (no
+    hand-off); one of 100 ms gets the newest frame only, the others counted as dropped."""
+    url, _ = rtsp_server
+    for work_s in (0.0, 0.1):
+        got: list[str] = []
+
+        def handle(f: Frame, work_s: float = work_s, got: list[str] = got) -> None:
+            got.append(threading.current_thread().name)
+            time.sleep(work_s)
+
+        cap = Capture(open_source(url, timeout_s=10), max_frames=60).start()
+        cap.serve(handle)
+        cap.stop()
+        assert cap.error is None and cap.captured == 60 and len(got) + cap.dropped == 60
+        if work_s == 0:
+            assert cap.dropped <= 3 and got.count("capture") >= 50, (cap.dropped, got)
+        else:  # 2 s of stream, 100 ms a frame: about 20 handled, 40 dropped
+            assert cap.dropped >= 25 and got.count("capture") == 0, (cap.dropped, got)
+
+
 def test_rtsp_server_freezes_then_comes_back(
     rtsp_server: tuple[str, subprocess.Popen[str]],
 ) -> None:

@@ -386,7 +386,9 @@ def test_lost_puback_is_resent(
         assert resent and proxy.dropped == 6
         t = time.time()
         wait_for(
-            lambda: (s := rec.on("/stats")[-1])["ts"] > t and s["outbox_depth"] == 0,
+            lambda: (
+                (s := (rec.on("/stats") or [{"ts": 0}])[-1])["ts"] > t and s["outbox_depth"] == 0
+            ),
             20,
             "an empty outbox",
         )

@@ -75,6 +75,7 @@ def test_batch_cut_at_batch_s_carries_the_rest(iot: Any, tmp_path: Path, digits_
         items = node._gather()
         assert len(items) == 6
         node._process(items)
+        node._settle()  # the inbox thread has moved the committed file
         # The deadline passed at once: one input committed and moved, five still claimed.
         assert node.outbox.depth == 1
         assert len(node._carry) == 5
@@ -87,6 +88,7 @@ def test_batch_cut_at_batch_s_carries_the_rest(iot: Any, tmp_path: Path, digits_
             assert [i.event_id for i in items][: len(carried)] == carried  # same ids, first
             node._process(items)
             rounds += 1
+        node._settle()
         assert rounds == 6
         assert not list(node.inbox.claimed.iterdir())
         assert sorted(p.name for p in node.inbox.done.iterdir()) == names
@@ -108,6 +110,51 @@ def test_shutdown_finishes_the_carried_inputs(iot: Any, tmp_path: Path, digits_p
     assert not list(node.inbox.claimed.iterdir())
     assert len(list(node.inbox.done.iterdir())) == 4
     assert len(_events(tmp_path / "state")) == 4
+
+
+def test_next_batch_is_claimed_while_one_is_classified(
+    iot: Any, tmp_path: Path, digits_pkg: Path
+) -> None:
+    """A full batch has the inbox thread claim the next one meanwhile (renamed into .claimed/
+    with its event ids before any of it is read); a stop leaves those claimed, and the next
+    start finishes them under the same ids: every file once, one event each."""
+    node = _node(iot, tmp_path, digits_pkg, batch=4, drain_s=0.1)
+    try:
+        names = _drop(node.inbox.root, 10, tuple(node.model.manifest.input.shape))
+        first = node._gather()
+        assert len(first) == 4 and node._claiming is not None
+        node._process(first)
+        node._settle()
+        # 4 done, the next 4 claimed ahead (not read yet), 2 still in the inbox
+        assert sorted(p.name for p in node.inbox.done.iterdir()) == names[:4]
+        ahead = sorted(p.name for p in node.inbox.claimed.iterdir())
+        assert [a.split("__", 1)[1] for a in ahead] == names[4:8]
+        assert [c.name for c in node._recovered] == names[4:8]
+    finally:
+        node._shutdown()
+    assert len(_events(tmp_path / "state")) == 4
+    assert len(list(node.inbox.claimed.iterdir())) == 4  # left claimed, ids in their names
+
+    node = _node(iot, tmp_path, digits_pkg, batch=4, drain_s=0.1)
+    try:
+        node._recovered = node.inbox.recover()
+        while True:
+            items = node._gather()
+            if not items:
+                break
+            node._process(items)
+        node._settle()
+    finally:
+        node._shutdown()
+    events = _events(tmp_path / "state")
+    assert [e["source"] for e in events] == [f"inbox:{n}" for n in names]
+    by_source = {e["source"]: e["event_id"] for e in events}
+    assert [by_source[f"inbox:{a.split('__', 1)[1]}"] for a in ahead] == [
+        a.split("__", 1)[0] for a in ahead
+    ]
+    assert len({e["event_id"] for e in events}) == 10
+    assert sorted(p.name for p in node.inbox.done.iterdir()) == names
+    assert not list(node.inbox.claimed.iterdir())
 
 
 def test_acked_rows_are_deleted_inside_the_next_commit(iot: Any, tmp_path: Path) -> None:

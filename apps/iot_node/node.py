@@ -4,6 +4,11 @@ Everything that touches the model or the outbox runs in this one thread; paho's 
 thread only fills deques (see link.py). Per batch: claim inputs, classify, commit their
 events (one transaction), then move the files and acknowledge the requests. Publishing keeps
 at most ``max_inflight`` outbox events with paho; each is deleted when its PUBACK arrives.
+
+The inbox's file moves run in one helper thread, overlapped with classifying: while a batch
+is classified, the next one is claimed (renamed into ``.claimed/``, fsynced) and the last
+committed one is moved to ``done/``. The order that makes the guarantees stays: a claim is
+on disk before its file is read, an event is committed before its file leaves ``.claimed/``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,9 +91,9 @@ class Node:
         state.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(state / "outbox.sqlite3", cfg.outbox_cap)
         self.inbox = Inbox(cfg.inbox_dir, settle_s=cfg.settle_s)
-        self._ids: Iterator[str] = (
-            f"{cfg.device}-{self.outbox.boot}-{n}" for n in itertools.count(1)
-        )
+        self._seq = itertools.count(1)
+        self._id_lock = threading.Lock()  # ids are taken by this thread and the inbox's
+        self._ids = iter(self._new_id, "")
         self.policy = cfg.policy
         self.deployment = resolve(cfg.package)
         self.model = self._load(self.deployment)
@@ -100,7 +105,10 @@ class Node:
         self._handed = 0  # the highest outbox seq given to paho
         self._acked: list[int] = []  # PUBACKed outbox seqs, deleted with the next commit
         self._carry: list[_Item] = []  # claimed, not classified before the batch's deadline
-        self._recovered: list[Claim] = []
+        self._recovered: list[Claim] = []  # claimed (before a restart, or ahead), not in a batch
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="iot-inbox")
+        self._claiming: Future[list[Claim]] | None = None  # the next batch, being claimed
+        self._finishing: Future[None] | None = None  # the last batch, being moved to done/
         self._rewind = threading.Event()  # set on connect: hand over the outbox from its start
         self.counts = {"processed": 0, "failed": 0, "requests": 0, "commands": 0, "rejected": 0}
         self.started = time.time()
@@ -142,6 +150,38 @@ class Node:
             self.deploy_error = str(exc)
 
     # -- inputs --------------------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        with self._id_lock:
+            n = next(self._seq)
+        return f"{self.cfg.device}-{self.outbox.boot}-{n}"
+
+    def _claim(self, room: int) -> list[Claim]:
+        """Up to ``room`` claimed inputs: those claimed ahead first, else claimed now. A full
+        batch means more are likely waiting: the next batch is claimed meanwhile."""
+        ahead, self._claiming = self._claiming, None
+        if ahead is not None:
+            self._recovered.extend(ahead.result())
+        if self._recovered:
+            claims, self._recovered = self._recovered[:room], self._recovered[room:]
+        else:
+            claims = self.inbox.claim(self._ids, room)
+        if len(claims) == room and not self._recovered and not self._stop.is_set():
+            self._claiming = self._disk.submit(self.inbox.claim, self._ids, self.cfg.batch)
+        return claims
+
+    def _finish(self, done: list[tuple[Claim, bool]]) -> None:
+        for claim, ok in done:
+            self.inbox.finish(claim, ok)
+
+    def _settle(self) -> None:
+        """Wait for the inbox thread: the last batch moved, the claimed-ahead ones listed."""
+        fin, self._finishing = self._finishing, None
+        if fin is not None:
+            fin.result()  # a move that failed raises here
+        ahead, self._claiming = self._claiming, None
+        if ahead is not None:
+            self._recovered.extend(ahead.result())
 
     def _classify(self, item: _Item, data: bytes) -> None:
         ev: dict[str, Any] = {
@@ -189,12 +229,7 @@ class Node:
                 continue
             items.append(self._request_item(msg))
         room = self.cfg.batch - len(items)
-        if room <= 0:
-            claims = []
-        elif self._recovered:
-            claims, self._recovered = self._recovered[:room], self._recovered[room:]
-        else:
-            claims = self.inbox.claim(self._ids, room)
+        claims = self._claim(room) if room > 0 else []
         for c in claims:
             items.append(_Item(c.event_id, f"inbox:{c.name}", claim=c))
         return [i for i in items if i.event_id]
@@ -240,10 +275,15 @@ class Node:
         if dropped:
             cap = self.cfg.outbox_cap
             log.warning("outbox full (%d): dropped the %d oldest events", cap, dropped)
-        for it in items:  # committed: now the inputs can be let go of
-            if it.claim is not None:
-                self.inbox.finish(it.claim, bool(it.event and it.event.get("ok")))
-            else:
+        # Committed: now the inputs can be let go of (the files by the inbox thread).
+        fin, self._finishing = self._finishing, None
+        if fin is not None:
+            fin.result()  # the batch before (long done): a move that failed raises here
+        done = [(it.claim, bool(it.event and it.event.get("ok"))) for it in items if it.claim]
+        if done:
+            self._finishing = self._disk.submit(self._finish, done)
+        for it in items:
+            if it.claim is None:
                 self.link.reply(it.request, it.event or {})
                 self.link.ack(it.request)
 
@@ -422,9 +462,13 @@ class Node:
     def _shutdown(self) -> None:
         """Finish: the input in hand is done; wait a little for PUBACKs; say offline."""
         self.notify.send("STOPPING=1")
+        # Inputs claimed ahead stay in .claimed/: the next start finishes them, same event ids.
+        self._settle()
         while self._carry:  # the batch in hand is finished, deadline or not
             items, self._carry = self._carry, []
             self._process(items)
+        self._settle()
+        self._disk.shutdown()
         log.info("stopping: %d events wait for the broker", self.outbox.depth)
         deadline = time.monotonic() + self.cfg.drain_s
         while self.outbox.depth and self.link.connected.is_set() and time.monotonic() < deadline:

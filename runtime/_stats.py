@@ -11,12 +11,18 @@ __all__ = ["Stats"]
 
 _RING = 1 << 16  # latencies kept for the percentiles (a power of two)
 _MASK = _RING - 1
+# A stage time above this multiple of its average counts as this multiple: on a busy CPU
+# some inputs wait milliseconds for the scheduler, which is not the stage's cost (measured
+# on a shared 2-core host: stages of 0.05-0.12 ms averaged up to 0.9 ms). A lasting
+# slowdown still moves the average by 15% per input until it is within this multiple.
+_SPIKE = 4.0
 
 
 class Stats:
     """Filled by ``EdgeModel.predict``; ``marks`` are the perf_counter times after each stage.
 
-    Stage latencies are kept as an exponential average; a stage not yet run is estimated
+    Stage latencies are kept as an exponential average (a single time far above it is
+    capped, see ``_SPIKE``); a stage not yet run is estimated
     from the first stage's latency scaled by MACs. ``record`` returns the cost of each exit
     as a fraction of the full model (by latency or by MACs), which the bandit rewards.
     Offloaded inputs (``record_offload``) count at the last exit, which the server ran.
@@ -51,7 +57,10 @@ class Stats:
             d = m - prev
             prev = m
             e = ema[i]
-            ema[i] = d if e == 0.0 else e + 0.05 * (d - e)
+            if e == 0.0:
+                ema[i] = d
+            else:
+                ema[i] = e + 0.05 * ((d if d < _SPIKE * e else _SPIKE * e) - e)
         costs = self._count(prev - t0, exit_k, mode)
         self.cost_sum += costs[exit_k]
         return costs
@@ -67,7 +76,10 @@ class Stats:
                 d -= gap
             prev = marks[i]
             e = ema[i]
-            ema[i] = d if e == 0.0 else e + 0.05 * (d - e)
+            if e == 0.0:
+                ema[i] = d
+            else:
+                ema[i] = e + 0.05 * ((d if d < _SPIKE * e else _SPIKE * e) - e)
 
     def record_unsplit(self, seconds: float, exit_k: int, mode: str) -> list[float]:
         """Count one input; return each exit's cost from the averaged stage latencies.

@@ -82,8 +82,9 @@ class ConvertOptions:
       ``max(0.3, MACs fraction)``, so early exits do not crowd out the final one.
     - ``fast``: a small run for tests and smoke checks (few epochs, small subsets).
     - ``layout`` (``auto``, ``NCHW``, ``NHWC``), ``mean``, ``std`` (per channel, pixel/255
-      units), ``labels`` (``auto``, or ``none`` for heads distilled from the model's own
-      logits): for ``.onnx`` models only.
+      units), ``labels`` (``auto``, ``none`` for heads distilled from the model's own
+      logits, or ``both``: labelled heads, the label-free ones' accuracy in the report):
+      for ``.onnx`` models only.
     - ``place_exits``: ``macs`` matches ``exits`` fractions against cumulative MACs;
       ``latency`` against the INT8 latency of each candidate cut, measured on this host
       with LiteRT (``converters/_placement``; recorded in the report's ``exit_placement``).

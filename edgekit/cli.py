@@ -291,8 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--labels",
         default="auto",
-        choices=["auto", "none"],
-        help=".onnx models: none trains the exits on the model's own logits (no labels)",
+        choices=["auto", "none", "both"],
+        help=(
+            ".onnx models: none trains the exits on the model's own logits (no labels); "
+            "both keeps the labelled heads and reports the label-free heads' accuracy beside them"
+        ),
     )
     c.add_argument(
         "--train",

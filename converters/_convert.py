@@ -191,6 +191,14 @@ def convert(
                     "INT8 stages only",
                     hint="leave --jetson-precision out",
                 )
+            if opts.target in ("jetson", "coral"):
+                # The intake writes asymmetric uint8/int8 QDQ stages and no Edge TPU files:
+                # a package that says jetson/coral would not be what those accelerators take.
+                raise ConversionError(
+                    f"target={opts.target!r} is for Keras models; the ONNX intake writes "
+                    "stages for onnxruntime and LiteRT on a CPU (x86 or arm)",
+                    hint="use --target auto, x86 or arm for a .onnx model",
+                )
             manifest, report = convert_onnx(opts, dataset, staged.tmp, staged.name)
         else:
             manifest, report = _Conversion(opts, dataset, staged.tmp, staged.out.name).run()

@@ -270,6 +270,11 @@ def test_fp16_needs_target_jetson(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert main([*args, "--jetson-precision", "fp16"]) == 2
     assert "the ONNX intake writes INT8 stages only" in capsys.readouterr().err
     assert not out.exists()
+    # nor does it write TensorRT's symmetric form or Edge TPU files: jetson/coral are refused
+    for target in ("jetson", "coral"):
+        assert main([*args[:-1], target]) == 2
+        assert f"target={target!r} is for Keras models" in capsys.readouterr().err
+        assert not out.exists()
 
 
 @pytest.mark.slow

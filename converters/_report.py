@@ -135,7 +135,12 @@ def _target_lines(targets: dict[str, Any]) -> list[str]:
         md += ["", f"Still needed: {coral['needs']}", ""]
     jetson = targets.get("jetson")
     if jetson:
-        md += ["## Jetson (TensorRT explicit quantization)", ""]
+        form = (
+            "FP16 stages: float16 inside, int8 stage I/O"
+            if jetson.get("precision") == "fp16"
+            else "TensorRT explicit quantization"
+        )
+        md += [f"## Jetson ({form})", ""]
         md += [f"- {line}" for line in jetson.get("lines", [])]
         md.append("")
     return md

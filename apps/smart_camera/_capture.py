@@ -215,7 +215,8 @@ class Capture:
         finally:
             with self._cond:
                 self._busy = False
-                self._cond.notify_all()
+                if self._failure is not None or self._handler is None:
+                    self._cond.notify_all()  # serve() is waiting for this frame, or failed
         return True
 
     def _put(self, f: Frame) -> None:

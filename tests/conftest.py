@@ -107,12 +107,26 @@ def digits() -> Any:
 
 @pytest.fixture(scope="session")
 def digits_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A package converted from scikit-learn digits with the default QAT path (--fast)."""
+    """A package converted from scikit-learn digits with the default QAT path (--fast).
+
+    Its trained model is kept beside it (``digits.edgepkg.work/``): ``digits_trained_model``.
+    """
     from edgekit.converters import convert
 
     out = tmp_path_factory.mktemp("pkgs") / "digits.edgepkg"
-    convert("digits", out, fast=True, verbose=False)
+    convert("digits", out, fast=True, keep_work=True, verbose=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_trained_model(digits_pkg: Path) -> Path:
+    """The multi-exit model ``digits_pkg``'s conversion trained (``keep_work``), for the tests
+    of options that act after training (``--target``...): ``convert --model THIS`` reuses its
+    exits and weights, so it skips the training, which no target changes, and runs the rest
+    (QAT, export, the target's steps, validation) as a conversion from scratch does."""
+    path = digits_pkg.parent / f"{digits_pkg.name}.work" / "trained.keras"
+    assert path.is_file(), f"convert(keep_work=True) kept no trained model at {path}"
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -162,17 +162,18 @@ def test_symmetric_covers_the_tflite_range() -> None:
 
 
 @pytest.mark.slow
-def test_convert_target_jetson_cli(tmp_path: Path) -> None:
+def test_convert_target_jetson_cli(tmp_path: Path, digits_trained_model: Path) -> None:
     from edgekit.cli import main
     from edgekit.converters._jetson import (  # internal: TensorRT's rules, checked on the files
         tensorrt_problems,
     )
 
     out = tmp_path / "j.edgepkg"
-    assert (
-        main(["convert", "--dataset", "digits", "--out", str(out), "--fast", "--target", "jetson"])
-        == 0
-    )
+    # The digits model the session trained (digits_pkg's): the jetson steps come after
+    # training, which no target changes; QAT, export and the checks run as from scratch.
+    model = str(digits_trained_model)
+    args = ["convert", "--dataset", "digits", "--model", model, "--out", str(out), "--fast"]
+    assert main([*args, "--target", "jetson"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["onnx_activation_type"] == "int8" and "jetson" in manifest["targets"]
     for p in sorted((out / "onnx").glob("stage_*.onnx")):

@@ -291,6 +291,10 @@ def run(
         "bare_loop_per_s": n / bare_s,
         "node_per_s": wave / node_s,
         "node_cost_over_bare": (node_s / wave) / (bare_s / n) - 1.0,
+        # each node round against the bare round run just before it (the same load, nearly)
+        "node_cost_over_bare_paired": [
+            (t / wave) / (b["bare_s"] / n) - 1.0 for t, b in zip(node_times, bares, strict=False)
+        ],
         "node_cost_over_predict": (node_s / wave) / (predict_s / n) - 1.0,
         # CPU time (all threads) per input: less sensitive to a loaded machine than wall time
         "node_cpu_ms_per_input": min(node_cpu) / wave * 1e3,
@@ -312,6 +316,10 @@ def _report(r: dict[str, Any], out: Path) -> None:
     print(f"  node (inbox -> PUBACK, end to end) {r['node_per_s']:7.0f} inputs/s")
     mark = "ok " if over <= 0.15 else "MISS"
     print(f"  [{mark}] node cost over the bare loop: {over * 100:+.1f}%   target <= +15%")
+    paired = r["node_cost_over_bare_paired"]
+    rounds = ", ".join(f"{x * 100:+.0f}%" for x in paired)
+    med = float(np.median(paired)) * 100
+    print(f"         node vs the bare round just before it: {rounds}; median {med:+.0f}%")
     print(f"         node cost over predict only: {r['node_cost_over_predict'] * 100:+.1f}%")
     nc, bc = r["node_cpu_ms_per_input"], r["bare_cpu_ms_per_input"]
     print(f"         CPU per input: node {nc:.3f} ms, bare loop {bc:.3f} ms ({nc / bc - 1:+.1%})")

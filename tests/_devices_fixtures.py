@@ -129,7 +129,9 @@ def _idle_argv() -> list[str]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if _Prebuild.proc is not None or not _wants_prebuild(session.items):
+    if session.config.option.collectonly or _Prebuild.proc is not None:
+        return
+    if not _wants_prebuild(session.items):
         return
     tmp = session.config._tmp_path_factory  # type: ignore[attr-defined]  # tmp_path_factory's
     log = Path(tmp.getbasetemp()) / "rootfs-prebuild.log"

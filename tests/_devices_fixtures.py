@@ -95,8 +95,10 @@ def _purge_stale_sessions() -> None:
 
 # -- the rootfs, built in the background while the first tests run --------------------------
 
-#: The fixtures that start a device (the rootfs build is for the sessions that use one).
-_DEVICE_FIXTURES = frozenset(DEVICE_NAMES) | {"device_known_hosts", "ssh_config_file"}
+#: The fixtures that start a device (the rootfs build is for the sessions that use one). A
+#: test's ``fixturenames`` is the closure, so ``ssh_config_file`` brings ``virtual_device`` in;
+#: test_devices_ssh.py's own ``ssh_config_file`` (the host's sshd) does not.
+_DEVICE_FIXTURES = frozenset(DEVICE_NAMES)
 #: How long the first device waits for the background build before it gives up on it.
 PREBUILD_WAIT_S = 1800.0
 

@@ -26,7 +26,8 @@ def test_only_sessions_that_start_a_device_want_the_build(
     monkeypatch.setenv("EDGEKIT_EMULATOR_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("EDGEKIT_TESTS_PREBUILD", raising=False)
     assert dev._wants_prebuild(_items("tmp_path", "virtual_device"))
-    assert dev._wants_prebuild(_items("ssh_config_file"))
+    assert dev._wants_prebuild(_items("virtual_device_tinydisk"))
+    assert not dev._wants_prebuild(_items("ssh_config_file"))  # a closure without a device
     assert not dev._wants_prebuild(_items("digits_pkg", "device_key"))
     monkeypatch.setenv("EDGEKIT_TESTS_PREBUILD", "0")
     assert not dev._wants_prebuild(_items("virtual_device"))

@@ -29,6 +29,9 @@ log = logging.getLogger("iot_node")
 QOS0_BACKLOG = 1000  # QoS 0 requests waiting in memory at most
 
 
+MQTT_MAX_QUOTA = 65_535  # Receive Maximum when the broker announces none
+
+
 class Link:
     """One MQTT client for the node: subscribes to ``infer`` and ``cmd``, publishes the rest."""
 
@@ -40,6 +43,8 @@ class Link:
         self.wake = threading.Event()  # set when something arrives for the main thread
         self.connects = 0
         self.overflow = 0  # QoS 0 requests dropped because too many were waiting
+        # QoS 1 messages the broker takes unacknowledged (its CONNACK's Receive Maximum)
+        self.send_quota = MQTT_MAX_QUOTA
         self.on_connected: list[Any] = []  # called (in paho's thread) after each CONNACK
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -59,9 +64,10 @@ class Link:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         c.reconnect_delay_set(min_delay=1, max_delay=30)
-        # The node keeps at most max_inflight events with paho itself (node.py's _pump). paho's
-        # own limit stays off: with one set, every PUBACK walks all of paho's in-flight
-        # messages looking for a queued one (about 15 us of CPU per event at 256 in flight).
+        # The node keeps at most max_inflight events with paho itself, and fewer than the
+        # broker's Receive Maximum (node.py's _pump). paho's own limit stays off: with one
+        # set, every PUBACK walks all of paho's in-flight messages looking for a queued one
+        # (about 15 us of CPU per event at 256 in flight).
         c.max_inflight_messages_set(0)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -90,6 +96,10 @@ class Link:
             log.error("broker %s refused the connection: %s", self.cfg.broker, reason)
             return
         self.connects += 1
+        # MQTT 5: more unacknowledged QoS 1 publishes than this is a protocol error (strict
+        # brokers disconnect; mosquitto announces 20). paho does not apply it by itself, and
+        # its own limit cannot change once connected: node.py's _pump keeps events below it.
+        self.send_quota = getattr(_p, "ReceiveMaximum", None) or MQTT_MAX_QUOTA
         log.info(
             "connected to %s:%d (session %s)",
             self.cfg.broker,

@@ -37,6 +37,7 @@ from .systemd import Notifier
 __all__ = ["Deployment", "Node", "resolve"]
 
 log = logging.getLogger("iot_node")
+REPLY_PLACES = 4  # of the broker's Receive Maximum, kept for status, stats and replies
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,10 @@ class Node:
             self._rewind.clear()
             self._flush_acked()  # or the rows acked but not yet deleted would go out again
             self._handed = 0
-        room = self.cfg.max_inflight - len(self._inflight)
+        # Status, stats and replies share the broker's quota: leave them a few places.
+        quota = self.link.send_quota
+        limit = min(self.cfg.max_inflight, max(1, quota - min(REPLY_PLACES, quota // 2)))
+        room = limit - len(self._inflight)
         if room <= 0 or not self.link.connected.is_set():
             return
         for seq, topic, payload in self.outbox.pending(self._handed, room):

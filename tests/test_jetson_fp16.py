@@ -278,7 +278,7 @@ def test_fp16_needs_target_jetson(capsys: pytest.CaptureFixture[str], tmp_path: 
 
 
 @pytest.mark.slow
-def test_convert_target_jetson_fp16_cli(tmp_path: Path) -> None:
+def test_convert_target_jetson_fp16_cli(tmp_path: Path, digits_trained_model: Path) -> None:
     """The whole path: ``edgekit convert --target jetson --jetson-precision fp16``, then the
     package's stages chained by the runtime, and mixed with its TFLite stages."""
     from edgekit import load
@@ -286,8 +286,10 @@ def test_convert_target_jetson_fp16_cli(tmp_path: Path) -> None:
     from edgekit.converters._fp16 import fp16_problems  # internal: the FP16 stage rules
 
     out = tmp_path / "j16.edgepkg"
-    args = ["convert", "--dataset", "digits", "--out", str(out), "--fast", "--quiet"]
-    assert main([*args, "--target", "jetson", "--jetson-precision", "fp16"]) == 0
+    # The model digits_pkg's conversion trained: the FP16 export comes after training.
+    model = str(digits_trained_model)
+    args = ["convert", "--dataset", "digits", "--model", model, "--out", str(out), "--fast"]
+    assert main([*args, "--quiet", "--target", "jetson", "--jetson-precision", "fp16"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["targets"]["jetson_precision"] == "fp16"
     assert manifest["onnx_activation_type"] == "int8"  # the stage I/O bytes

@@ -179,10 +179,13 @@ class Capture:
 
     def _keeps_up(self) -> bool:
         """Whether the handler is fast enough to run on the capture thread. A file read as
-        fast as it decodes has no frame interval: the model is what it waits for."""
+        fast as it decodes waits for the model anyway: it is read and classified in turn, as
+        a bare loop does (decoding ahead on this thread measured slower: the hand-offs)."""
         if self.fps:
             interval: float | None = 1.0 / self.fps
-        elif self.realtime and self._interval_s is not None:
+        elif not self.realtime:
+            return True
+        elif self._interval_s is not None:
             interval = min(self._interval_s, self._last_iv)
         else:
             return False

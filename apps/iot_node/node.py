@@ -13,6 +13,7 @@ on disk before its file is read, an event is committed before its file leaves ``
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
@@ -104,6 +105,9 @@ class Node:
         self._stop = threading.Event()
         self._inflight: dict[int, int] = {}  # paho message id -> outbox seq
         self._handed = 0  # the highest outbox seq given to paho
+        # Committed rows read ahead from the outbox, not yet given to paho: one query per
+        # max_inflight rows, not one per PUBACK (the broker's quota is often ~20).
+        self._ready: collections.deque[tuple[int, str, bytes]] = collections.deque()
         self._acked: list[int] = []  # PUBACKed outbox seqs, deleted with the next commit
         self._carry: list[_Item] = []  # claimed, not classified before the batch's deadline
         self._recovered: list[Claim] = []  # claimed (before a restart, or ahead), not in a batch
@@ -267,6 +271,8 @@ class Node:
                 self.counts["failed"] += 1
                 continue
             self._classify(it, data)
+            if self.link.acked:  # PUBACKs came in: hand over more (the broker's quota is small)
+                self._pump()
         topic = self.cfg.topic("events")
         rows = [(i.event_id, topic, json.dumps(i.event).encode()) for i in items]
         acked, self._acked = self._acked, []
@@ -274,6 +280,7 @@ class Node:
             rows, handed=self._handed, seen=[i.seen_id for i in items if i.seen_id], acked=acked
         )
         if dropped:
+            self._ready.clear()  # rows read ahead may be among the dropped
             cap = self.cfg.outbox_cap
             log.warning("outbox full (%d): dropped the %d oldest events", cap, dropped)
         # Committed: now the inputs can be let go of (the files by the inbox thread).
@@ -319,18 +326,25 @@ class Node:
             self._rewind.clear()
             self._flush_acked()  # or the rows acked but not yet deleted would go out again
             self._handed = 0
+            self._ready.clear()
         # Status, stats and replies share the broker's quota: leave them a few places.
         quota = self.link.send_quota
         limit = min(self.cfg.max_inflight, max(1, quota - min(REPLY_PLACES, quota // 2)))
         room = limit - len(self._inflight)
         if room <= 0 or not self.link.connected.is_set():
             return
-        for seq, topic, payload in self.outbox.pending(self._handed, room):
+        if not self._ready:
+            self._ready.extend(self.outbox.pending(self._handed, self.cfg.max_inflight))
+        ready = self._ready
+        while room > 0 and ready:
+            seq, topic, payload = ready[0]
             sent = self.link.publish(topic, payload)
             if sent is None:
                 break
+            ready.popleft()
             self._inflight[sent] = seq
             self._handed = seq
+            room -= 1
 
     # -- commands and stats --------------------------------------------------------------
 

@@ -79,12 +79,42 @@ def _keras_input(model: Any) -> Any:
     return inputs[0]
 
 
+_ERFC_REGISTERED = False
+
+
+def _register_erfc(tf2onnx: Any) -> None:
+    """Teach tf2onnx ``Erfc`` (as ``1 - Erf``): tf-keras's exact GELU (ConvNeXt, ``activation=
+    "gelu"``) computes ``0.5 * x * erfc(-x / sqrt(2))``, and tf2onnx has no handler for it."""
+    global _ERFC_REGISTERED
+    if _ERFC_REGISTERED:
+        return
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class _Erfc:
+        @classmethod
+        def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            node.type = "Erf"
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            ctx.insert_new_node_on_output(
+                "Sub",
+                node.output[0],
+                name=utils.make_name(f"{node.name}_erfc"),
+                inputs=[one.output[0], node.output[0]],
+            )
+
+    _ERFC_REGISTERED = True
+
+
 def _float_model_proto(model: Any, opset: int) -> Any:
     """Convert ``model`` with tf2onnx; input named ``input``, outputs named after Keras outputs."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     tf = require("tensorflow", "convert", purpose="ONNX export")
     inp = _keras_input(model)
     tf2onnx = require("tf2onnx", "convert", purpose="ONNX export")
+    _register_erfc(tf2onnx)
     onnx = _onnx_module()
     shape = (None, *tuple(inp.shape)[1:])
     spec = (tf.TensorSpec(shape, inp.dtype, name=INPUT_NAME),)

@@ -254,6 +254,8 @@ class _Push:
             folder = self._ensure_release(wh)
             if deploy == self.previous and folder == self.layout.release(self.rid):
                 self.log(f"{deploy} is already current; nothing to switch")
+                # still the package last pushed: the device's default, as after a switch
+                self.sh(self.layout.default_script())
                 return self._result(deploy, t0, changed=False, smoke={})
             self.step = "smoke test"
             smoke = self._smoke(wh, profile, folder)

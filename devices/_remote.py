@@ -93,7 +93,13 @@ class Layout:
         p = q(self.pkg)
         return (
             f"set -e; cd {p}; ln -sfn deploys/{q(deploy)} current.new; mv -T current.new current; "
-            f"echo {q(deploy)} >> history; "
+            f"echo {q(deploy)} >> history; " + self.default_script()
+        )
+
+    def default_script(self) -> str:
+        """Make this package the device's default (``ROOT/current``: what ``run``,
+        ``device predict`` and ``bench`` use when no package is named)."""
+        return (
             f"cd {q(self.root)}; ln -sfn {q(self.name)}/current current.new; "
             "mv -T current.new current"
         )

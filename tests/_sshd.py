@@ -128,7 +128,12 @@ def _popen_sshd(sshd: str, folder: Path, port: int, log: Path) -> subprocess.Pop
 
 class CutProxy:
     """Forwards 127.0.0.1:port to ``upstream``; once ``cut_after`` bytes went upstream on a
-    connection, it drops that connection (a link that dies in the middle of a transfer)."""
+    connection, it drops that connection (a link that dies in the middle of a transfer).
+
+    Before dropping it stops forwarding and waits until the server has gone quiet (its
+    answers to what it got, e.g. SFTP write acks, have all come back), so what was forwarded
+    has reached the server's disk: what a resumed push can reuse does not depend on how far
+    behind a loaded server's SFTP process was when the link died."""
 
     def __init__(self, upstream: tuple[str, int], cut_after: int | None = None) -> None:
         self.upstream, self.cut_after = upstream, cut_after
@@ -148,20 +153,25 @@ class CutProxy:
             except OSError:
                 return
             up = socket.create_connection(self.upstream)
-            sent = [0]
-            threading.Thread(target=self._pump, args=(client, up, sent), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, client, None), daemon=True).start()
+            sent, heard = [0], [time.monotonic()]
+            for args in ((client, up, sent, heard), (up, client, None, heard)):
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, sent: list[int] | None) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, sent: list[int] | None, heard: list[float]
+    ) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if sent is not None:
+                if sent is None:
+                    heard[0] = time.monotonic()  # the server said something
+                else:
                     sent[0] += len(data)
                     if self.cut_after is not None and sent[0] > self.cut_after:
                         self.cuts += 1
+                        self._drain(heard)
                         break
                 dst.sendall(data)
         except OSError:
@@ -170,6 +180,13 @@ class CutProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+    @staticmethod
+    def _drain(heard: list[float], quiet: float = 1.0, most: float = 15.0) -> None:
+        """Wait until the server has said nothing for ``quiet`` seconds (at most ``most``)."""
+        deadline = time.monotonic() + most
+        while time.monotonic() < deadline and time.monotonic() - heard[0] < quiet:
+            time.sleep(0.05)
 
     def close(self) -> None:
         self._stop = True

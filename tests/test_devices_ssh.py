@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from edgekit.devices import (
     deployments,
     push,
     rollback,
+    run,
 )
 from edgekit.devices import predict as predict_on_device
 from edgekit.devices import probe as probe_device
@@ -172,6 +174,12 @@ def test_push_run_rollback(
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("digits-ptq")
+    # The first package pushed again: unchanged, nothing sent, but it is what the user
+    # pushed last, so commands that name no package use it again.
+    back = push_one(digits_pkg, "hostdev", opts)
+    assert back.ok and not back.changed and back.files_sent == 0, back.error
+    name = run("hostdev", f"python -c {shlex.quote(_PRINT_NAME)}", options=opts, stream=False)
+    assert name.ok and name.stdout.strip().endswith(read_manifest(digits_pkg).name), name
 
 
 _PRINT_NAME = (

@@ -64,10 +64,12 @@ def test_measure_cuts_times_every_candidate_with_the_interpreter() -> None:
     rows = res["candidates"]
     assert [r["layer"] for r in rows] == [p.layer for p in points if p.fraction <= 0.9]
     assert res["backbone_us"] > 0 and all(r["latency_us"] > 0 for r in rows)
+    full = res["backbone_us"]
     for r in rows:
-        assert r["latency_fraction"] == pytest.approx(
-            r["latency_us"] / res["backbone_us"], abs=2e-4
-        )
+        # Times are recorded to 0.01 us and fractions to 1e-4: on a fast host (a few us per
+        # call) the rounding of the two times alone moves their ratio by up to ~0.005 / full.
+        slack = 5e-5 + 0.005 * (1 + r["latency_us"] / full) / full
+        assert r["latency_fraction"] == pytest.approx(r["latency_us"] / full, abs=slack + 1e-6)
     # The deepest candidate runs five conv blocks, the first one: it must take longer.
     assert rows[-1]["latency_us"] > rows[0]["latency_us"]
 

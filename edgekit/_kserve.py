@@ -34,7 +34,6 @@ The split-computing contract (what both sides agree on):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -42,7 +41,6 @@ import reprlib
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -245,8 +243,14 @@ def infer_path(model: str, version: str | None = None) -> str:
 
 
 def package_sha256(root: str | os.PathLike[str]) -> str:
-    """The sha256 of a package's ``manifest.json`` (which pins every other file's sha256)."""
-    return hashlib.sha256((Path(root) / "manifest.json").read_bytes()).hexdigest()
+    """The sha256 of a package's ``manifest.json`` (which pins every other file's sha256).
+
+    Computed where the manifest is read (:func:`edgekit.read_manifest`), without checking
+    the other files' contents.
+    """
+    from edgekit._package import read_manifest
+
+    return read_manifest(root, verify=False).sha256
 
 
 def to_8bit(x: np.ndarray, dtype: Any) -> np.ndarray:

@@ -24,7 +24,6 @@ from edgekit._kserve import (  # internal: the KServe v2 wire codec, unit by uni
     error_body,
     infer_path,
     model_name,
-    package_sha256,
     parse_split_model,
     read_infer_response,
     to_8bit,
@@ -167,16 +166,6 @@ def test_model_names() -> None:
         assert e.value.status == 404
     assert infer_path("m") == "/v2/models/m/infer"
     assert infer_path("m", "1") == "/v2/models/m/versions/1/infer"
-
-
-def test_package_sha256(tmp_path: object) -> None:
-    from pathlib import Path
-
-    root = Path(str(tmp_path))
-    (root / "manifest.json").write_text('{"a": 1}')
-    import hashlib
-
-    assert package_sha256(root) == hashlib.sha256(b'{"a": 1}').hexdigest()
 
 
 def test_compression_formats_and_limits() -> None:

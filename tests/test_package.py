@@ -235,6 +235,17 @@ def test_manifest_sha256_is_the_read_bytes(tmp_path: Path) -> None:
     )
 
 
+def test_protocol_package_sha256_is_the_manifest_digest(tmp_path: Path) -> None:
+    from edgekit._kserve import package_sha256  # the KServe codec's helper for clients
+
+    written = _tiny_package(tmp_path / "pkg")
+    assert package_sha256(tmp_path / "pkg") == written.sha256
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "manifest.json").write_text('{"a": 1}')
+    with pytest.raises(PackageError):
+        package_sha256(tmp_path / "junk")
+
+
 def test_split_points_follow_the_stages_and_old_packages_still_read(tmp_path: Path) -> None:
     _tiny_package(tmp_path)
     assert read_manifest(tmp_path).split_points == ()  # one stage: nowhere to cut

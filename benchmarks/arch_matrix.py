@@ -202,6 +202,36 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+# How README's "What converts" table names each mode.
+README_MODES = {
+    "default": "defaults (QAT, heads)",
+    "ptq": "`--quant ptq` (PTQ, heads)",
+    "joint": "`--train joint` (QAT, joint)",
+    "ptq-joint": "`--quant ptq --train joint`",
+}
+
+
+def readme_table(rows: list[dict[str, Any]]) -> str:
+    """The matrix as the rows of README's "What converts" table (no header)."""
+    lines = []
+    for r in rows:
+        label = (
+            f"{r['model']} ({r['input']}x{r['input']}) | {README_MODES.get(r['mode'], r['mode'])}"
+        )
+        if not r.get("ok"):
+            err = (r.get("error") or "?").replace("|", "/").replace("\n", " ")[:200]
+            lines.append(f"| {label} | **failed**: {err} | - | - | - | - |")
+            continue
+        q = r["quantization"].upper() + (" (QAT fell back)" if r.get("qat_fallback") else "")
+        missing = "".join(f"; no {fmt}" for fmt in r.get("missing") or {})
+        lines.append(
+            f"| {label} | {len(r['exits'])}: {', '.join(r['exits'])} | {q}{missing} | "
+            f"{_pct(r['tflite_vs_onnx'])} | {_pct(r['tflite_chain_vs_unsplit'])} / "
+            f"{_pct(r['onnx_chain_vs_unsplit'])} | {r['seconds']:.0f} s |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="build/arch")
@@ -226,10 +256,15 @@ def main(argv: list[str] | None = None) -> int:
             for r in json.loads(shard.read_text()):
                 merged[(r["model"], r["mode"])] = r
         order = {n: i for i, n in enumerate([*HANDWRITTEN, *APPLICATIONS])}
-        joined = sorted(merged.values(), key=lambda r: (order.get(r["model"], 99), r["mode"]))
+        mode_order = {m: i for i, m in enumerate(MODES)}  # default, ptq, joint, ptq-joint
+        joined = sorted(
+            merged.values(),
+            key=lambda r: (order.get(r["model"], 99), mode_order.get(r["mode"], 99)),
+        )
         out.mkdir(parents=True, exist_ok=True)
         (out / "arch_matrix.json").write_text(json.dumps(joined, indent=2))
         (out / "arch_matrix.md").write_text(markdown(joined))
+        (out / "arch_matrix_readme.md").write_text(readme_table(joined))
         print(markdown(joined))
         return 0
     if args.row:

@@ -38,6 +38,10 @@ BATCH_DIM = "batch"
 _CALIB_BATCH = 16
 # onnx.TensorProto.UINT8 / INT8, spelled out so this module imports without onnx.
 _ELEM_TYPE = {"uint8": 2, "int8": 3}
+#: metadata_props key of a graph whose input normalisation is folded into its input's
+#: DequantizeLinear: "SCALE ZERO_POINT" of the 8-bit input as pixels (the stage contract's
+#: grid, what the runtime feeds), which that DequantizeLinear no longer shows.
+_INPUT_GRID_KEY = "edgekit.input_pixel_grid"
 _QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
 # Ops whose QDQ output reuses the scale/zero point of their (first) input in ORT. An override
 # on their output would be ignored, so it is also put on the tensor they read.
@@ -642,6 +646,7 @@ def read_io_quant(path: Path) -> dict[str, QuantParams]:
         return QuantParams(float(scale.reshape(())), int(zp.reshape(())), str(zp.dtype))
 
     result: dict[str, QuantParams] = {}
+    grid = next((p.value for p in proto.metadata_props if p.key == _INPUT_GRID_KEY), None)
     for inp in graph.input:
         if inp.name in inits:
             continue
@@ -649,6 +654,9 @@ def read_io_quant(path: Path) -> dict[str, QuantParams]:
         if inp.type.tensor_type.elem_type not in dtypes or dq is None:
             raise ConversionError(f"input {inp.name!r} of {path} is not an 8-bit tensor")
         result[inp.name] = params(dq, inp.name)
+        if grid is not None:  # normalisation folded into the DQ: the 8-bit values are pixels
+            scale, zero = grid.split()
+            result[inp.name] = QuantParams(float(scale), int(zero), result[inp.name].dtype)
     for out in graph.output:
         q = producers.get(out.name)
         if out.type.tensor_type.elem_type not in dtypes or q is None:

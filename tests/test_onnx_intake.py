@@ -268,6 +268,15 @@ def test_vgg_package(vgg_pkg: Path) -> None:
     assert any("ONNX-only" in n for n in report["notes"])
     assert (vgg_pkg / "plots" / "accuracy_cost.png").is_file()
     assert report["sizes"]["onnx"]["int8_unsplit"] < report["sizes"]["onnx"]["float"] / 3
+    # stage 0 reads the pixels through the normalising input grid (no normalisation Conv),
+    # and the heads pool in float (no QLinearAveragePool) before their INT8 QGemm
+    for k in range(len(m.stages)):
+        g = onnx.load(str(vgg_pkg / "onnx" / f"stage_{k}.onnx")).graph
+        users = {i: n.op_type for n in g.node for i in n.input}
+        assert "ek_pre_normalise" not in {n.name for n in g.node}
+        pools = [n.output[0] for n in g.node if n.op_type == "AveragePool"]
+        assert (len(pools) == 1) is (k < len(m.stages) - 1)  # the last stage has no head
+        assert all(users[p] == "Flatten" for p in pools)
 
 
 @pytest.mark.slow
@@ -487,3 +496,60 @@ def test_feature_cache_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("EDGEKIT_CACHE_MAX_MB", "1")
     _prune(tmp_path, keep=tmp_path / "0.npz")  # the entry just written always stays
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["0.npz", "3.npz", "4.npz"]
+
+
+@pytest.mark.parametrize(
+    ("mean", "std"),
+    [((0.5,), (0.25,)), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))],
+    ids=["same-per-channel", "per-channel"],
+)
+def test_input_normalisation_folded_into_the_input_grid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mean: tuple, std: tuple
+) -> None:
+    """One mean and std for all channels: the INT8 file dequantizes its 8-bit input (still
+    the pixels, as the manifest says) straight to normalised values, no normalisation Conv,
+    and answers as the unfolded file does; per-channel values keep the Conv."""
+    import onnxruntime as ort
+
+    from edgekit.converters import _onnx as ox  # internal: the file's 8-bit I/O
+    from edgekit.converters._onnxin import _quant  # internal: the stage quantizer
+    from edgekit.converters._onnxin._build import full_model  # internal: the float graph
+    from edgekit.converters._onnxin._intake import PIXEL_QUANT  # internal: the pixel grid
+
+    folded = len(set(mean)) == 1
+    path = _classifier(tmp_path)
+    proto = onnx.load(str(path))
+    proto.ir_version = 8  # what the exporters write; onnx's newest is past onnxruntime's
+    onnx.save(proto, str(path))
+    src = load_onnx(path, mean=mean, std=std, layout="NCHW")
+    graph = full_model(src, [], [])
+    rng = np.random.default_rng(1)
+    calib = rng.integers(0, 256, (64, 8, 8, 3)).astype(np.float32) / 255
+    pinned = {"input": PIXEL_QUANT}
+    kw = dict(pinned=pinned, activation_type="uint8", what="test")
+    _quant.quantize_graph(graph, tmp_path / "fold.onnx", calib, **kw)
+    monkeypatch.setattr(_quant, "fold_input_normalisation", lambda proto: False)
+    _quant.quantize_graph(graph, tmp_path / "plain.onnx", calib, **kw)
+
+    m = onnx.load(str(tmp_path / "fold.onnx"))
+    convs = [n.name for n in m.graph.node if n.op_type == "Conv"]
+    assert ("ek_pre_normalise" in convs) is not folded
+    assert any(p.key == "edgekit.input_pixel_grid" for p in m.metadata_props) is folded
+    grid = ox.read_io_quant(tmp_path / "plain.onnx")["input"]  # the pixel grid, in float32
+    assert grid.zero_point == PIXEL_QUANT.as_dtype("uint8").zero_point
+    assert ox.read_io_quant(tmp_path / "fold.onnx")["input"] == grid  # what the runtime feeds
+
+    x = rng.integers(0, 256, (200, 8, 8, 3)).astype(np.uint8)
+    outs = []
+    for name in ("fold", "plain"):
+        s = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        outs.append(s.run(None, {"input": x})[0].astype(int))
+    fold, plain = outs
+    assert np.abs(fold - plain).max() <= 2  # output quanta: rounding in other places only
+    assert np.mean(fold.argmax(1) == plain.argmax(1)) >= 0.95
+    # and both are the float model's answer on the same pixels
+    so = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = so.run(None, {"input": x.astype(np.float32) / 255})[0]
+    q = ox.read_io_quant(tmp_path / "fold.onnx")[next(iter(o.name for o in m.graph.output))]
+    got = (fold - q.zero_point) * q.scale
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()

@@ -15,6 +15,8 @@ from edgekit._errors import ConversionError, require
 from edgekit._package import QuantParams
 
 from .._onnx import _make_io_8bit, check_int8, check_pinned, quantize_qdq, read_io_quant
+from ._fold import fold_input_normalisation
+from ._pools import float_head_pools
 
 __all__ = ["quantize_graph"]
 
@@ -62,6 +64,8 @@ def quantize_graph(
             check_graph=check_graph,
         )
         _make_io_8bit(q, _ELEM[activation_type], wanted["input"])
+        fold_input_normalisation(q)  # the 8-bit input stays the pixels: one Conv less
+        float_head_pools(q)
         check_int8(q, f"{what}: the INT8 model", "this is a bug in edgekit's ONNX intake")
         onnx.save(q, str(qp))
         used = read_io_quant(qp)

@@ -164,6 +164,27 @@ def report_tables(
                 f"{rate:g} Mbit/s: early-exit bandit with server / local-only bandit", r3, "-", True
             )
         )
+        # Never worse than the better of its own parts (the local-only early-exit bandit, the
+        # best static split or all-local): as fast, at that part's accuracy.
+        part = min(("local-bandit", best), key=lambda c: p[c]["mean_ms"])
+        r4 = p["bandit"]["mean_ms"] / p[part]["mean_ms"]
+        rows.append(
+            _row(
+                f"{rate:g} Mbit/s: early-exit bandit with server / {part}",
+                r4,
+                "<= 1.02",
+                r4 <= 1.02,
+            )
+        )
+        gap = 100.0 * (p[part]["accuracy"] - p["bandit"]["accuracy"])
+        rows.append(
+            _row(
+                f"{rate:g} Mbit/s: its accuracy below {part}'s (points)",
+                gap,
+                "<= 0.5",
+                gap <= 0.5,
+            )
+        )
     d = result.get("drift")
     if d:
         w = d["windows"]

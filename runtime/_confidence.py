@@ -15,13 +15,17 @@ import numpy as np
 
 __all__ = ["MEASURES", "Confidence"]
 
+_I8, _U8 = np.dtype(np.int8), np.dtype(np.uint8)
+# int8 bytes -> value + 128: the order of int8 values, as unsigned bytes.
+_FLIP = bytes(b ^ 0x80 for b in range(256))
+
 MEASURES = ("max_softmax", "margin", "entropy")
 
 
 class Confidence:
     """Per-exit confidence in [0, 1] for int8 (or uint8) logits with a given scale."""
 
-    __slots__ = ("_i8", "_list", "_table", "_u8", "measure", "one", "scale")
+    __slots__ = ("_i8", "_i8b", "_list", "_table", "_u8", "measure", "one", "scale")
 
     def __init__(self, scale: float, measure: str = "max_softmax") -> None:
         if measure not in MEASURES:
@@ -36,10 +40,19 @@ class Confidence:
             e = [math.exp(self.scale * v) for v in range(256)]
             self._u8 = e  # uint8 value v -> e[v]
             self._i8 = e[:128] + [math.exp(self.scale * (v - 256)) for v in range(128, 256)]
+            self._i8b = [math.exp(self.scale * (v - 128)) for v in range(256)]  # by v + 128
             self.one = self._max_softmax
 
     def _max_softmax(self, q: np.ndarray) -> tuple[int, float]:
         """(argmax, max-softmax) of a single logits vector (1-D or shape (1, K))."""
+        dt = q.dtype
+        if dt is _I8 or dt is _U8:
+            # The logits as bytes (one copy, no list of Python ints built); int8 ones
+            # shifted to value + 128 so that byte order is value order.
+            b = q.tobytes().translate(_FLIP) if dt is _I8 else q.tobytes()
+            t = self._i8b if dt is _I8 else self._u8
+            mb = max(b)
+            return b.index(mb), t[mb] / sum(map(t.__getitem__, b))
         v = q.ravel().tolist()
         m = max(v)
         e = self._i8 if q.dtype.kind == "i" else self._u8

@@ -11,6 +11,12 @@ from edgekit._package import InputSpec, QuantParams
 
 __all__ = ["InputError", "Quantizer"]
 
+_U8 = np.dtype(np.uint8)
+# np.clip's ufunc (numpy >= 1.17): one call for both bounds; np.clip's Python wrapper
+# costs more than the clipping itself on one small image.
+_core = getattr(np, "_core", None) or np.core
+_clip: np.ufunc | None = getattr(getattr(_core, "umath", None), "clip", None)
+
 
 class Quantizer:
     """Checks an input and quantizes it for stage 0, reusing one buffer per batch size.
@@ -21,6 +27,7 @@ class Quantizer:
 
     __slots__ = (
         "_buf",
+        "_buf0",
         "_fbuf",
         "_forms",
         "_inv",
@@ -43,6 +50,7 @@ class Quantizer:
         real = np.arange(256, dtype=np.float64) * spec.scale + spec.offset
         self._lut = np.clip(np.round(real / q.scale) + q.zero_point, lo, hi).astype(self.dtype)
         self._buf = np.empty((1, *self.shape), self.dtype)
+        self._buf0 = self._buf[0]  # the one image's view, made once
         # float inputs: x / scale + zp, rounded and clipped, in one reused float buffer
         self._fbuf = np.empty(self.shape, np.float32)
         self._inv = np.float32(1.0 / q.scale)
@@ -73,7 +81,10 @@ class Quantizer:
                     got=tuple(x.shape),
                 )
             x = x.reshape(self.shape)
-        self._fill(x, self._buf[0])
+        if x.dtype is _U8:  # the common case (camera pixels), without _fill's dispatch
+            self._lut.take(x, out=self._buf0, mode="clip")
+        else:
+            self._fill(x, self._buf0)
         return self._buf
 
     def batch(self, x: np.ndarray) -> np.ndarray:
@@ -98,7 +109,7 @@ class Quantizer:
             self._lut.take(x, out=out, mode="clip")
         elif x.dtype.kind == "f":
             f = self._fbuf if x.shape == self._fbuf.shape else np.empty(x.shape, np.float32)
-            np.multiply(x, self._inv, out=f, casting="unsafe")
+            np.multiply(x, self._inv, f)  # positional out: no keyword parsing per call
             # One sum catches NaN and inf (a huge finite input may overflow it: look closer).
             if not math.isfinite(f.sum()) and not np.isfinite(x).all():
                 raise InputError(
@@ -107,9 +118,12 @@ class Quantizer:
                 )
             # rint(v) + zp == rint(v + zp) (zp is an integer); then clip and cast. Plain
             # ufuncs: np.clip's Python wrapper alone costs more than all of these.
-            f += self._zp
-            np.maximum(f, self._lo, out=f)
-            np.minimum(f, self.hi, out=f)
+            np.add(f, self._zp, f)
+            if _clip is not None:
+                _clip(f, self._lo, self.hi, f)
+            else:  # pragma: no cover - numpy without the clip ufunc
+                np.maximum(f, self._lo, f)
+                np.minimum(f, self.hi, f)
             np.rint(f, out=out, casting="unsafe")
         else:
             raise InputError(

@@ -197,6 +197,8 @@ class EdgeModel:
                 raise PackageError(f"stage {s.index} has no logits quantization")
             self._conf.append(Confidence(s.logits.quant.scale, confidence))
         self._conf_one = [c.one for c in self._conf]
+        self._conf_last = self._conf_one[-1]
+        self._quant_one = self._quant.one
         policy.bind(n, [e.macs_fraction for e in manifest.exits], package=package_sha256)
         needs = policy.needs
         if needs.cost not in ("latency", "macs"):
@@ -251,7 +253,7 @@ class EdgeModel:
         if split is None and self._full is not None and th == self._run_all:
             return self._predict_unsplit(x)
         t0 = perf_counter()
-        h: Any = self._quant.one(x if type(x) is np.ndarray else np.asarray(x))
+        h: Any = self._quant_one(x if type(x) is np.ndarray else np.asarray(x))
         if split is None:
             k, _ = self._stages(h, 0, self.n_exits, th)
             return self._local(t0, k, k, th)
@@ -306,19 +308,20 @@ class EdgeModel:
     def _predict_unsplit(self, x: np.ndarray) -> Prediction:
         """When every stage will run anyway, one call of the unsplit model is cheaper."""
         t0 = perf_counter()
-        h = self._quant.one(x if type(x) is np.ndarray else np.asarray(x))
-        labels, confs, conf, last = self._labels, self._confs, self._conf_one, self._last
+        h = self._quant_one(x if type(x) is np.ndarray else np.asarray(x))
+        labels, confs, last = self._labels, self._confs, self._last
         full: Any = self._full
         if self._needs.confidences:
+            conf = self._conf_one
             for k, lg in enumerate(full(h)):
                 labels[k], confs[k] = conf[k](lg)
         else:
-            labels[last], confs[last] = conf[last](full.final(h))
+            labels[last], confs[last] = self._conf_last(full.final(h))
         seconds = perf_counter() - t0
-        exit_k = self._credit(last) if self._needs.all_exits else last
-        costs = self.stats_.record_unsplit(seconds, exit_k, self._needs.cost)
+        exit_k = self._credit(last) if self._all_exits else last
+        costs = self.stats_.record_unsplit(seconds, exit_k, self._cost)
         ms = seconds * 1e3
-        self._observe(Outcome(last, confs, costs, costs[exit_k], ms))
+        self._observe(_new_tuple(Outcome, (last, confs, costs, costs[exit_k], ms, None, None)))
         lab = labels[exit_k]
         return _new_prediction(
             Prediction, (lab, confs[exit_k], exit_k, last + 1, ms, False, self._names[lab], None)

@@ -38,11 +38,14 @@ class _Signature:
                 return [batch, *(int(v) for v in d["shape_signature"][1:])]
         raise KeyError(self._in)
 
+    def _resize(self, batch: int) -> None:
+        self._batch = batch
+        self.interpreter.resize_tensor_input(self._in, self._shape(batch))
+        self.interpreter.allocate_tensors()
+
     def _invoke_on(self, x: np.ndarray) -> None:
         if x.shape[0] != self._batch:
-            self._batch = x.shape[0]
-            self.interpreter.resize_tensor_input(self._in, self._shape(self._batch))
-            self.interpreter.allocate_tensors()
+            self._resize(x.shape[0])
         self._set(self._in, x)
         self._invoke()
 
@@ -61,26 +64,36 @@ class TFLiteStage(_Signature):
         self._logits = self.outs["ek_logits"]
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        self._invoke_on(x)
-        return (None if self._feat is None else self._get(self._feat)), self._get(self._logits)
+        # _invoke_on inlined: this runs once per stage per input.
+        if x.shape[0] != self._batch:
+            self._resize(x.shape[0])
+        self._set(self._in, x)
+        self._invoke()
+        get = self._get
+        return (None if self._feat is None else get(self._feat)), get(self._logits)
 
 
 class TFLiteFull(_Signature):
     """The unsplit model: one invoke returns every exit's logits (``exit_0..exit_N``)."""
 
-    __slots__ = ("_exits",)
+    __slots__ = ("_exits", "_final")
 
     def __init__(self, interpreter: Any, n_exits: int) -> None:
         super().__init__(interpreter)
         self._exits = [self.outs[f"exit_{k}"] for k in range(n_exits)]
+        self._final = self._exits[-1]
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         self._invoke_on(x)
         return [self._get(i) for i in self._exits]
 
     def final(self, x: np.ndarray) -> np.ndarray:
-        self._invoke_on(x)
-        return self._get(self._exits[-1])
+        # _invoke_on inlined: ``policy=full`` makes this its only interpreter call.
+        if x.shape[0] != self._batch:
+            self._resize(x.shape[0])
+        self._set(self._in, x)
+        self._invoke()
+        return self._get(self._final)
 
 
 class TFLiteBackend:

@@ -140,9 +140,15 @@ class _Acked:
             return 0
         return int(row[0] or 0) - int(row[1])
 
-    def wait(self, n: int, timeout: float) -> None:
+    def wait(self, n: int, timeout: float, node: subprocess.Popen[bytes], err: Path) -> None:
         deadline = time.monotonic() + timeout
         while self.count() < n:
+            if node.poll() is not None:
+                tail = err.read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(
+                    f"the node exited with {node.returncode} after {self.count()} of {n} "
+                    "events: " + " / ".join(tail)
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {self.count()} of {n} events acked in {timeout:.0f} s")
             time.sleep(0.005)
@@ -202,6 +208,7 @@ def run(
         time.sleep(0.5)
         inbox = work / "inbox"
         inbox.mkdir()
+        node_err = work / "node.stderr"
         node = subprocess.Popen(
             [
                 sys.executable,
@@ -224,12 +231,12 @@ def run(
                 *node_args,
             ],
             cwd=ROOT / "apps",
-            stderr=subprocess.DEVNULL,
+            stderr=node_err.open("wb"),
         )
         counter = _Acked(work / "state" / "outbox.sqlite3")
         # warm up (model, connection) on a few inputs
         _drop(files, inbox, names[:200], "warm")
-        counter.wait(200, 120)
+        counter.wait(200, 120, node, node_err)
         for n in names[:200]:
             os.rename(inbox / "done" / f"warm-{n}", files / n)
 
@@ -249,7 +256,7 @@ def run(
                 bares.append(bare_run(0))
             t0, c0 = time.perf_counter(), _cpu_s(node.pid)
             _drop(files, inbox, names, f"w{k}")
-            counter.wait(200 + done + wave, 600)
+            counter.wait(200 + done + wave, 600, node, node_err)
             if k < ROUNDS:
                 node_times.append(time.perf_counter() - t0)
                 node_cpu.append(_cpu_s(node.pid) - c0)
@@ -363,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=100_000, help="inputs for the memory run")
     p.add_argument("node_args", nargs="*", help="flags for the node, after --: -- --batch 256")
     args = p.parse_args(argv)
-    pkg = Path(args.package)
+    pkg = Path(args.package).resolve()  # the node runs in apps/
     if not (pkg / "manifest.json").is_file():
         print(f"no package at {pkg}: `make demo` converts build/fmnist.edgepkg", file=sys.stderr)
         return 2

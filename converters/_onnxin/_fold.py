@@ -23,6 +23,7 @@ import numpy as np
 from edgekit._errors import require
 
 from .._onnx import _INPUT_GRID_KEY as INPUT_GRID_KEY
+from .._onnx import _consumers
 
 __all__ = ["INPUT_GRID_KEY", "fold_input_normalisation"]
 
@@ -50,7 +51,7 @@ def fold_input_normalisation(proto: Any, input_name: str = "input") -> bool:
     if np.ptp(std) > 1e-6 * abs(std[0]) or np.ptp(mean) > 1e-6:
         return False
     path = _path_to_input(conv.input[0], producer, input_name)
-    users = _users(graph)
+    users = _consumers(graph)
     if path is None or any(len(users.get(o, [])) != 1 for n in path for o in n.output):
         return False  # a tensor on the way that something else reads too keeps its grid
     params = {(n.input[1], n.input[2]) for n in path if n.op_type in _QDQ}
@@ -122,7 +123,7 @@ def _qparams(nh: Any, inits: dict[str, Any], s: str, z: str) -> tuple[float, int
 
 def _bypass(graph: Any, conv: Any, source: str) -> None:
     """Remove ``conv`` and the Q/DQ pair after it; their readers read ``source``."""
-    users = _users(graph)
+    users = _consumers(graph)
     out = conv.output[0]
     gone = [conv]
     ends = [out]
@@ -138,14 +139,6 @@ def _bypass(graph: Any, conv: Any, source: str) -> None:
     _rewire(graph, {e: source for e in ends})
     for n in gone:
         graph.node.remove(n)
-
-
-def _users(graph: Any) -> dict[str, list[Any]]:
-    users: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
-    return users
 
 
 def _rewire(graph: Any, mapping: dict[str, str]) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .._onnx import _consumers
+
 __all__ = ["float_head_pools"]
 
 _HEAD_POOL = re.compile(r"^ek_head\d+_pool$")
@@ -22,10 +24,7 @@ def float_head_pools(proto: Any) -> int:
     """Drop the Q/DQ pair after each head AveragePool of ``proto`` (in place); returns how
     many pools now run in float. Pools of the user's model are left as they are."""
     graph = proto.graph
-    users: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    users = _consumers(graph)
     outputs = {o.name for o in graph.output}
     done = 0
     for pool in [n for n in graph.node if n.op_type == "AveragePool"]:

@@ -45,6 +45,11 @@ class Algorithm:
     def counts(self) -> list[float]:
         raise NotImplementedError
 
+    @property
+    def memory(self) -> float:
+        """How many recent inputs the estimates reflect (inf: every input so far)."""
+        return math.inf
+
     def state(self) -> dict[str, Any]:
         return {"t": self.t}
 
@@ -99,6 +104,11 @@ class _Averages(Algorithm):
     def counts(self) -> list[float]:
         s = self.scale
         return [c * s for c in self.cnt]
+
+    @property
+    def memory(self) -> float:
+        # A discount gamma weighs the last 1 / (1 - gamma) inputs as much as all before.
+        return math.inf if self.gamma >= 1.0 else 1.0 / (1.0 - self.gamma)
 
     def state(self) -> dict[str, Any]:
         s = self.scale
@@ -164,6 +174,10 @@ class SlidingWindowUCB(UCB1):
 
     def _horizon(self) -> float:
         return min(self.t, self.window) + 1.0
+
+    @property
+    def memory(self) -> float:
+        return float(self.window)
 
     def update(self, chosen: int, rewards: Sequence[tuple[int, float]]) -> None:
         self.t += 1

@@ -21,12 +21,14 @@ from typing import Any
 
 import edgekit
 from apps.smart_camera import Camera, CameraConfig, Capture, Result, WebView, open_source
-from benchmarks.split import DelayProxy, Link
+from benchmarks.split import DelayProxy, Link, SlowDevice, check_factor, measure_device
 
 __all__ = ["Phase", "main"]
 
 BIN = Path(sys.executable).parent
 SLOW_MS = 40.0  # one way, per chunk: the "slowed server" phase
+# The emulated device is this many times slower than this host (see --device-slowdown).
+DEVICE_SLOWDOWN = 100.0
 
 
 @dataclass
@@ -167,8 +169,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--phase-s", type=float, default=8.0, help="seconds per phase (default 8)")
     p.add_argument("--fps", type=float, default=30.0, help="test images per second (default 30)")
     p.add_argument("--policy", default="bandit:swucb")
-    p.add_argument("--lam", type=float, default=0.02, help="the bandit's cost weight")
+    p.add_argument("--lam", type=float, default=1.0, help="the bandit's cost weight (default 1)")
     p.add_argument("--timeout-ms", type=float, default=300.0, help="deadline of one offload")
+    p.add_argument(
+        "--device-slowdown",
+        type=float,
+        default=DEVICE_SLOWDOWN,
+        metavar="K",
+        help="every local stage takes K times its median time measured here (it sleeps "
+        "the difference): an emulated slower device; 1: this host's speed "
+        f"(default {DEVICE_SLOWDOWN:g})",
+    )
     p.add_argument("--no-shape", action="store_true", help="no tc tbf even as root")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081, help="web page port (0: any free)")
@@ -190,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(a: argparse.Namespace) -> int:
+    check_factor(a.device_slowdown)
     shaped = not a.no_shape and a.server is None and os.geteuid() == 0
     phases = plan([p.strip() for p in a.phases.split(",") if p.strip()], shaped)
     if a.server and any(p.server != "up" for p in phases):
@@ -227,8 +239,14 @@ def _stream(
     proxy: DelayProxy,
 ) -> int:
     url = f"http://127.0.0.1:{proxy.port}"
+    device = _device(a)
     model = edgekit.load(
-        a.package, policy=a.policy, offload=url, offload_timeout_ms=a.timeout_ms, lam=a.lam
+        a.package,
+        policy=a.policy,
+        offload=url,
+        offload_timeout_ms=a.timeout_ms,
+        lam=a.lam,
+        wrap_stage=device.wrap if device is not None else None,
     )
     source = open_source("test://fashion-mnist", loop=True)
     capture = Capture(source, realtime=False, fps=a.fps)  # every input is answered: none dropped
@@ -277,6 +295,23 @@ def _stream(
     return _report(a, phases, cam)
 
 
+def _device(a: argparse.Namespace) -> SlowDevice | None:
+    """The emulated slower device (None at this host's own speed), printed in the header."""
+    if a.device_slowdown <= 1.0:
+        print(
+            "split demo: the device is this host at full speed (--device-slowdown 1): the "
+            "server is no faster than the device, so offloading rarely pays",
+            flush=True,
+        )
+        return None
+    from edgekit.data import load_dataset
+
+    xs = load_dataset("fashion-mnist").x_test[:300]  # the images the stream shows
+    device = measure_device(a.package, a.device_slowdown, xs)
+    print(f"split demo: {device.describe()}", flush=True)
+    return device
+
+
 def _enter(ph: Phase, link: Link | None, server: ServerProcess | None, proxy: DelayProxy) -> None:
     if link is not None:
         link.shape(ph.mbit if ph.mbit is not None else 100.0, burst="1600b")
@@ -310,6 +345,14 @@ def _report(a: argparse.Namespace, phases: list[Phase], cam: Camera) -> int:
     )
     if a.json:
         a.json.write_text(
-            json.dumps({"phases": rows, "frames": s["frames"], "answered": answered}, indent=1)
+            json.dumps(
+                {
+                    "device_slowdown": a.device_slowdown,
+                    "phases": rows,
+                    "frames": s["frames"],
+                    "answered": answered,
+                },
+                indent=1,
+            )
         )
     return 0 if lost == 0 else 1

@@ -23,8 +23,9 @@ one means less exploration of the slow ones.
 
 The device is this machine's CPU. With ``--device-slowdown F`` (default 10) every local
 stage takes F times its measured time here (the runtime runs it, then sleeps (F-1) times
-its median time): an emulated slower board; the factor is a parameter, not a measurement
-of any board. Without it the server's tail is no faster than the device's, and
+its median time, through ``edgekit.load``'s ``wrap_stage`` seam: ``slow.SlowDevice``, which
+the split demo uses too): an emulated slower board; the factor is a parameter, not a
+measurement of any board. Without it the server's tail is no faster than the device's, and
 offloading could only lose. The device process is pinned to CPU 0 with one interpreter
 thread, the server to CPU 1 (``taskset``), so the two do not compete with each other
 (other load on a shared host still does); the unsplit single-call path is off on the
@@ -34,15 +35,16 @@ device so that every local stage is timed and slowed alike.
 local-only vs the bandit with a server (what ``make demo`` shows).
 
 The package: ``worker`` (the device process and the server process), ``link`` (the
-namespace, the shaped veth pair, the delay proxy), ``report`` (summaries, tables, JSON),
-``plots`` (PNG) and ``cli`` (the arguments, ``bench`` and ``demo``);
-``python -m benchmarks.split`` runs ``cli.main``.
+namespace, the shaped veth pair, the delay proxy), ``slow`` (the emulated slower device),
+``report`` (summaries, tables, JSON), ``plots`` (PNG) and ``cli`` (the arguments, ``bench``
+and ``demo``); ``python -m benchmarks.split`` runs ``cli.main``.
 """
 
 from __future__ import annotations
 
 from .cli import bench, demo, main
 from .link import TBF, DelayProxy, Link
+from .slow import SlowDevice, SlowedStage, check_factor, measure_device
 from .worker import NEVER, ROUNDS, SETTLE_S, VENV_BIN, worker
 
 __all__ = [
@@ -53,8 +55,12 @@ __all__ = [
     "VENV_BIN",
     "DelayProxy",
     "Link",
+    "SlowDevice",
+    "SlowedStage",
     "bench",
+    "check_factor",
     "demo",
     "main",
+    "measure_device",
     "worker",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 from .link import TBF, DelayProxy, Link
 from .plots import write_plots
 from .report import bytes_table, demo_table, jsonable, report_tables, tensor_bytes
+from .slow import check_factor
 from .worker import server, worker, worker_cmd
 
 __all__ = ["bench", "demo", "main"]
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policies", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    try:
+        check_factor(args.device_slowdown)
+    except ValueError as exc:
+        ap.error(f"--device-slowdown: {exc}")
     if args.worker:
         return worker(args)
     pkg = Path(args.package)

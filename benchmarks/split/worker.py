@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .report import jsonable, summary, windows
+from .slow import SlowDevice, measure_device
 
 __all__ = ["NEVER", "ROUNDS", "SETTLE_S", "VENV_BIN", "worker"]
 
@@ -31,29 +32,6 @@ VENV_BIN = Path(sys.executable).parent
 
 
 # -- the device side (runs in the namespace) ------------------------------------------------
-
-
-class _Slowed:
-    """A stage runner that takes ``extra`` seconds longer than it computes: the device is
-    emulated as slower than this host (sleep, then spin the last 0.2 ms for precision)."""
-
-    def __init__(self, run: Any, extra: float) -> None:
-        self.run = run
-        self.extra = extra
-        self.input_dtype = run.input_dtype
-
-    def __call__(self, x: np.ndarray) -> Any:
-        out = self.run(x)
-        if self.extra > 0:
-            end = time.perf_counter() + self.extra
-            if self.extra > 4e-4:
-                time.sleep(self.extra - 2e-4)
-            while time.perf_counter() < end:
-                pass
-        return out
-
-    def close(self) -> None:
-        self.run.close()
 
 
 def _policy_args(name: str, lam: float) -> tuple[str, dict[str, Any], bool]:
@@ -71,16 +49,12 @@ def _policy_args(name: str, lam: float) -> tuple[str, dict[str, Any], bool]:
     return name, {}, True
 
 
-def _device_model(pkg: Path, name: str, url: str, lam: float, slowdown: float, stage_s: Any) -> Any:
+def _device_model(pkg: Path, name: str, url: str, lam: float, device: SlowDevice) -> Any:
     import edgekit
 
     spec, opts, remote = _policy_args(name, lam)
     kw: dict[str, Any] = {"offload": url, "offload_timeout_ms": 5000.0} if remote else {}
-
-    def slowed(k: int, runner: Any) -> Any:
-        return _Slowed(runner, (slowdown - 1) * stage_s[k])
-
-    wrap = slowed if slowdown > 1 else None
+    wrap = device.wrap if device.factor > 1 else None
     # unsplit=False: every local stage timed (and slowed) alike
     return edgekit.load(
         pkg, backend="litert", policy=spec, threads=1, wrap_stage=wrap, unsplit=False, **kw, **opts
@@ -117,14 +91,6 @@ def _stream(m: Any, xs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _stage_seconds(pkg: Path, xs: np.ndarray) -> list[float]:
-    import edgekit
-    from edgekit.evaluate import measure_stage_ms
-
-    with edgekit.load(pkg, backend="litert", policy="full", threads=1) as m:
-        return (measure_stage_ms(m, xs, 300) / 1e3).tolist()
-
-
 def worker(args: argparse.Namespace) -> int:
     """One link setting: every policy over the same inputs; JSON to ``--result``.
 
@@ -141,13 +107,11 @@ def worker(args: argparse.Namespace) -> int:
     order = rng.permutation(len(x))
     warm = order[: args.warmup]
     meas = order[args.warmup : args.warmup + args.inputs]
-    stage_s = _stage_seconds(pkg, x[order[-300:]])
-    out: dict[str, Any] = {"stage_ms_here": [s * 1e3 for s in stage_s], "policies": {}}
-    n_stages = len(stage_s)
+    device = measure_device(pkg, args.device_slowdown, x[order[-300:]], backend="litert")
+    out: dict[str, Any] = {"stage_ms_here": list(device.stage_ms), "policies": {}}
+    n_stages = len(device.stage_ms)
     names = args.policies.split(",")
-    models = {
-        n: _device_model(pkg, n, args.url, args.lam, args.device_slowdown, stage_s) for n in names
-    }
+    models = {n: _device_model(pkg, n, args.url, args.lam, device) for n in names}
     try:
         for name, m in models.items():
             w = warm if "bandit" in name else warm[: min(30, len(warm))]

@@ -49,6 +49,7 @@ from ._quantize import (
     to_int8_tflite,
 )
 from ._report import format_table, stage_rows, write_report
+from ._stem import StemChoice, apply_float_stem
 from ._train import TrainConfig, evaluate_exits, train_exits
 from ._validate import run_chain, run_full
 
@@ -60,6 +61,8 @@ FORMATS = ("tflite", "onnx")
 # coral: TFLite stages checked for the Edge TPU (edgetpu/ holds the compiler's inputs);
 # jetson: ONNX stages in TensorRT's explicit-quantization form (see converters/_jetson.py).
 TARGETS = ("auto", "x86", "arm", "coral", "jetson")
+STEM_MODES = ("auto", "on", "off")
+STEM_SAMPLES = 256  # validation images compared between INT8 and float first conv
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,12 @@ class ConvertOptions:
     - ``place_exits``: ``macs`` matches ``exits`` fractions against cumulative MACs;
       ``latency`` against the INT8 latency of each candidate cut, measured on this host
       with LiteRT (``converters/_placement``; recorded in the report's ``exit_placement``).
+    - ``float_stem``: ``auto`` (default) runs the first convolution, when it reads at most
+      4 channels, in float wherever that makes stage 0 faster on this host with the same
+      outputs (``converters/_stem``; measured per format, recorded in the report's
+      ``float_stem``); ``on`` keeps it whatever the timing, ``off`` keeps everything INT8.
+      Never for ``coral`` (the Edge TPU compiler takes INT8 only) nor for the ``jetson``
+      ONNX stages (TensorRT builds its own kernels).
     - ``keep_work``: keep the trained model (``OUT.work/trained.keras``) after a successful
       run too; after a failed one it is always kept. Passing it back as ``model`` reuses its
       exits and weights without training again (other formats, other quantization).
@@ -119,6 +128,7 @@ class ConvertOptions:
     std: tuple[float, ...] | None = None
     labels: str = "auto"
     place_exits: str = "macs"
+    float_stem: str = "auto"
     jetson_precision: str = "int8"
 
     def __post_init__(self) -> None:
@@ -139,6 +149,10 @@ class ConvertOptions:
             raise ValueError(f"quant must be 'qat' or 'ptq', not {self.quant!r}")
         if self.train not in ("auto", "joint", "heads", "none"):
             raise ValueError(f"train must be auto, joint, heads or none, not {self.train!r}")
+        if self.float_stem not in STEM_MODES:
+            raise ValueError(
+                f"float_stem must be one of {', '.join(STEM_MODES)}, not {self.float_stem!r}"
+            )
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
         bad = [f for f in self.formats if f not in FORMATS]
@@ -233,6 +247,7 @@ class _Conversion:
         self.root = root
         self.name = opts.name or _name_from(out_name)
         self.notes: list[str] = []
+        self.stem: list[StemChoice] = []
         self.timing: dict[str, float] = {}
         self.step = "reading the data"
         self.missing: dict[str, str] = {}  # format -> why it is not in the package
@@ -414,6 +429,7 @@ class _Conversion:
         onnx = self._onnx(stages_float, full_float, calib, tfl, onnx_act) if onnx_act else None
         if onnx is None:
             onnx_act = None
+        self.stem = self._float_stem(data, tfl, onnx)
         self.step = "validating on the test split"
         report_acc, agreement, onnx = self._validate(data, tfl, onnx, n_exits)
         if onnx is None:
@@ -512,6 +528,7 @@ class _Conversion:
                 for i, e in enumerate(manifest.exits)
             ],
             "exit_placement": self.placement,
+            "float_stem": [c.as_dict() for c in self.stem],
             "agreement": agreement,
             "targets": targets,
             "sizes": sizes,
@@ -770,6 +787,36 @@ class _Conversion:
         except ConversionError as exc:  # a report, never a reason to lose the package
             self.notes.append(f"no per-node provider report: {exc.message}")
         return {"stages": paths, "full": full, "full_float": full_f, "act": act}
+
+    def _float_stem(
+        self, data: Dataset, tfl: dict[str, Any], onnx: dict[str, Any] | None
+    ) -> list[StemChoice]:
+        """Stage 0 and the unsplit model with a float first conv where that is faster."""
+        mode, target = self.opts.float_stem, self.opts.target
+        if mode == "off":
+            return []
+        x_q = Quantizer(InputSpec(tuple(data.input_shape)), tfl["quant"][0]["input"]).batch(
+            data.x_val[:STEM_SAMPLES]
+        )
+        d = self.root / "tflite"
+        jobs: list[tuple[str, Path, Path, np.ndarray]] = []
+        if target != "coral":
+            jobs.append(("tflite", d / "stage_0.tflite", d / "full.tflite", x_q))
+        if onnx is not None and target != "jetson":
+            xo = x_q.view(np.uint8) ^ np.uint8(0x80) if onnx["act"] == "uint8" else x_q
+            jobs.append(("onnx", onnx["stages"][0], onnx["full"], xo))
+        out = []
+        for fmt, stage0, full, samples in jobs:
+            self.step = f"timing a float first conv in {fmt} stage 0"
+            choice = apply_float_stem(fmt, stage0, full, samples, mode=mode)
+            if choice is None:
+                continue
+            self._say(f"first conv ({choice.layer}), {fmt}: {choice.reason}")
+            if choice.used and fmt == "tflite":
+                tfl["stages"][0] = stage0.read_bytes()
+                tfl["full"] = full.read_bytes()
+            out.append(choice)
+        return out
 
     def _drop_onnx(self, exc: BaseException) -> None:
         """Finish the package without ONNX, saying which step failed and why."""

@@ -42,6 +42,7 @@ _ELEM_TYPE = {"uint8": 2, "int8": 3}
 #: DequantizeLinear: "SCALE ZERO_POINT" of the 8-bit input as pixels (the stage contract's
 #: grid, what the runtime feeds), which that DequantizeLinear no longer shows.
 _INPUT_GRID_KEY = "edgekit.input_pixel_grid"
+_INPUT_QUANT_KEY = "edgekit.input_quant"  # input grid of a float first conv (_stem)
 _QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
 # Ops whose QDQ output reuses the scale/zero point of their (first) input in ORT. An override
 # on their output would be ignored, so it is also put on the tensor they read.
@@ -647,13 +648,18 @@ def read_io_quant(path: Path) -> dict[str, QuantParams]:
 
     result: dict[str, QuantParams] = {}
     grid = next((p.value for p in proto.metadata_props if p.key == _INPUT_GRID_KEY), None)
+    stem = next((p.value for p in proto.metadata_props if p.key == _INPUT_QUANT_KEY), None)
     for inp in graph.input:
         if inp.name in inits:
             continue
         dq = next((n for n in users.get(inp.name, []) if n.op_type == "DequantizeLinear"), None)
-        if inp.type.tensor_type.elem_type not in dtypes or dq is None:
+        if inp.type.tensor_type.elem_type not in dtypes or (dq is None and stem is None):
             raise ConversionError(f"input {inp.name!r} of {path} is not an 8-bit tensor")
-        result[inp.name] = params(dq, inp.name)
+        if dq is not None:
+            result[inp.name] = params(dq, inp.name)
+        else:  # a float first conv (converters/_stem) reads the input through a Cast
+            scale, zero, dtype = str(stem).split()
+            result[inp.name] = QuantParams(float(scale), int(zero), dtype)
         if grid is not None:  # normalisation folded into the DQ: the 8-bit values are pixels
             scale, zero = grid.split()
             result[inp.name] = QuantParams(float(scale), int(zero), result[inp.name].dtype)

@@ -79,6 +79,13 @@ def format_table(report: dict[str, Any]) -> str:
             f"- exits placed by INT8 latency measured on {placed['host']} "
             f"({placed['threads']} thread): backbone {placed['backbone_us']:.0f} us; {timed}"
         )
+    for c in report.get("float_stem") or []:
+        state = "float" if c["used"] else "INT8"
+        lines.append(
+            f"- first conv ({c['layer']}), {c['format']}: {state} ({c['reason']}); stage 0 "
+            f"{c['int8_us']:.1f} us all INT8, {c['float_us']:.1f} us with the first conv in "
+            "float, measured on the converting host"
+        )
     if report.get("notes"):
         lines.extend(f"- note: {n}" for n in report["notes"])
     return "\n".join(lines)

@@ -43,6 +43,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         model=args.model,
         exits=_parse_exits(args.exits),
         place_exits=args.place_exits,
+        float_stem=args.float_stem,
         train=args.train,
         quant=args.quant,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
@@ -272,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["macs", "latency"],
         help="match --exits fractions against MACs, or against INT8 latency measured on this "
         "host (slower convert; report.json records the measurements)",
+    )
+    c.add_argument(
+        "--float-stem",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="run the first conv (<= 4 input channels) in float: auto where stage 0 is "
+        "faster so on this host (measured; report.md says), on, or off (all INT8)",
     )
     c.add_argument(
         "--layout",

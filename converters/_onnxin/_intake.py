@@ -29,12 +29,15 @@ from edgekit.runtime import Quantizer
 from edgekit.runtime.backends import onnxruntime as ort_backend
 
 from .._report import stage_rows, write_report
+from .._stem import StemChoice, apply_float_stem
 from .._validate import run_chain, run_full
 from ._build import Head, feature_model, full_model, pool_kernel, stage_model
 from ._graph import OnnxCut, analyse, pick_cuts
 from ._heads import HeadConfig, accuracy, compute_features, head_logits, train_head
 from ._load import OnnxSource, load_onnx
 from ._quant import quantize_graph
+
+STEM_SAMPLES = 256  # images compared between the INT8 and the float first conv
 
 __all__ = ["convert_onnx", "is_onnx_model"]
 
@@ -83,6 +86,7 @@ class _Intake:
         self.root = root
         self.name = name
         self.notes: list[str] = []
+        self.stem: list[StemChoice] = []
         self.timing: dict[str, float] = {}
         self._t = time.monotonic()
 
@@ -334,6 +338,21 @@ class _Intake:
         self.lap("label_free")
         return [accuracy(o, data.y_test) for o in out]
 
+    def float_stem(self, data: Dataset, onx: dict[str, Any]) -> list[StemChoice]:
+        """Stage 0 and the unsplit model with a float first conv where that is faster."""
+        if self.o.float_stem == "off":
+            return []
+        x = data.x_val[:STEM_SAMPLES] if len(data.x_val) else data.x_train[:STEM_SAMPLES]
+        x_q = Quantizer(InputSpec(tuple(data.input_shape)), PIXEL_QUANT).batch(x)
+        samples = x_q.view(np.uint8) ^ np.uint8(0x80) if onx["act"] == "uint8" else x_q
+        choice = apply_float_stem(
+            "onnx", onx["stages"][0], onx["full"], samples, mode=self.o.float_stem
+        )
+        if choice is None:
+            return []
+        self.say(f"first conv ({choice.layer}): {choice.reason}")
+        return [choice]
+
     @staticmethod
     def _test_input(data: Dataset, act: str) -> np.ndarray:
         """The test images as the 8-bit tensor stage 0's file takes."""
@@ -421,6 +440,7 @@ class _Intake:
         full = full_model(src, cuts, heads)
         act = _act(o.target)
         onx = self.quantize(src, data, cuts, full, act)
+        self.stem = self.float_stem(data, onx)
         n_exits = len(cuts) + 1
         acc, agree = self.validate(data, onx, n_exits)
         for i, a in enumerate(fl["float"]):
@@ -496,6 +516,7 @@ class _Intake:
                 for i, e in enumerate(manifest.exits)
             ],
             "agreement": agree,
+            "float_stem": [c.as_dict() for c in self.stem],
             "sizes": sizes,
             "stages": _stage_rows(self.root, manifest, onx["file_quant"]),
             "training": training,

@@ -145,6 +145,16 @@ def test_old_opset_refused(tmp_path: Path) -> None:
     assert "opset_version=17" in (e.value.hint or "")
 
 
+def test_newer_ir_version_lowered_for_onnxruntime(tmp_path: Path) -> None:
+    path = _classifier(tmp_path)
+    proto = onnx.load(str(path))
+    proto.ir_version = 99  # newer than any onnxruntime reads
+    onnx.save(proto, str(path))
+    src = load_onnx(path)
+    assert src.proto.ir_version < 99
+    assert any(f"IR version 99 lowered to {src.proto.ir_version}" in n for n in src.notes)
+
+
 def test_missing_external_data(tmp_path: Path) -> None:
     _need(VGG_DYNAMO)
     shutil.copy(VGG_DYNAMO, tmp_path / VGG_DYNAMO.name)
@@ -277,6 +287,15 @@ def test_vgg_package(vgg_pkg: Path) -> None:
         pools = [n.output[0] for n in g.node if n.op_type == "AveragePool"]
         assert (len(pools) == 1) is (k < len(m.stages) - 1)  # the last stage has no head
         assert all(users[p] == "Flatten" for p in pools)
+    # the first conv was timed both ways; where it runs in float, stage 0 reads its input
+    # through a Cast and the input grid is in the file's metadata, the same as the manifest's
+    (stem,) = report["float_stem"]
+    assert stem["format"] == "onnx" and stem["layer"].startswith("Conv 3x3, 1 -> ")
+    assert stem["int8_us"] > 0 and stem["float_us"] > 0 and stem["agreement"] >= 0.99
+    for name in ("stage_0.onnx", "full.onnx"):
+        g = onnx.load(str(vgg_pkg / "onnx" / name)).graph
+        readers = [n.op_type for n in g.node if "input" in n.input]
+        assert readers == (["Cast"] if stem["used"] else ["DequantizeLinear"])
 
 
 @pytest.mark.slow

@@ -73,6 +73,60 @@ def _read(path: Path) -> Any:
     return proto
 
 
+def _ort_max_ir(ir_version: int) -> int | None:
+    """The newest IR version this onnxruntime opens, if ``ir_version`` is newer; else None.
+
+    onnxruntime says it only by refusing a model, so a one-node model of that IR version
+    is opened (about a millisecond).
+    """
+    import re
+
+    import onnxruntime as ort
+
+    onnx = _onnx()
+    h = onnx.helper
+    graph = h.make_graph(
+        [h.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    probe = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    probe.ir_version = ir_version
+    try:
+        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        found = re.search(r"max supported IR version: (\d+)", str(exc))
+        return int(found.group(1)) if found else None
+    return None
+
+
+def _ir_for_onnxruntime(proto: Any, path: Path) -> str | None:
+    """Lower an IR version newer than onnxruntime reads, when the model needs nothing newer.
+
+    The IR version says which protobuf features a file may use (exporters write the newest
+    their onnx package knows); the opset, not the IR version, says what the ops mean. The
+    model is checked against the lower version, so a model that does use a newer feature
+    is refused with what to do.
+    """
+    newest = _ort_max_ir(int(proto.ir_version))
+    if newest is None:
+        return None
+    was = int(proto.ir_version)
+    proto.ir_version = newest
+    try:
+        _onnx().checker.check_model(proto)
+    except Exception as exc:
+        raise ConversionError(
+            f"{path} has ONNX IR version {was}; this onnxruntime reads up to {newest}, and the "
+            f"model does not check at IR version {newest}: {exc}",
+            hint="upgrade onnxruntime, or export with an older onnx package "
+            "(torch.onnx.export writes the IR version of the installed onnx)",
+            path=str(path),
+        ) from exc
+    return f"IR version {was} lowered to {newest}, the newest this onnxruntime reads"
+
+
 def _load_external(proto: Any, path: Path) -> None:
     onnx = _onnx()
     base = path.parent.resolve()
@@ -295,6 +349,9 @@ def load_onnx(
         notes.append("final Softmax removed: exits and confidences work on the logits")
     if opset > MAX_OPSET:
         notes.append(f"opset {opset} is newer than the {MAX_OPSET} edgekit was tested with")
+    ir_note = _ir_for_onnxruntime(proto, p)
+    if ir_note:
+        notes.append(ir_note)
     try:
         _onnx().checker.check_model(proto)
     except Exception as exc:

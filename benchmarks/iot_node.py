@@ -92,6 +92,24 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _thread_cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process's main thread (the model, events, commits) and of its
+    other threads together (paho's network thread, the inbox's file moves)."""
+    main = other = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a thread that has just ended
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        if task.name == str(pid):
+            main += cpu
+        else:
+            other += cpu
+    return main, other
+
+
 def _images(shape: tuple[int, ...], n: int, dataset: str | None) -> list[bytes]:
     h, w, c = shape
     arrays: Any = None
@@ -244,6 +262,7 @@ def run(
         # side's best round is compared with the other's.
         node_times: list[float] = []
         node_cpu: list[float] = []
+        node_threads: list[tuple[float, float]] = []  # CPU: main thread, the others
         bares: list[dict[str, Any]] = []
         print(f"{ROUNDS} rounds of: the bare loop on {wave} files, the node on them", flush=True)
         done, k = 0, 0
@@ -254,12 +273,14 @@ def run(
                     os.rename(inbox / "done" / f"w{k - 1}-{n}", files / n)
             if k < ROUNDS:
                 bares.append(bare_run(0))
-            t0, c0 = time.perf_counter(), _cpu_s(node.pid)
+            t0, c0, th0 = time.perf_counter(), _cpu_s(node.pid), _thread_cpu_s(node.pid)
             _drop(files, inbox, names, f"w{k}")
             counter.wait(200 + done + wave, 600, node, node_err)
             if k < ROUNDS:
                 node_times.append(time.perf_counter() - t0)
                 node_cpu.append(_cpu_s(node.pid) - c0)
+                th1 = _thread_cpu_s(node.pid)
+                node_threads.append((th1[0] - th0[0], th1[1] - th0[1]))
                 print(
                     f"  round {k + 1}: bare {wave / bares[-1]['bare_s']:.0f}/s, "
                     f"node {wave / node_times[-1]:.0f}/s",
@@ -305,6 +326,8 @@ def run(
         "node_cost_over_predict": (node_s / wave) / (predict_s / n) - 1.0,
         # CPU time (all threads) per input: less sensitive to a loaded machine than wall time
         "node_cpu_ms_per_input": min(node_cpu) / wave * 1e3,
+        # of the round with the least CPU: the main thread, and the others (paho, inbox)
+        "node_cpu_ms_split": [x / wave * 1e3 for x in node_threads[node_cpu.index(min(node_cpu))]],
         "bare_cpu_ms_per_input": min(b["bare_cpu_s"] for b in bares) / n * 1e3,
         "node_rss_kb": rss,
         "bare_rss_kb": bares[-1]["rss_kb"],
@@ -316,7 +339,7 @@ def run(
     return result
 
 
-def _report(r: dict[str, Any], out: Path) -> None:
+def _report(r: dict[str, Any], out: Path, stem: str = "iot_node") -> None:
     over = r["node_cost_over_bare"]
     print(f"\n  predict only (decoded arrays)    {r['predict_only_per_s']:9.0f} inputs/s")
     print(f"  bare loop (read, decode, predict) {r['bare_loop_per_s']:8.0f} inputs/s")
@@ -330,6 +353,11 @@ def _report(r: dict[str, Any], out: Path) -> None:
     print(f"         node cost over predict only: {r['node_cost_over_predict'] * 100:+.1f}%")
     nc, bc = r["node_cpu_ms_per_input"], r["bare_cpu_ms_per_input"]
     print(f"         CPU per input: node {nc:.3f} ms, bare loop {bc:.3f} ms ({nc / bc - 1:+.1%})")
+    main_ms, other_ms = r["node_cpu_ms_split"]
+    print(
+        f"         node CPU per input by thread: main {main_ms:.3f} ms (model, events, commits),"
+        f" others {other_ms:.3f} ms (paho's network thread, inbox moves)"
+    )
     g = r["node_rss_growth_kb"] / 1024
     mark = "ok " if abs(g) <= 8 else "MISS"
     last = r["node_rss_kb"][-1]
@@ -338,14 +366,14 @@ def _report(r: dict[str, Any], out: Path) -> None:
         b = r["bare_rss_kb"][-1]
         print(f"         bare loop RSS after {b[0]} inputs: {b[1] / 1024:.1f} MiB")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "iot_node.json").write_text(json.dumps(r, indent=2) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(r, indent=2) + "\n")
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"\nwrote {out / 'iot_node.json'} (matplotlib missing: no plot)")
+        print(f"\nwrote {out / f'{stem}.json'} (matplotlib missing: no plot)")
         return
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key, label in (("node_rss_kb", "IoT node"), ("bare_rss_kb", "bare predict loop")):
@@ -358,26 +386,65 @@ def _report(r: dict[str, Any], out: Path) -> None:
     ax.set_title(f"node {r['node_per_s']:.0f}/s vs bare {r['bare_loop_per_s']:.0f}/s")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "iot_node.png", dpi=120)
-    print(f"\nwrote {out / 'iot_node.json'} and {out / 'iot_node.png'}")
+    fig.savefig(out / f"{stem}.png", dpi=120)
+    plt.close(fig)
+    print(f"\nwrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
+
+
+def _table(results: list[dict[str, Any]]) -> None:
+    """One row per package: per-input cost of the bare loop and of the node, and memory."""
+    print(
+        "\n| package | predict only ms | bare loop ms | node ms | node over bare (wall) "
+        "| CPU bare ms | CPU node ms | node over bare (CPU) | node RSS MiB (first -> last) "
+        "| bare RSS MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        bare_ms = 1e3 / r["bare_loop_per_s"]
+        node_ms = 1e3 / r["node_per_s"]
+        nc, bc = r["node_cpu_ms_per_input"], r["bare_cpu_ms_per_input"]
+        first, last = r["node_rss_kb"][0], r["node_rss_kb"][-1]
+        bare_rss = f"{r['bare_rss_kb'][-1][1] / 1024:.1f}" if r["bare_rss_kb"] else "-"
+        print(
+            f"| {Path(r['package']).name} | {1e3 / r['predict_only_per_s']:.3f} | {bare_ms:.3f} "
+            f"| {node_ms:.3f} | {r['node_cost_over_bare'] * 100:+.0f}% | {bc:.3f} | {nc:.3f} "
+            f"| {(nc / bc - 1) * 100:+.0f}% | {first[1] / 1024:.1f} ({first[0]}) -> "
+            f"{last[1] / 1024:.1f} ({last[0]}) | {bare_rss} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--package", default="build/fmnist.edgepkg")
+    p.add_argument(
+        "--package",
+        action="append",
+        help="package to measure (default build/fmnist.edgepkg); repeat for a row per package",
+    )
     p.add_argument("--dataset", default="fashion-mnist", help="images to use (synthetic if absent)")
     p.add_argument("--out", default="build/bench")
     p.add_argument("-n", type=int, default=100_000, help="inputs for the memory run")
     p.add_argument("node_args", nargs="*", help="flags for the node, after --: -- --batch 256")
     args = p.parse_args(argv)
-    pkg = Path(args.package).resolve()  # the node runs in apps/
-    if not (pkg / "manifest.json").is_file():
-        print(f"no package at {pkg}: `make demo` converts build/fmnist.edgepkg", file=sys.stderr)
-        return 2
+    if args.n < 1:
+        p.error(f"-n must be at least 1, not {args.n}")
+    pkgs = [Path(x).resolve() for x in args.package or ["build/fmnist.edgepkg"]]  # runs in apps/
+    for pkg in pkgs:
+        if not (pkg / "manifest.json").is_file():
+            hint = "`make demo` converts build/fmnist.edgepkg"
+            print(f"no package at {pkg}: {hint}", file=sys.stderr)
+            return 2
     if not os.path.exists(MOSQUITTO):
         print("mosquitto is missing: apt-get install mosquitto", file=sys.stderr)
         return 2
-    _report(run(pkg, Path(args.out), args.n, args.dataset, args.node_args), Path(args.out))
+    results = []
+    for pkg in pkgs:
+        if len(pkgs) > 1:
+            print(f"\n== {pkg.name}", flush=True)
+        r = run(pkg, Path(args.out), args.n, args.dataset, args.node_args)
+        stem = "iot_node" if len(pkgs) == 1 else f"iot_node-{pkg.name.removesuffix('.edgepkg')}"
+        _report(r, Path(args.out), stem)
+        results.append(r)
+    _table(results)
     return 0
 
 

@@ -109,6 +109,7 @@ class Node:
         # max_inflight rows, not one per PUBACK (the broker's quota is often ~20).
         self._ready: collections.deque[tuple[int, str, bytes]] = collections.deque()
         self._acked: list[int] = []  # PUBACKed outbox seqs, deleted with the next commit
+        self._burst = 1  # PUBACKs that make a mid-batch hand-over (half the send limit)
         self._carry: list[_Item] = []  # claimed, not classified before the batch's deadline
         self._recovered: list[Claim] = []  # claimed (before a restart, or ahead), not in a batch
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="iot-inbox")
@@ -271,7 +272,9 @@ class Node:
                 self.counts["failed"] += 1
                 continue
             self._classify(it, data)
-            if self.link.acked:  # PUBACKs came in: hand over more (the broker's quota is small)
+            # PUBACKs came in: hand over more (the broker's quota is small), in bursts of half
+            # the quota, so paho's thread wakes once per burst rather than once per event.
+            if len(self.link.acked) >= self._burst or (self.link.acked and not self._inflight):
                 self._pump()
         topic = self.cfg.topic("events")
         rows = [(i.event_id, topic, json.dumps(i.event).encode()) for i in items]
@@ -330,6 +333,7 @@ class Node:
         # Status, stats and replies share the broker's quota: leave them a few places.
         quota = self.link.send_quota
         limit = min(self.cfg.max_inflight, max(1, quota - min(REPLY_PLACES, quota // 2)))
+        self._burst = max(1, limit // 2)
         room = limit - len(self._inflight)
         if room <= 0 or not self.link.connected.is_set():
             return

@@ -47,9 +47,9 @@ import io
 import numpy as np
 from PIL import Image
 import edgekit
-pkg, folder, total = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+pkg, folder, total, policy = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 files = sorted(folder.iterdir())
-model = edgekit.load(pkg, policy="bandit")
+model = edgekit.load(pkg, policy=policy)
 shape = model.manifest.input.shape
 def decode(data):
     img = Image.open(io.BytesIO(data)).convert("L" if shape[2] == 1 else "RGB")
@@ -182,7 +182,12 @@ def _drop(pool: Path, inbox: Path, names: list[str], tag: str) -> None:
 
 
 def run(
-    package: Path, out: Path, n_total: int, dataset: str | None, node_args: list[str]
+    package: Path,
+    out: Path,
+    n_total: int,
+    dataset: str | None,
+    node_args: list[str],
+    policy: str = "bandit",
 ) -> dict[str, Any]:
     import edgekit
 
@@ -201,7 +206,7 @@ def run(
 
         def bare_run(total: int) -> dict[str, Any]:
             out = subprocess.run(
-                [sys.executable, "-c", _BARE, str(package), str(files), str(total)],
+                [sys.executable, "-c", _BARE, str(package), str(files), str(total), policy],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -246,6 +251,8 @@ def run(
                 str(inbox),
                 "--settle-s",
                 "0",
+                "--policy",
+                policy,
                 *node_args,
             ],
             cwd=ROOT / "apps",
@@ -311,6 +318,7 @@ def run(
     predict_s = min(b["predict_s"] for b in bares)
     result = {
         "package": str(package),
+        "policy": policy,
         "inputs_timed": n,
         "rounds": ROUNDS,
         "node_round_s": node_times,
@@ -406,7 +414,8 @@ def _table(results: list[dict[str, Any]]) -> None:
         first, last = r["node_rss_kb"][0], r["node_rss_kb"][-1]
         bare_rss = f"{r['bare_rss_kb'][-1][1] / 1024:.1f}" if r["bare_rss_kb"] else "-"
         print(
-            f"| {Path(r['package']).name} | {1e3 / r['predict_only_per_s']:.3f} | {bare_ms:.3f} "
+            f"| {Path(r['package']).name} ({r['policy']}) "
+            f"| {1e3 / r['predict_only_per_s']:.3f} | {bare_ms:.3f} "
             f"| {node_ms:.3f} | {r['node_cost_over_bare'] * 100:+.0f}% | {bc:.3f} | {nc:.3f} "
             f"| {(nc / bc - 1) * 100:+.0f}% | {first[1] / 1024:.1f} ({first[0]}) -> "
             f"{last[1] / 1024:.1f} ({last[0]}) | {bare_rss} |"
@@ -422,6 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--dataset", default="fashion-mnist", help="images to use (synthetic if absent)")
     p.add_argument("--out", default="build/bench")
+    p.add_argument(
+        "--policy",
+        default="bandit",
+        help="policy of both sides (bandit: what the node runs; full: no exit decisions, so "
+        "the two sides run the same stages)",
+    )
     p.add_argument("-n", type=int, default=100_000, help="inputs for the memory run")
     p.add_argument("node_args", nargs="*", help="flags for the node, after --: -- --batch 256")
     args = p.parse_args(argv)
@@ -440,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     for pkg in pkgs:
         if len(pkgs) > 1:
             print(f"\n== {pkg.name}", flush=True)
-        r = run(pkg, Path(args.out), args.n, args.dataset, args.node_args)
+        r = run(pkg, Path(args.out), args.n, args.dataset, args.node_args, args.policy)
         stem = "iot_node" if len(pkgs) == 1 else f"iot_node-{pkg.name.removesuffix('.edgepkg')}"
         _report(r, Path(args.out), stem)
         results.append(r)

@@ -1,8 +1,11 @@
 """IoT node benchmark: end-to-end throughput (inbox file -> event acknowledged by the broker)
 next to a bare ``predict`` loop on the same inputs, and the node's memory over 100,000 inputs.
 
-    python -m benchmarks.iot_node [--package build/fmnist.edgepkg] [--out build/bench] [-n N]
-                                  [-- NODE FLAGS, e.g. --batch 512]
+    python -m benchmarks.iot_node [--package build/fmnist.edgepkg ...] [--out build/bench]
+                                  [-n N] [--policy bandit|full] [-- NODE FLAGS, e.g. --batch 512]
+
+``--package`` repeats: each package is measured in turn and a table of one row per package
+(ms per input of each side, wall and CPU, and RSS) ends the output.
 
 Runs a local Mosquitto (``/usr/sbin/mosquitto``) on a free loopback port and the node as a
 subprocess (``python -m iot_node`` in apps/); its outbox tells when the broker has acknowledged

@@ -28,6 +28,7 @@ class Quantizer:
     __slots__ = (
         "_buf",
         "_buf0",
+        "_buf8",
         "_fbuf",
         "_forms",
         "_inv",
@@ -38,6 +39,7 @@ class Quantizer:
         "hi",
         "q",
         "shape",
+        "shift",
         "spec",
     )
 
@@ -51,6 +53,12 @@ class Quantizer:
         self._lut = np.clip(np.round(real / q.scale) + q.zero_point, lo, hi).astype(self.dtype)
         self._buf = np.empty((1, *self.shape), self.dtype)
         self._buf0 = self._buf[0]  # the one image's view, made once
+        # When the table only adds a constant to every byte (mod 256: pixel / 255 into an
+        # int8 grid of step 1/255 is pixel - 128), one uint8 addition replaces the lookup
+        # (np.take first converts the 784 indices to intp).
+        steps = (self._lut.view(_U8).astype(np.int64) - np.arange(256)) % 256
+        self.shift: np.uint8 | None = np.uint8(steps[0]) if (steps == steps[0]).all() else None
+        self._buf8 = self._buf0.view(_U8)  # the same bytes, as uint8
         # float inputs: x / scale + zp, rounded and clipped, in one reused float buffer
         self._fbuf = np.empty(self.shape, np.float32)
         self._inv = np.float32(1.0 / q.scale)
@@ -82,7 +90,10 @@ class Quantizer:
                 )
             x = x.reshape(self.shape)
         if x.dtype is _U8:  # the common case (camera pixels), without _fill's dispatch
-            self._lut.take(x, out=self._buf0, mode="clip")
+            if self.shift is not None:
+                np.add(x, self.shift, self._buf8)
+            else:
+                self._lut.take(x, out=self._buf0, mode="clip")
         else:
             self._fill(x, self._buf0)
         return self._buf

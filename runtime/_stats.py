@@ -40,6 +40,9 @@ class Stats:
         self._macs_ratio = [max(s, 1e-6) / max(steps[0], 1e-6) for s in steps]
         self._lat = [0.0] * _RING  # a list: one store per input, no numpy call
         self._costs = [0.0] * n
+        # The cost mode ``_costs`` holds as computed from today's ``ema`` (None: stale).
+        # Inputs run by the unsplit model leave ``ema`` as it was, so they reuse it.
+        self._fresh: str | None = None
         self._full_s = 0.0  # the full model's local latency, as estimated by the last costs
         # split computing: per split point, inputs the server answered, bytes and time
         self.offloaded = [0] * n
@@ -51,6 +54,7 @@ class Stats:
     def record(self, t0: float, k: int, exit_k: int, mode: str) -> list[float]:
         """Count an input that ran stages 0..k here (``marks`` hold their end times)."""
         marks, ema = self.marks, self.ema
+        self._fresh = None
         prev = t0
         for i in range(k + 1):
             m = marks[i]
@@ -69,6 +73,7 @@ class Stats:
         """Average the times of stages 0..k from ``marks``; stage ``gap_at`` started
         ``gap`` seconds late (a failed offload), which is not the stage's own time."""
         marks, ema = self.marks, self.ema
+        self._fresh = None
         prev = t0
         for i in range(k + 1):
             d = marks[i] - prev
@@ -86,7 +91,14 @@ class Stats:
 
         Inputs run by the unsplit model come here directly: they have no per-stage times.
         """
-        costs = self._count(seconds, exit_k, mode)
+        if self._fresh == mode:  # _count's work when the costs stand (one call less)
+            c = self.count
+            self._lat[c & _MASK] = seconds
+            self.count = c + 1
+            self.hist[exit_k] += 1
+            costs = self._costs
+        else:
+            costs = self._count(seconds, exit_k, mode)
         self.cost_sum += costs[exit_k]
         return costs
 
@@ -96,6 +108,8 @@ class Stats:
         self.count = c + 1
         self.hist[exit_k] += 1
         costs, ema = self._costs, self.ema
+        if self._fresh == mode:
+            return costs
         base = ema[0]
         if base == 0.0:
             costs[:] = self.macs
@@ -113,6 +127,7 @@ class Stats:
             inv = 1.0 / cum
             for i in range(self.n):
                 costs[i] *= inv
+        self._fresh = mode
         return costs
 
     def record_offload(

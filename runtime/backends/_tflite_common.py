@@ -15,7 +15,16 @@ __all__ = ["TFLiteBackend", "TFLiteFull", "TFLiteStage"]
 class _Signature:
     """An interpreter addressed by tensor index through its signature, allocated for
     batch 1 and resized only when the batch size changes: per call, the work is
-    set_tensor, invoke and get_tensor."""
+    set_tensor, invoke and get_tensor.
+
+    Those three go straight to the interpreter's C++ wrapper (``Interpreter._interpreter``,
+    in every TFLite flavour) when it has them: ``Interpreter.invoke`` first checks, in
+    Python, that no numpy view of its buffers is alive (``_ensure_safe``), and with the
+    two other wrappers that is 0.5-1 us per call. The check guards views made by
+    ``Interpreter.tensor()``; nothing here makes one (``get_tensor`` copies). Holding the
+    wrapper's methods makes that check fail, so they are dropped around a resize, which
+    goes through the public (checked) API.
+    """
 
     __slots__ = ("_batch", "_get", "_in", "_invoke", "_set", "input_dtype", "interpreter", "outs")
 
@@ -28,9 +37,19 @@ class _Signature:
         interpreter.resize_tensor_input(self._in, self._shape(1))
         interpreter.allocate_tensors()
         self.input_dtype = np.dtype(interpreter.get_input_details()[0]["dtype"])
-        self._set = interpreter.set_tensor
-        self._invoke = interpreter.invoke
-        self._get = interpreter.get_tensor
+        self._bind()
+
+    def _bind(self) -> None:
+        """The per-call methods: the C++ wrapper's where it has them, else the public ones."""
+        it = self.interpreter
+        w: Any = getattr(it, "_interpreter", None)
+        if all(callable(getattr(w, f, None)) for f in ("SetTensor", "Invoke", "GetTensor")):
+            self._set, self._invoke, self._get = w.SetTensor, w.Invoke, w.GetTensor
+        else:  # pragma: no cover - an interpreter without the usual wrapper
+            self._set, self._invoke, self._get = it.set_tensor, it.invoke, it.get_tensor
+
+    def _unbind(self) -> None:
+        self._set = self._invoke = self._get = _unbound
 
     def _shape(self, batch: int) -> list[int]:
         for d in self.interpreter.get_input_details():
@@ -39,9 +58,13 @@ class _Signature:
         raise KeyError(self._in)
 
     def _resize(self, batch: int) -> None:
-        self._batch = batch
-        self.interpreter.resize_tensor_input(self._in, self._shape(batch))
-        self.interpreter.allocate_tensors()
+        self._unbind()  # let Interpreter's own safety check see no other holder
+        try:
+            self.interpreter.resize_tensor_input(self._in, self._shape(batch))
+            self.interpreter.allocate_tensors()
+            self._batch = batch
+        finally:
+            self._bind()
 
     def _invoke_on(self, x: np.ndarray) -> None:
         if x.shape[0] != self._batch:
@@ -50,7 +73,12 @@ class _Signature:
         self._invoke()
 
     def close(self) -> None:
+        self._unbind()
         self.interpreter = None
+
+
+def _unbound(*args: Any) -> Any:
+    raise RuntimeError("this interpreter was closed or is being resized")
 
 
 class TFLiteStage(_Signature):
@@ -86,6 +114,12 @@ class TFLiteFull(_Signature):
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         self._invoke_on(x)
         return [self._get(i) for i in self._exits]
+
+    def calls(self) -> tuple[Callable[..., Any], Callable[[], Any], Callable[..., Any], int, int]:
+        """``final``'s work for a caller that makes the calls itself, at batch 1:
+        (set_tensor, invoke, get_tensor, input index, last exit's index). Valid until
+        ``close``; no resize may happen meanwhile (the caller feeds batch-1 tensors)."""
+        return self._set, self._invoke, self._get, self._in, self._final
 
     def final(self, x: np.ndarray) -> np.ndarray:
         # _invoke_on inlined: ``policy=full`` makes this its only interpreter call.

@@ -115,11 +115,31 @@ class TFLiteFull(_Signature):
         self._invoke_on(x)
         return [self._get(i) for i in self._exits]
 
-    def calls(self) -> tuple[Callable[..., Any], Callable[[], Any], Callable[..., Any], int, int]:
-        """``final``'s work for a caller that makes the calls itself, at batch 1:
-        (set_tensor, invoke, get_tensor, input index, last exit's index). Valid until
-        ``close``; no resize may happen meanwhile (the caller feeds batch-1 tensors)."""
-        return self._set, self._invoke, self._get, self._in, self._final
+    def views(self) -> tuple[np.ndarray, np.ndarray, Callable[[], Any]] | None:
+        """For a caller that feeds batch-1 inputs itself: (the input tensor's buffer as a
+        numpy array of shape (H, W, C), the last exit's logits buffer, invoke). Writing
+        the input in place and reading the logits where they are saves set_tensor's and
+        get_tensor's conversions. The arrays are the interpreter's memory: valid until
+        ``close``, and no resize may happen while they are held (they keep the
+        interpreter's own checked calls from running: this runner makes the unchecked
+        ones). None when the buffers move between invokes (they do not for a static
+        graph: checked here on two invokes) or the interpreter has no ``tensor()``."""
+        it = self.interpreter
+        if self._batch != 1 or not callable(getattr(it, "tensor", None)):
+            return None
+        try:
+            inp, out = it.tensor(self._in)()[0], it.tensor(self._final)()
+            where = (inp.ctypes.data, out.ctypes.data)
+            for _ in range(2):
+                self._invoke()
+                if (
+                    it.tensor(self._in)().ctypes.data,
+                    it.tensor(self._final)().ctypes.data,
+                ) != where:
+                    return None
+        except (ValueError, RuntimeError, TypeError):  # pragma: no cover - other versions
+            return None
+        return inp, out, self._invoke
 
     def final(self, x: np.ndarray) -> np.ndarray:
         # _invoke_on inlined: ``policy=full`` makes this its only interpreter call.

@@ -1,0 +1,114 @@
+"""policy=full's short path (``EdgeModel._lean_run``) and the pieces it relies on: it must
+answer exactly what the general path answers, count the same, and keep the contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit._package import InputSpec, QuantParams
+from edgekit.runtime import NEVER, Decision, InputError, ModelClosedError, Needs, Outcome, Policy
+from edgekit.runtime._input import Quantizer
+
+
+@pytest.mark.parametrize(
+    ("scale", "zp", "dtype", "shift"),
+    [
+        (1 / 255, -128, "int8", 128),  # pixel / 255 on an int8 grid of step 1/255
+        (1 / 255, 0, "uint8", 0),
+        (2 / 255, -128, "int8", None),  # two pixels per step: a table, not a shift
+    ],
+)
+def test_quantizer_shift_matches_the_table(
+    scale: float, zp: int, dtype: str, shift: int | None
+) -> None:
+    q = Quantizer(InputSpec((4, 64, 1)), QuantParams(scale, zp, dtype))
+    assert (None if q.shift is None else int(q.shift)) == shift
+    x = np.arange(256, dtype=np.uint8).reshape(4, 64, 1)
+    expected = q.batch(x[None])[0]  # the table lookup
+    assert np.array_equal(q.one(x)[0], expected)
+    assert np.array_equal(q.one(x[..., 0])[0], expected)  # (H, W) for one channel
+
+
+class _Counting(Policy):
+    """Runs every stage without asking for confidences (as ``full``), counts its calls,
+    and for inputs 5..9 stops at the first exit instead."""
+
+    name = "counting"
+    needs = Needs(confidences=False)
+
+    def __init__(self) -> None:
+        self.selected = 0
+        self.outcomes: list[tuple[int, float]] = []
+
+    def select(self, ready: bool) -> Decision:
+        self.selected += 1
+        early = 5 < self.selected <= 10
+        return Decision(
+            (0.0,) + (NEVER,) * (self.n_exits - 1) if early else (NEVER,) * self.n_exits
+        )
+
+    def observe(self, outcome: Outcome) -> None:
+        self.outcomes.append((outcome.exit, outcome.latency_ms))
+
+
+def _pixels(digits: Any, n: int) -> np.ndarray:
+    return np.round(np.asarray(digits.x_test[:n]) * 255).astype(np.uint8)
+
+
+def test_full_answers_what_the_general_path_answers(digits_pkg: Path, digits: Any) -> None:
+    x = _pixels(digits, 40)
+    with (
+        edgekit.load(digits_pkg, backend="litert", policy="full") as lean,
+        edgekit.load(digits_pkg, backend="litert", policy="full", unsplit=False) as staged,
+    ):
+        assert lean._run != lean._predict  # the short path is the one taken
+        for v in x:
+            a, b = lean.predict(v), staged.predict(v)
+            f = lean.predict(v.astype(np.float32) / 255)  # float: through Quantizer.one
+            assert (a.label, a.exit, a.stages_run, a.name) == (
+                b.label,
+                b.exit,
+                b.stages_run,
+                b.name,
+            )
+            assert a.score == pytest.approx(b.score, abs=1e-12)
+            assert (f.label, f.score) == (a.label, a.score)
+            assert a.latency_ms > 0 and not a.offloaded and a.offload is None
+        s = lean.stats()
+        assert s["predictions"] == 80 and s["exit_histogram"][-1] == 80
+        assert s["latency_ms"]["p50"] > 0
+        with pytest.raises(InputError):
+            lean.predict(np.zeros((3, 3), np.uint8))
+        with pytest.raises(InputError):
+            lean.predict(np.full(x[0].shape, np.nan, np.float32))
+    with pytest.raises(ModelClosedError):
+        lean.predict(x[0])
+
+
+def test_a_lean_policy_is_asked_once_per_input_and_told_each_outcome(
+    digits_pkg: Path, digits: Any
+) -> None:
+    x = _pixels(digits, 15)
+    pol = _Counting()
+    with edgekit.load(digits_pkg, backend="litert", policy=pol) as m:
+        preds = [m.predict(v) for v in x]
+    assert pol.selected == 15 and len(pol.outcomes) == 15
+    last = len(m.manifest.exits) - 1
+    assert [p.exit for p in preds[5:10]] == [0] * 5  # the decision changed: stages path
+    assert all(p.exit == last for p in preds[:5] + preds[10:])
+    assert [e for e, _ in pol.outcomes] == [p.stages_run - 1 for p in preds]
+    assert all(ms == p.latency_ms for (_, ms), p in zip(pol.outcomes, preds))
+
+
+def test_stage_runners_still_resize_for_batches(digits_pkg: Path, digits: Any) -> None:
+    x = _pixels(digits, 300)
+    with edgekit.load(digits_pkg, backend="litert", policy="bandit") as m:
+        one = [m.predict(v).label for v in x[:5]]
+        labels, _ = m.run_all_exits(x, batch=128)  # 128, 128, then 44: two resizes
+        assert [m.predict(v).label for v in x[:5]] == one
+    assert labels.shape == (300, len(m.manifest.exits))

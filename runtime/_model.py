@@ -339,7 +339,7 @@ class EdgeModel:
         """
         select, run_all, general = self._select, self._run_all, self._decided
         quant = self._quant
-        one, shape, shift, lut = quant.one, quant.shape, quant.shift, quant._lut
+        one, shape, shift, lut, fill = quant.one, quant.shape, quant.shift, quant._lut, quant._fill
         full: Any = self._full
         views = full.views() if hasattr(full, "views") else None
         if views is not None and views[0].dtype != quant.dtype:
@@ -391,6 +391,8 @@ class EdgeModel:
                     add(x, shift, vin8)
                 else:
                     lut.take(x, out=vin, mode="clip")
+            elif type(x) is ndarray and x.shape == shape:
+                fill(x, vin)  # float pixels: scaled, rounded and clipped into place
             else:
                 vin[...] = one(x if type(x) is ndarray else np.asarray(x))[0]
             invoke()

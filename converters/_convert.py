@@ -61,7 +61,7 @@ FORMATS = ("tflite", "onnx")
 # coral: TFLite stages checked for the Edge TPU (edgetpu/ holds the compiler's inputs);
 # jetson: ONNX stages in TensorRT's explicit-quantization form (see converters/_jetson.py).
 TARGETS = ("auto", "x86", "arm", "coral", "jetson")
-STEM_MODES = ("auto", "on", "off")
+STEM_MODES = ("auto", "measured", "off")
 STEM_SAMPLES = 256  # validation images compared between INT8 and float first conv
 
 
@@ -92,11 +92,12 @@ class ConvertOptions:
       ``latency`` against the INT8 latency of each candidate cut, measured on this host
       with LiteRT (``converters/_placement``; recorded in the report's ``exit_placement``).
     - ``float_stem``: ``auto`` (default) runs the first convolution, when it reads at most
-      4 channels, in float wherever that makes stage 0 faster on this host with the same
-      outputs (``converters/_stem``; measured per format, recorded in the report's
-      ``float_stem``); ``on`` keeps it whatever the timing, ``off`` keeps everything INT8.
-      Never for ``coral`` (the Edge TPU compiler takes INT8 only) nor for the ``jetson``
-      ONNX stages (TensorRT builds its own kernels).
+      4 channels, in float (INT8 kernels are slow on so few channels; ``converters/_stem``),
+      with the same outputs checked; both forms of stage 0 are timed on this host for the
+      report's ``float_stem``. ``measured`` keeps it only where that timing says it is
+      faster (convert on the device itself), ``off`` keeps everything INT8. Never for
+      ``coral`` (the Edge TPU compiler takes INT8 only) nor for the ``jetson`` ONNX stages
+      (TensorRT builds its own kernels).
     - ``keep_work``: keep the trained model (``OUT.work/trained.keras``) after a successful
       run too; after a failed one it is always kept. Passing it back as ``model`` reuses its
       exits and weights without training again (other formats, other quantization).

@@ -10,10 +10,12 @@ rewritten to run in float on the dequantized input, with the INT8 model's own we
 (dequantized: the same numbers) and its output quantized to the same grid, so every tensor
 after it, the stage's I/O and the stage contract are unchanged.
 
-Whether it pays is measured, not assumed: :func:`choose` times both forms of stage 0 in
-the package's interpreter on this host, interleaved, and keeps the float stem only where
-it is clearly faster and the outputs agree. The host is not the device; ``float_stem="on"``
-or ``"off"`` in the convert options decides it for a device that differs.
+The choice is a rule, so that converting twice gives the same package: ``auto`` (the
+default) uses the float stem for every first conv that reads at most :data:`MAX_CHANNELS`
+channels and gives the same outputs. :func:`choose` also times both forms of stage 0 in the
+package's interpreter on this host, interleaved, for the report; ``measured`` keeps the
+float stem only where that timing says it is clearly faster (for a conversion run on the
+device itself), ``off`` in the convert options keeps everything INT8.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 MAX_CHANNELS = 4  # a first conv reading at most this many channels is a candidate
-GAIN = 0.9  # keep the float stem only when stage 0 takes at most this share of its INT8 time
+GAIN = 0.9  # "measured": keep it only when stage 0 takes at most this share of its INT8 time
 
 
 @dataclass(frozen=True)
@@ -408,7 +410,8 @@ def choose(
 
     ``samples`` are stage 0's 8-bit inputs, one per row (the calibration images); the
     logits (the output whose name sorts last) of both forms are compared on them.
-    ``mode`` "on" keeps the float stem whatever the timing (when the outputs agree).
+    ``mode`` "auto" keeps the float stem whenever the outputs agree; "measured" only when
+    it is also at least ``1 - GAIN`` faster here.
     """
     make = _tflite_runner if fmt == "tflite" else _onnx_runner
     a, b = make(int8), make(stem)
@@ -419,12 +422,12 @@ def choose(
     t_int8, t_float = _interleaved([lambda: a(x0), lambda: b(x0)])
     if agreement < 0.99:
         used, why = False, f"the outputs disagree on {1 - agreement:.1%} of the calibration inputs"
-    elif mode == "on":
-        used, why = True, "float_stem=on"
+    elif mode != "measured":
+        used, why = True, f"it reads at most {MAX_CHANNELS} channels"
     elif t_float <= GAIN * t_int8:
-        used, why = True, "faster here"
+        used, why = True, "measured faster here"
     else:
-        used, why = False, f"not {1 - GAIN:.0%} faster here"
+        used, why = False, f"measured not {1 - GAIN:.0%} faster here"
     return StemChoice(fmt, layer, t_int8, t_float, agreement, used, why)
 
 

@@ -277,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--float-stem",
         default="auto",
-        choices=["auto", "on", "off"],
-        help="run the first conv (<= 4 input channels) in float: auto where stage 0 is "
-        "faster so on this host (measured; report.md says), on, or off (all INT8)",
+        choices=["auto", "measured", "off"],
+        help="the first conv (<= 4 input channels) in float: auto (always, same outputs "
+        "checked), measured (only where stage 0 is faster so on this host), off (all INT8)",
     )
     c.add_argument(
         "--layout",

@@ -114,7 +114,8 @@ def digits_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgekit.converters import convert
 
     out = tmp_path_factory.mktemp("pkgs") / "digits.edgepkg"
-    convert("digits", out, fast=True, keep_work=True, verbose=False)
+    # all INT8 (no float first conv): test_coral checks these stages against the Edge TPU
+    convert("digits", out, fast=True, keep_work=True, float_stem="off", verbose=False)
     return out
 
 

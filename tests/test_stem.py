@@ -129,11 +129,15 @@ def test_a_wide_first_conv_stays_int8(tmp_path: Path) -> None:
 def test_choose_keeps_int8_when_outputs_disagree(files: dict[str, Any]) -> None:
     other = to_int8_tflite(_stage(1, seed=7), np.random.default_rng(2).uniform(
         -1.0, 2.0, (64, 12, 12, 1)).astype(np.float32))  # fmt: skip
-    bad = _stem.choose("tflite", files["tflite"], other, "x", files["x8"], mode="on")
+    bad = _stem.choose("tflite", files["tflite"], other, "x", files["x8"], mode="auto")
     assert not bad.used and "disagree" in bad.reason and bad.agreement < 0.99
     stem, layer = _stem.float_stem_tflite(files["tflite"]) or (b"", "")
-    on = _stem.choose("tflite", files["tflite"], stem, layer, files["x8"], mode="on")
+    on = _stem.choose("tflite", files["tflite"], stem, layer, files["x8"], mode="auto")
     assert on.used and on.agreement >= 0.97 and on.int8_us > 0 and on.float_us > 0
+    timed = _stem.choose("tflite", files["tflite"], stem, layer, files["x8"], mode="measured")
+    assert timed.reason.startswith("measured") and timed.used is (
+        timed.float_us <= _stem.GAIN * timed.int8_us
+    )
     assert set(on.as_dict()) == {"format", "layer", "int8_us", "float_us", "agreement",
                                  "used", "reason"}  # fmt: skip
 
@@ -142,7 +146,7 @@ def test_apply_rewrites_stage_and_unsplit_together(files: dict[str, Any], tmp_pa
     s0, full = tmp_path / "stage_0.tflite", tmp_path / "full.tflite"
     s0.write_bytes(files["tflite"])
     full.write_bytes(files["tflite"])
-    choice = _stem.apply_float_stem("tflite", s0, full, files["x8"], mode="on")
+    choice = _stem.apply_float_stem("tflite", s0, full, files["x8"], mode="auto")
     assert choice is not None and choice.used
     assert _ops(s0.read_bytes())[0] == _ops(full.read_bytes())[0] == "DEQUANTIZE"
     assert _stem.apply_float_stem("tflite", s0, full, files["x8"]) is None  # nothing left
@@ -151,5 +155,5 @@ def test_apply_rewrites_stage_and_unsplit_together(files: dict[str, Any], tmp_pa
 def test_convert_option_is_checked() -> None:
     from edgekit.converters import ConvertOptions
 
-    with pytest.raises(ValueError, match="float_stem must be one of auto, on, off"):
+    with pytest.raises(ValueError, match="float_stem must be one of auto, measured, off"):
         ConvertOptions(float_stem="yes")

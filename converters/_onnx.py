@@ -436,6 +436,22 @@ def _producers(graph: Any) -> dict[str, Any]:
     return {out: n for n in graph.node for out in n.output}
 
 
+def _prune_unused(graph: Any) -> None:
+    """Drop the nodes whose outputs nothing reads, then the initializers nothing reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    read = {i for n in graph.node for i in n.input}
+    for i in list(graph.initializer):
+        if i.name not in read:
+            graph.initializer.remove(i)
+
+
 def _consumers(graph: Any) -> dict[str, list[Any]]:
     users: dict[str, list[Any]] = {}
     for n in graph.node:

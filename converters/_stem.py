@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ._onnx import _INPUT_QUANT_KEY as INPUT_QUANT_KEY
+from ._onnx import _prune_unused
 
 __all__ = [
     "MAX_CHANNELS",
@@ -327,28 +328,12 @@ def float_stem_onnx(proto: Any) -> tuple[Any, str] | None:
     for a in conv.attribute:
         if a.name == "pads":
             a.ints[:] = [0, 0, 0, 0]
-    _prune(g)
+    _prune_unused(g)
     dtype = np.dtype(xz_arr.dtype).name
     entry = model.metadata_props.add()
     entry.key, entry.value = INPUT_QUANT_KEY, f"{scale!r} {int(x_zero)} {dtype}"
     kernel = "x".join(str(int(s)) for s in wq.shape[2:])
     return model, f"Conv {kernel}, {wq.shape[1] * group} -> {wq.shape[0]} channels"
-
-
-def _prune(g: Any) -> None:
-    """Drop nodes and initializers nothing reads any more."""
-    outputs = {o.name for o in g.output}
-    while True:
-        used = {i for n in g.node for i in n.input} | outputs
-        dead = [n for n in g.node if not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            g.node.remove(n)
-    used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
 
 
 # --- measuring ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 from edgekit._errors import require
 
 from .._onnx import _INPUT_GRID_KEY as INPUT_GRID_KEY
-from .._onnx import _consumers
+from .._onnx import _consumers, _prune_unused
 
 __all__ = ["INPUT_GRID_KEY", "fold_input_normalisation"]
 
@@ -74,7 +74,7 @@ def fold_input_normalisation(proto: Any, input_name: str = "input") -> bool:
         if n.op_type in _QDQ:
             n.input[1], n.input[2] = s_name, z_name
     _bypass(graph, conv, conv.input[0])
-    _prune(graph, inits)
+    _prune_unused(graph)  # the Conv's weight DQs and their initializers
     entry = proto.metadata_props.add()
     entry.key, entry.value = INPUT_GRID_KEY, f"{scale!r} {zero}"
     return True
@@ -148,19 +148,3 @@ def _rewire(graph: Any, mapping: dict[str, str]) -> None:
     for o in graph.output:
         if o.name in mapping:
             raise AssertionError(f"the normalisation Conv feeds the graph output {o.name}")
-
-
-def _prune(graph: Any, inits: dict[str, Any]) -> None:
-    """Drop nodes whose outputs nothing reads (the Conv's weight DQs) and unused initializers."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        read = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in read for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    read = {i for n in graph.node for i in n.input}
-    for i in list(graph.initializer):
-        if i.name not in read:
-            graph.initializer.remove(i)

@@ -397,16 +397,7 @@ class EdgeModel:
                 vin[...] = one(x if type(x) is ndarray else np.asarray(x))[0]
             invoke()
             lab, c = conf(vout)
-            seconds = clock() - t0
-            labels[last] = lab
-            confs[last] = c
-            costs = record(seconds, last, mode)
-            ms = seconds * 1e3
-            if observe is not None:
-                observe(_new_tuple(Outcome, (last, confs, costs, costs[last], ms, None, None)))
-            return _new_prediction(
-                Prediction, (lab, c, last, last + 1, ms, False, names[lab], None)
-            )
+            return done(t0, lab, c)
 
         return run_in_place
 

@@ -374,10 +374,10 @@ def _tflite_runner(content: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:
 def _onnx_runner(content: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    from edgekit.runtime.backends import onnxruntime as backend
+
+    # the runtime's session options (exact INT8 kernels on x86 without VNNI): time what runs
+    opts = backend.session_options(1)
     sess = ort.InferenceSession(content, opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     outs = sorted(o.name for o in sess.get_outputs())

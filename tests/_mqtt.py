@@ -167,13 +167,16 @@ class Recorder:
 class PubackDropper:
     """A TCP proxy to the broker that swallows the first ``drop`` PUBACKs on its first
     connection, then cuts that connection: the client must resend (DUP) what it published.
-    Later connections pass everything through."""
+    Later connections pass everything through. With ``client_id``, the lossy connection is
+    instead the first whose CONNECT carries that client id (for a program with several)."""
 
-    def __init__(self, broker_port: int, drop: int) -> None:
+    def __init__(self, broker_port: int, drop: int, client_id: str | None = None) -> None:
         self.broker_port = broker_port
         self.drop = drop
+        self.client_id = client_id
         self.dropped = 0
         self.connections = 0
+        self._lossy_taken = False
         self._srv = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._srv.getsockname()[1])
         threading.Thread(target=self._accept, daemon=True).start()
@@ -187,6 +190,15 @@ class PubackDropper:
             self.connections += 1
             upstream = socket.create_connection(("127.0.0.1", self.broker_port))
             lossy = self.connections == 1
+            if self.client_id is not None:
+                # The client's first bytes are its CONNECT (one small packet): peek at them.
+                first = b""
+                with contextlib.suppress(OSError):
+                    client.settimeout(10)
+                    first = client.recv(4096, socket.MSG_PEEK)
+                    client.settimeout(None)
+                lossy = not self._lossy_taken and self.client_id.encode() in first
+                self._lossy_taken |= lossy
             threading.Thread(target=self._copy, args=(client, upstream), daemon=True).start()
             threading.Thread(
                 target=self._packets, args=(upstream, client, lossy), daemon=True

@@ -372,7 +372,7 @@ def test_lost_puback_is_resent(
     images, _ = digit_images
     rec = Recorder(broker.port, ["edgekit/lossy/#"], "rec-lossy")
     recorders.append(rec)
-    proxy = PubackDropper(broker.port, drop=6)
+    proxy = PubackDropper(broker.port, drop=6, client_id="edgekit-lossy-events")  # events
     try:
         node = NodeProc(tmp_path, digits_pkg, proxy.port, "lossy")
         node.inbox.mkdir()

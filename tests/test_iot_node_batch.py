@@ -1,6 +1,7 @@
 """The node's group commit, in process (a real package and a real outbox, no broker needed):
-a batch is cut at ``batch_s`` and its rest carried into the next one, PUBACKed rows are
-deleted inside the next batch's transaction, and nothing is lost or given two event ids."""
+a batch is cut at ``batch_s`` and its rest carried into the next one, PUBACKed rows can be
+deleted inside a commit, the cap is kept across the two processes' connections, and nothing
+is lost or given two event ids."""
 
 from __future__ import annotations
 
@@ -160,18 +161,43 @@ def test_next_batch_is_claimed_while_one_is_classified(
 def test_acked_rows_are_deleted_inside_the_next_commit(iot: Any, tmp_path: Path) -> None:
     box = iot.outbox.Outbox(tmp_path / "o.sqlite3", cap=10)
     try:
-        box.add([(f"e{i}", "t", b"{}") for i in range(4)], handed=0)
+        assert box.add([(f"e{i}", "t", b"{}") for i in range(4)]) == 4
         assert box.depth == 4
         first = [r[0] for r in box.pending(0, 2)]
-        box.add([(f"e{i}", "t", b"{}") for i in range(4, 10)], handed=first[-1], acked=first)
+        box.add([(f"e{i}", "t", b"{}") for i in range(4, 10)], acked=first)
         assert box.depth == 8
         assert [r[0] for r in box.pending(0, 100)][:1] == [first[-1] + 1]
         # The cap counts only what is really waiting: deleting first makes room, nothing drops.
         more = [(f"e{i}", "t", b"{}") for i in range(10, 14)]
-        box.add(more, handed=first[-1], acked=[3, 4])
+        box.add(more, acked=[3, 4])
+        assert box.trim(handed=first[-1]) == 0
         assert box.depth == 10 and box.dropped == 0
     finally:
         box.close()
+
+
+def test_trim_drops_the_oldest_not_handed_and_counts_across_processes(
+    iot: Any, tmp_path: Path
+) -> None:
+    """The node's connection commits, the publisher's trims: the count is the outbox's own,
+    rows up to ``handed`` (in flight) stay, and ``dropped`` is kept for the other to read."""
+    node = iot.outbox.Outbox(tmp_path / "o.sqlite3", cap=4)
+    pub = iot.outbox.Outbox(tmp_path / "o.sqlite3", cap=4, new_boot=False)
+    try:
+        assert pub.boot == node.boot == 1
+        node.add([(f"e{i}", "t", b"{}") for i in range(10)])
+        assert pub.trim(handed=2) == 6  # seq 1-2 in flight; 3-8 dropped; 9-10 stay
+        assert [r[0] for r in pub.pending(0, 100)] == [1, 2, 9, 10]
+        assert node.dropped_total() == 6 and node.count() == 4
+        assert pub.trim(handed=2) == 0
+    finally:
+        node.close()
+        pub.close()
+    again = iot.outbox.Outbox(tmp_path / "o.sqlite3", cap=4)
+    try:
+        assert again.boot == 2 and again.dropped == 6 and again.depth == 4
+    finally:
+        again.close()
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, 61.0, float("nan")])

@@ -1,9 +1,12 @@
-"""The MQTT 5 connection (paho-mqtt 2.x): session, last will, reconnects, acknowledgements.
+"""The MQTT 5 connections (paho-mqtt 2.x): session, last will, reconnects, acknowledgements.
 
-paho runs the network in its own thread. Everything here that the node's main thread needs
-crosses through thread-safe deques: received messages, and the message ids the broker
-acknowledged. (paho may call ``on_publish`` before ``publish()`` has returned the message
-id, so the main thread matches ids to outbox rows only when it drains the acks.)
+The node has two: its own (``Link(cfg)``: the last will, ``status``, ``stats``, requests and
+commands in, their answers out) and the publisher process's (``Link(cfg, events=True)``:
+only the events, at the rate inputs come in). paho runs each one's network in its own
+thread; what the owner's main thread needs crosses through thread-safe deques: received
+messages, and (events link) the message ids the broker acknowledged. (paho may call
+``on_publish`` before ``publish()`` has returned the message id, so the publisher matches
+ids to outbox rows only when it drains the acks.)
 """
 
 from __future__ import annotations
@@ -30,17 +33,21 @@ QOS0_BACKLOG = 1000  # QoS 0 requests waiting in memory at most
 
 
 MQTT_MAX_QUOTA = 65_535  # Receive Maximum when the broker announces none
+CONTROL_INFLIGHT = 5  # the node's own link: status, stats, answers unacknowledged at once
 
 
 class Link:
-    """One MQTT client for the node: subscribes to ``infer`` and ``cmd``, publishes the rest."""
+    """One MQTT client: the node's (subscribes to ``infer`` and ``cmd``, says ``online``, has
+    the ``offline`` last will) or, with ``events``, the publisher's (events only)."""
 
-    def __init__(self, cfg: Config, receive_maximum: int = 32) -> None:
+    def __init__(self, cfg: Config, receive_maximum: int = 32, *, events: bool = False) -> None:
         self.cfg = cfg
+        self.events = events
         self.inbox: collections.deque[mqtt.MQTTMessage] = collections.deque()
         self.acked: collections.deque[tuple[int, bool]] = collections.deque()
         self.connected = threading.Event()
         self.wake = threading.Event()  # set when something arrives for the main thread
+        self.burst = 1  # PUBACKs that wake the main thread (the publisher sets it)
         self.connects = 0
         self.overflow = 0  # QoS 0 requests dropped because too many were waiting
         # QoS 1 messages the broker takes unacknowledged (its CONNACK's Receive Maximum)
@@ -48,11 +55,12 @@ class Link:
         self.on_connected: list[Any] = []  # called (in paho's thread) after each CONNACK
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"edgekit-{cfg.device}",
+            client_id=f"edgekit-{cfg.device}" + ("-events" if events else ""),
             protocol=mqtt.MQTTv5,
             manual_ack=True,  # requests are acknowledged once their event is committed
         )
-        c.will_set(cfg.topic("status"), b"offline", qos=1, retain=True)
+        if not events:
+            c.will_set(cfg.topic("status"), b"offline", qos=1, retain=True)
         if cfg.username:
             c.username_pw_set(cfg.username, cfg.secret() or None)
         if cfg.tls:
@@ -64,11 +72,13 @@ class Link:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         c.reconnect_delay_set(min_delay=1, max_delay=30)
-        # The node keeps at most max_inflight events with paho itself, and fewer than the
-        # broker's Receive Maximum (node.py's _pump). paho's own limit stays off: with one
-        # set, every PUBACK walks all of paho's in-flight messages looking for a queued one
-        # (about 15 us of CPU per event at 256 in flight).
-        c.max_inflight_messages_set(0)
+        # The publisher keeps at most max_inflight events with paho itself, and no more than
+        # the broker's Receive Maximum (publisher.py's pump). paho's own limit stays off
+        # there: with one set, every PUBACK walks all of paho's in-flight messages looking
+        # for a queued one (about 15 us of CPU per event at 256 in flight). The node's own
+        # link sends little (status, stats, answers) and uses paho's limit (set before
+        # connecting, so below the smallest Receive Maximum brokers commonly announce).
+        c.max_inflight_messages_set(0 if events else CONTROL_INFLIGHT)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -98,16 +108,18 @@ class Link:
         self.connects += 1
         # MQTT 5: more unacknowledged QoS 1 publishes than this is a protocol error (strict
         # brokers disconnect; mosquitto announces 20). paho does not apply it by itself, and
-        # its own limit cannot change once connected: node.py's _pump keeps events below it.
+        # its own limit cannot change once connected: publisher.py's pump keeps events below it.
         self.send_quota = getattr(_p, "ReceiveMaximum", None) or MQTT_MAX_QUOTA
         log.info(
-            "connected to %s:%d (session %s)",
+            "%s connected to %s:%d (session %s)",
+            "events" if self.events else "node",
             self.cfg.broker,
             self.cfg.broker_port,
             "resumed" if flags.session_present else "new",
         )
-        client.subscribe([(self.cfg.topic("infer"), 1), (self.cfg.topic("cmd"), 1)])
-        client.publish(self.cfg.topic("status"), b"online", qos=1, retain=True)
+        if not self.events:
+            client.subscribe([(self.cfg.topic("infer"), 1), (self.cfg.topic("cmd"), 1)])
+            client.publish(self.cfg.topic("status"), b"online", qos=1, retain=True)
         for fn in self.on_connected:
             fn()
         self.connected.set()
@@ -119,9 +131,12 @@ class Link:
         self.connected.clear()
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        if not self.events:
+            return  # status, stats, answers: nothing waits for their PUBACK
         # 0x10 "no matching subscribers" is a success: the broker has the message.
         self.acked.append((mid, not reason.is_failure))
-        self.wake.set()
+        if len(self.acked) >= self.burst:  # wake the publisher once per burst, not per ack
+            self.wake.set()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         # QoS 1 messages are bounded by ReceiveMaximum (unacked ones); QoS 0 ones are not:
@@ -160,7 +175,7 @@ class Link:
 
     def close(self, timeout: float = 2.0) -> None:
         """Publish ``offline`` (retained), disconnect cleanly, stop the network thread."""
-        if self.connected.is_set():
+        if self.connected.is_set() and not self.events:
             info = self.client.publish(self.cfg.topic("status"), b"offline", qos=1, retain=True)
             # If the connection goes down meanwhile, the last will says offline.
             with contextlib.suppress(RuntimeError, ValueError):

@@ -1,9 +1,13 @@
-"""The node: one loop that classifies inputs, commits events, and keeps the broker fed.
+"""The node: one loop that classifies inputs and commits their events; a second process
+delivers them.
 
-Everything that touches the model or the outbox runs in this one thread; paho's network
-thread only fills deques (see link.py). Per batch: claim inputs, classify, commit their
-events (one transaction), then move the files and acknowledge the requests. Publishing keeps
-at most ``max_inflight`` outbox events with paho; each is deleted when its PUBACK arrives.
+Everything that touches the model runs in this one thread; paho's network thread (the
+node's own connection: requests and commands in, answers, status and stats out) only fills
+a deque (see link.py). Per batch: claim inputs, classify, commit their events (one
+transaction: the durability point), then move the files and acknowledge the requests. The
+events go to the broker from the publisher process (publisher.py), which the node starts
+and supervises: it reads committed rows, publishes them and deletes each after its PUBACK,
+on another core than the inference when the board has one.
 
 The inbox's file moves run in one helper thread, overlapped with classifying: while a batch
 is classified, the next one is claimed (renamed into ``.claimed/``, fsynced) and the last
@@ -13,7 +17,6 @@ on disk before its file is read, an event is committed before its file leaves ``
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import itertools
 import json
@@ -33,12 +36,12 @@ from .config import Config
 from .inputs import Claim, Inbox, InputProblem, decode
 from .link import Link
 from .outbox import Outbox
+from .publisher import PublisherProcess
 from .systemd import Notifier
 
 __all__ = ["Deployment", "Node", "resolve"]
 
 log = logging.getLogger("iot_node")
-REPLY_PLACES = 4  # of the broker's Receive Maximum, kept for status, stats and replies
 
 
 @dataclass(frozen=True)
@@ -100,22 +103,14 @@ class Node:
         self.deployment = resolve(cfg.package)
         self.model = self._load(self.deployment)
         self.link = Link(cfg)
-        self.link.on_connected.append(self._on_connected)
+        self.publisher = PublisherProcess(cfg)  # started by run()
         self.notify = Notifier()
         self._stop = threading.Event()
-        self._inflight: dict[int, int] = {}  # paho message id -> outbox seq
-        self._handed = 0  # the highest outbox seq given to paho
-        # Committed rows read ahead from the outbox, not yet given to paho: one query per
-        # max_inflight rows, not one per PUBACK (the broker's quota is often ~20).
-        self._ready: collections.deque[tuple[int, str, bytes]] = collections.deque()
-        self._acked: list[int] = []  # PUBACKed outbox seqs, deleted with the next commit
-        self._burst = 1  # PUBACKs that make a mid-batch hand-over (half the send limit)
         self._carry: list[_Item] = []  # claimed, not classified before the batch's deadline
         self._recovered: list[Claim] = []  # claimed (before a restart, or ahead), not in a batch
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="iot-inbox")
         self._claiming: Future[list[Claim]] | None = None  # the next batch, being claimed
         self._finishing: Future[None] | None = None  # the last batch, being moved to done/
-        self._rewind = threading.Event()  # set on connect: hand over the outbox from its start
         self.counts = {"processed": 0, "failed": 0, "requests": 0, "commands": 0, "rejected": 0}
         self.started = time.time()
         self._next_stats = time.monotonic() + cfg.stats_s
@@ -272,20 +267,10 @@ class Node:
                 self.counts["failed"] += 1
                 continue
             self._classify(it, data)
-            # PUBACKs came in: hand over more (the broker's quota is small), in bursts of half
-            # the quota, so paho's thread wakes once per burst rather than once per event.
-            if len(self.link.acked) >= self._burst or (self.link.acked and not self._inflight):
-                self._pump()
         topic = self.cfg.topic("events")
         rows = [(i.event_id, topic, json.dumps(i.event).encode()) for i in items]
-        acked, self._acked = self._acked, []
-        dropped = self.outbox.add(
-            rows, handed=self._handed, seen=[i.seen_id for i in items if i.seen_id], acked=acked
-        )
-        if dropped:
-            self._ready.clear()  # rows read ahead may be among the dropped
-            cap = self.cfg.outbox_cap
-            log.warning("outbox full (%d): dropped the %d oldest events", cap, dropped)
+        added = self.outbox.add(rows, seen=[i.seen_id for i in items if i.seen_id])
+        self.publisher.committed(added)  # it reads them from the outbox, and keeps the cap
         # Committed: now the inputs can be let go of (the files by the inbox thread).
         fin, self._finishing = self._finishing, None
         if fin is not None:
@@ -297,58 +282,6 @@ class Node:
             if it.claim is None:
                 self.link.reply(it.request, it.event or {})
                 self.link.ack(it.request)
-
-    # -- publishing ----------------------------------------------------------------------
-
-    def _flush_acked(self) -> None:
-        acked, self._acked = self._acked, []
-        self.outbox.delete(acked)
-
-    def _on_connected(self) -> None:
-        self._rewind.set()
-
-    def _pump(self) -> None:
-        """Match PUBACKs to outbox rows (to delete with the next commit, or when idle), then
-        hand over more rows."""
-        done, retry = self._acked, False
-        while self.link.acked:
-            mid, ok = self.link.acked.popleft()
-            seq = self._inflight.pop(mid, None)
-            if seq is None:
-                continue  # status, stats, replies: not outbox events
-            if ok:
-                done.append(seq)
-            else:
-                self.counts["rejected"] += 1
-                retry = True
-        if retry:
-            log.error("the broker refused events (not authorized?); they stay in the outbox")
-        if self._rewind.is_set() and not self._inflight:
-            # A new connection with nothing of ours in flight: start from the outbox's oldest
-            # (rows paho still holds are resent by paho itself and stay in _inflight).
-            self._rewind.clear()
-            self._flush_acked()  # or the rows acked but not yet deleted would go out again
-            self._handed = 0
-            self._ready.clear()
-        # Status, stats and replies share the broker's quota: leave them a few places.
-        quota = self.link.send_quota
-        limit = min(self.cfg.max_inflight, max(1, quota - min(REPLY_PLACES, quota // 2)))
-        self._burst = max(1, limit // 2)
-        room = limit - len(self._inflight)
-        if room <= 0 or not self.link.connected.is_set():
-            return
-        if not self._ready:
-            self._ready.extend(self.outbox.pending(self._handed, self.cfg.max_inflight))
-        ready = self._ready
-        while room > 0 and ready:
-            seq, topic, payload = ready[0]
-            sent = self.link.publish(topic, payload)
-            if sent is None:
-                break
-            ready.popleft()
-            self._inflight[sent] = seq
-            self._handed = seq
-            room -= 1
 
     # -- commands and stats --------------------------------------------------------------
 
@@ -373,7 +306,7 @@ class Node:
                 result.update(ok=True, **self._apply(cmd, body))
             except Exception as exc:  # a bad policy string, a broken package: say so, go on
                 result.update(ok=False, error=str(exc))
-            self.outbox.add([], handed=self._handed, seen=[f"cmd:{cid}"])
+            self.outbox.add([], seen=[f"cmd:{cid}"])
         self._cmd_result(msg, result)
 
     def _apply(self, cmd: Any, body: dict[str, Any]) -> dict[str, Any]:
@@ -407,11 +340,11 @@ class Node:
             "deploy": self.deployment.deploy_id,
             "deploy_error": self.deploy_error,
             **self.counts,
-            "outbox_depth": self.outbox.depth - len(self._acked),
-            "in_flight": len(self._inflight),
-            "dropped": self.outbox.dropped,
+            "outbox_depth": self.outbox.count(),  # PUBACKed rows leave it (the publisher)
+            "dropped": self.outbox.dropped_total(),
             "connected": self.link.connected.is_set(),
             "requests_dropped": self.link.overflow,
+            "publisher": self.publisher.stats(),  # its connection, in_flight, restarts
             "model": self.model.stats(),
         }
 
@@ -451,6 +384,7 @@ class Node:
         signal.signal(signal.SIGINT, self.stop)
         if self.cfg.ha_discovery:
             self.link.on_connected.append(self._discovery)
+        self.publisher.start()
         self.link.start()
         self._recovered = recovered = self.inbox.recover()
         if recovered:
@@ -461,17 +395,16 @@ class Node:
             items = self._gather()
             if items:
                 self._process(items)
-            self._pump()
             self._housekeeping()
             if not items:
-                self._flush_acked()
-                # Idle: sleep until paho brings an ack or a message, or the inbox poll is due.
+                # Idle: sleep until paho brings a message, or the inbox poll is due.
                 self.link.wake.wait(self.cfg.poll_s)
                 self.link.wake.clear()
         self._shutdown()
 
     def _housekeeping(self) -> None:
         self.notify.ping()
+        self.publisher.check()
         now = time.monotonic()
         if now >= self._next_watch:
             self._next_watch = now + self.cfg.watch_s
@@ -491,14 +424,9 @@ class Node:
             self._process(items)
         self._settle()
         self._disk.shutdown()
-        log.info("stopping: %d events wait for the broker", self.outbox.depth)
-        deadline = time.monotonic() + self.cfg.drain_s
-        while self.outbox.depth and self.link.connected.is_set() and time.monotonic() < deadline:
-            self._pump()
-            self._flush_acked()
-            time.sleep(0.02)
-        self._pump()
-        self._flush_acked()
+        # Every event is committed: the publisher waits up to drain_s for PUBACKs, then ends.
+        self.publisher.stop(self.cfg.drain_s)
+        log.info("stopping: %d events wait for the broker", self.outbox.count())
         if self.link.connected.is_set():
             self._publish_stats()
         self.link.close()

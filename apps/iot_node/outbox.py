@@ -1,11 +1,11 @@
 """The on-disk outbox: events are committed here before they are published, and deleted only
 after the broker's PUBACK, so a broker outage, a SIGKILL or a reboot loses nothing.
 
-One SQLite file in WAL mode, used from one thread. ``synchronous=FULL`` makes each commit
-durable against power loss; the node commits a batch of events at a time, so the fsync is
-shared (deletes after PUBACK skip it: losing one only means a resend). When more than
-``cap`` events wait, the oldest not yet handed to the broker are dropped and counted
-(``dropped``, kept across restarts).
+One SQLite file in WAL mode, opened by two processes: the node's (``add``: each batch of
+events in one transaction, ``synchronous=FULL``, so the fsync is shared) and the publisher's
+(``pending``, ``delete`` after PUBACK without an fsync: losing a delete only means a resend;
+``trim``). When more than ``cap`` events wait, ``trim`` drops the oldest not yet handed to
+the broker and counts them (``dropped``, kept across restarts).
 """
 
 from __future__ import annotations
@@ -32,20 +32,30 @@ SEEN_KEEP = 10_000  # command/request ids remembered (the newest)
 class Outbox:
     """Events waiting for their PUBACK, plus the node's few counters (boot, dropped)."""
 
-    def __init__(self, path: str | Path, cap: int) -> None:
+    def __init__(self, path: str | Path, cap: int, *, new_boot: bool = True) -> None:
+        """``new_boot``: count a start of the node (the publisher's connection does not)."""
         if cap < 1:
             raise ValueError(f"outbox cap must be at least 1, not {cap}")
         self.cap = cap
-        self._db = sqlite3.connect(str(path), isolation_level=None)
+        # timeout: the other process may hold the write lock for one commit (an fsync)
+        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._synchronous = "FULL"
         self._db.executescript(_SCHEMA)
         with self._tx():
-            self.boot = self._meta("boot") + 1
+            self.boot = self._meta("boot") + int(new_boot)
             self._set_meta("boot", self.boot)
         self.dropped = self._meta("dropped")
-        self.depth = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        self.depth = self.count()
+
+    def count(self) -> int:
+        """Events waiting now (committed, not yet acknowledged), whichever process wrote."""
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def dropped_total(self) -> int:
+        """Events the cap has dropped, ever (``trim`` counts them, in either process)."""
+        return self._meta("dropped")
 
     def _tx(self) -> sqlite3.Connection:
         # ``with conn:`` commits or rolls back; BEGIN makes the block one transaction.
@@ -63,16 +73,14 @@ class Outbox:
         self,
         events: Sequence[tuple[str, str, bytes]],
         *,
-        handed: int,
         seen: Iterable[str] = (),
         acked: Sequence[int] = (),
     ) -> int:
         """Commit ``(event_id, topic, payload)`` rows (an event id already here is kept once)
-        and the ``seen`` ids, in one transaction; return how many old events the cap dropped.
+        and the ``seen`` ids, in one durable transaction; return how many rows were new.
 
-        ``handed``: the last sequence number given to the MQTT client; those are in flight
-        and are not dropped. ``acked``: events the broker acknowledged, deleted in the same
-        transaction (so PUBACKs cost no commit of their own while inputs keep coming).
+        ``acked``: events the broker acknowledged, deleted in the same transaction (so
+        PUBACKs cost no commit of their own while inputs keep coming in one process).
         """
         self._sync("FULL")
         with self._tx():
@@ -83,20 +91,30 @@ class Outbox:
                 "INSERT OR IGNORE INTO outbox (event_id, topic, payload) VALUES (?, ?, ?)",
                 events,
             )
-            self.depth += self._db.total_changes - before
+            added = self._db.total_changes - before
+            self.depth += added
             self._db.executemany("INSERT OR IGNORE INTO seen (id) VALUES (?)", ((s,) for s in seen))
+        return added
+
+    def trim(self, handed: int) -> int:
+        """Keep at most ``cap`` events: drop the oldest above ``handed`` (the last sequence
+        number given to the MQTT client: those are in flight and are not dropped), count
+        them in ``dropped``; return how many went."""
+        self._sync("NORMAL")  # a lost trim is redone at the next one
+        with self._tx():
+            self.depth = self.count()
             excess = self.depth - self.cap
-            dropped = 0
-            if excess > 0:
-                cur = self._db.execute(
-                    "DELETE FROM outbox WHERE seq IN "
-                    "(SELECT seq FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?)",
-                    (handed, excess),
-                )
-                dropped = cur.rowcount
-                self.depth -= dropped
-                self.dropped += dropped
-                self._set_meta("dropped", self.dropped)
+            if excess <= 0:
+                return 0
+            cur = self._db.execute(
+                "DELETE FROM outbox WHERE seq IN "
+                "(SELECT seq FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?)",
+                (handed, excess),
+            )
+            dropped = cur.rowcount
+            self.depth -= dropped
+            self.dropped = self._meta("dropped") + dropped
+            self._set_meta("dropped", self.dropped)
         return dropped
 
     def pending(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:

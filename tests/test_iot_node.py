@@ -120,6 +120,16 @@ class NodeProc:
         self.proc = None
         return rc
 
+    def publisher(self) -> int:
+        """The pid of the node's publisher process (its one child)."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        kids = wait_for(
+            lambda: Path(f"/proc/{pid}/task/{pid}/children").read_text().split(), 30, "a child"
+        )
+        assert len(kids) == 1, kids
+        return int(kids[0])
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
@@ -350,7 +360,10 @@ def test_sigkill_while_broker_down(
     broker.stop()
     names += drop(node.inbox, images, 15, 25)
     wait_for(lambda: node.done() == 40, 30, "40 inputs classified while the broker is down")
+    publisher = node.publisher()
     node.kill()
+    # The publisher dies with the node (PR_SET_PDEATHSIG): it never publishes alone.
+    wait_for(lambda: not _alive(publisher), 10, "the publisher gone with the node")
     # As if it had died right after claiming a file: the claim carries the event id.
     (node.inbox / ".claimed" / "killed-1-999__planted.png").write_bytes(png(images[3]))
     broker.start()
@@ -361,6 +374,40 @@ def test_sigkill_while_broker_down(
     assert ids["inbox:planted.png"] == "killed-1-999"
     assert {ids[f"inbox:{n}"].split("-")[1] for n in names} == {"1"}  # all from the first boot
     wait_for(lambda: (rec.on("/stats") or [{}])[-1].get("boot") == 2, 10, "stats of boot 2")
+    assert node.stop() == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_publisher_that_dies_is_restarted(
+    broker: Broker, digits_pkg: Path, digit_images: Any, tmp_path: Path, nodes: Any, recorders: Any
+) -> None:
+    """The node supervises its publisher: one killed mid-stream is started again, and the
+    events it had in flight are resent under their ids (none lost, none under two ids)."""
+    images, _ = digit_images
+    rec = Recorder(broker.port, ["edgekit/supervised/#"], "rec-supervised")
+    recorders.append(rec)
+    node = NodeProc(tmp_path, digits_pkg, broker.port, "supervised")
+    nodes.append(node.start())
+    names = drop(node.inbox, images, 0, 20)
+    wait_for(lambda: len(rec.on("/events")) >= 5, 30, "the first events")
+    first = node.publisher()
+    os.kill(first, signal.SIGKILL)
+    names += drop(node.inbox, images, 20, 20)
+    want = {f"inbox:{n}" for n in names}
+    wait_sources(rec, want, 60, node)
+    check_exactly_once(rec, want)
+    assert node.publisher() != first
+    wait_for(
+        lambda: ((rec.on("/stats") or [{}])[-1].get("publisher") or {}).get("restarts") == 1,
+        10,
+        "stats saying the publisher was restarted once",
+    )
     assert node.stop() == 0
 
 

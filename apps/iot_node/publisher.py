@@ -278,7 +278,7 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def main() -> int:
+def main() -> None:
     """``python -m iot_node.publisher NODE_PID``, started by the node only."""
     _die_with(int(sys.argv[1]))
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -299,8 +299,11 @@ def main() -> int:
 
     threading.Thread(target=read, name="iot-pipe", daemon=True).start()
     pub.run(orders, sys.stdout)
-    return 0
+    # Not the interpreter's shutdown: the pipe thread is blocked reading stdin.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -16,6 +16,8 @@ _U8 = np.dtype(np.uint8)
 # costs more than the clipping itself on one small image.
 _core = getattr(np, "_core", None) or np.core
 _clip: np.ufunc | None = getattr(getattr(_core, "umath", None), "clip", None)
+# The float path's calls, bound once (no module attribute lookups per input).
+_mul, _add, _rint, _sum, _isfinite = np.multiply, np.add, np.rint, np.add.reduce, math.isfinite
 
 
 class Quantizer:
@@ -114,28 +116,29 @@ class Quantizer:
         return out
 
     def _fill(self, x: np.ndarray, out: np.ndarray) -> None:
-        if x.dtype == np.uint8:
+        dt = x.dtype
+        if dt is _U8 or dt == _U8:
             # Every uint8 value indexes the 256-entry table, so "clip" never clips; it
             # skips the bounds check of the default mode (half the cost of the lookup).
             self._lut.take(x, out=out, mode="clip")
-        elif x.dtype.kind == "f":
-            f = self._fbuf if x.shape == self._fbuf.shape else np.empty(x.shape, np.float32)
-            np.multiply(x, self._inv, f)  # positional out: no keyword parsing per call
+        elif dt.kind == "f":
+            f = self._fbuf if x.shape == self.shape else np.empty(x.shape, np.float32)
+            _mul(x, self._inv, f)  # positional out: no keyword parsing per call
             # One sum catches NaN and inf (a huge finite input may overflow it: look closer).
-            if not math.isfinite(f.sum()) and not np.isfinite(x).all():
+            if not _isfinite(_sum(f, None)) and not np.isfinite(x).all():
                 raise InputError(
                     "input holds NaN or infinite values",
                     hint="check the camera/sensor reading or the preprocessing before predict",
                 )
             # rint(v) + zp == rint(v + zp) (zp is an integer); then clip and cast. Plain
             # ufuncs: np.clip's Python wrapper alone costs more than all of these.
-            np.add(f, self._zp, f)
+            _add(f, self._zp, f)
             if _clip is not None:
                 _clip(f, self._lo, self.hi, f)
             else:  # pragma: no cover - numpy without the clip ufunc
                 np.maximum(f, self._lo, f)
                 np.minimum(f, self.hi, f)
-            np.rint(f, out=out, casting="unsafe")
+            _rint(f, out=out, casting="unsafe")
         else:
             raise InputError(
                 f"input has dtype {x.dtype}; expected uint8 pixels or float32 scaled like the "

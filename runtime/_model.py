@@ -236,9 +236,11 @@ class EdgeModel:
             manifest.labels[i] if i < len(manifest.labels) else None
             for i in range(max(n_classes, len(manifest.labels)))
         ]
-        self._run: Callable[[Any], Prediction] = self._predict
-        if self._lean and full is not None:
-            self._run = self._lean_run()
+        # The stage loop on the interpreters' own buffers, for a policy that decides by
+        # thresholds alone on this device (no server, no exit run for evaluation's sake).
+        self._by_thresholds = not (self._lean or needs.all_exits or needs.offloads)
+        self._lends_stages = False  # the stage runners' buffers are held by self._run
+        self._run: Callable[[Any], Prediction] = self._pick_run()
         if policy.persists:
             interval = getattr(getattr(policy, "config", None), "save_interval_s", 30.0)
             self._autosave = Autosave(policy.checkpoint, self._lock, interval)
@@ -325,6 +327,89 @@ class EdgeModel:
             Prediction,
             (lab, self._confs[exit_k], exit_k, k + 1, ms, False, self._names[lab], None),
         )
+
+    def _pick_run(self) -> Callable[[Any], Prediction]:
+        """The function ``predict`` calls: a short path of local names where the policy
+        and the backend allow one (the unsplit model's seam is open, i.e. no
+        ``wrap_stage`` and ``unsplit=True``), else the general ``_predict``."""
+        self._lends_stages = False
+        if self._full is None:
+            return self._predict
+        if self._lean:
+            return self._lean_run()
+        if self._by_thresholds:
+            run = self._staged_run()
+            if run is not None:
+                self._lends_stages = True
+                return run
+        return self._predict
+
+    def _staged_run(self) -> Callable[[Any], Prediction] | None:
+        """``_predict`` for a policy that decides by thresholds alone (the bandit,
+        ``threshold``) as one function of local names, on the stages' own buffers.
+
+        The same work as ``_predict`` -> ``_decided`` -> ``_stages`` -> ``_local``, where
+        every stage runner lends its buffers (``TFLiteStage.views``): the image is
+        written straight into stage 0's input, each exit's confidence is read from its
+        logits where they are, and a stage's features are copied straight into the next
+        stage's input (no set_tensor, no get_tensor, no array per stage). A decision to
+        run every stage (the unsplit model answers) or to offload goes the general way,
+        and so does any input but an image of the model's shape. None when a runner
+        lends no buffers or they do not chain (shapes or types differ).
+        """
+        views = []
+        for r in self._runners:
+            v: Any = r.views() if hasattr(r, "views") else None
+            if v is None:
+                return None
+            views.append(v)
+        quant = self._quant
+        vin0 = views[0][0][0]
+        if vin0.dtype != quant.dtype or vin0.shape != quant.shape:
+            return None
+        steps = []
+        for k, (_, feats, logits, invoke) in enumerate(views):
+            nxt = views[k + 1][0] if k < self._last else None
+            if (nxt is None) != (feats is None):
+                return None
+            if nxt is not None and (nxt.shape != feats.shape or nxt.dtype != feats.dtype):
+                return None
+            steps.append((invoke, self._conf_one[k], logits, feats, nxt))
+        del views
+        select, run_all, general, local = self._select, self._run_all, self._decided, self._local
+        one, shape, shift, lut, fill = quant.one, quant.shape, quant.shift, quant._lut, quant._fill
+        marks, labels, confs = self.stats_.marks, self._labels, self._confs
+        ndarray, u8, add, clock = np.ndarray, np.dtype(np.uint8), np.add, perf_counter
+        vin8 = vin0.view(u8)
+
+        def run_staged(x: Any) -> Prediction:
+            th, split = select(False)
+            if split is not None or th == run_all:
+                return general(x, th, split, False)
+            t0 = clock()
+            if type(x) is ndarray and x.dtype is u8 and x.shape == shape:
+                if shift is not None:
+                    add(x, shift, vin8)
+                else:
+                    lut.take(x, out=vin0, mode="clip")
+            elif type(x) is ndarray and x.shape == shape:
+                fill(x, vin0)  # float pixels: scaled, rounded and clipped into place
+            else:
+                vin0[...] = one(x if type(x) is ndarray else np.asarray(x))[0]
+            k = 0
+            for invoke, conf, logits, feats, nxt in steps:
+                invoke()
+                lab, c = conf(logits)
+                marks[k] = clock()
+                labels[k] = lab
+                confs[k] = c
+                if c >= th[k] or nxt is None:
+                    break
+                nxt[...] = feats
+                k += 1
+            return local(t0, k, k, th)
+
+        return run_staged
 
     def _lean_run(self) -> Callable[[Any], Prediction]:
         """``_predict`` for a lean policy (``full``) as one function of local names.
@@ -495,6 +580,15 @@ class EdgeModel:
             return self._run_all_exits(xs, batch)
 
     def _run_all_exits(self, xs: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        if not self._lends_stages:
+            return self._batches(xs, batch)
+        self._run = self._predict  # let go of the stages' buffers: they are resized here
+        try:
+            return self._batches(xs, batch)
+        finally:
+            self._run = self._pick_run()  # back at batch 1, lent again
+
+    def _batches(self, xs: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
         n = len(xs)
         labels = np.zeros((n, self.n_exits), np.int64)
         confs = np.zeros((n, self.n_exits), np.float64)

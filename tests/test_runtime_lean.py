@@ -112,3 +112,116 @@ def test_stage_runners_still_resize_for_batches(digits_pkg: Path, digits: Any) -
         labels, _ = m.run_all_exits(x, batch=128)  # 128, 128, then 44: two resizes
         assert [m.predict(v).label for v in x[:5]] == one
     assert labels.shape == (300, len(m.manifest.exits))
+
+
+# -- the stage loop on the interpreters' buffers (EdgeModel._staged_run) ----------------
+
+
+def _general(m: Any) -> Any:
+    """The same model on the general path (``_predict``: set_tensor/get_tensor copies)."""
+    m._run = m._predict
+    return m
+
+
+@pytest.mark.parametrize("policy", ["bandit", "threshold:0.9", "threshold:0.6,0.99,0.9"])
+def test_thresholds_in_place_answer_what_the_general_path_answers(
+    digits_pkg: Path, digits: Any, policy: str
+) -> None:
+    x8 = _pixels(digits, 200)
+    xf = np.asarray(digits.x_test[:200], np.float32)
+    # cost="macs": the bandit's choices do not depend on measured times, so both agree.
+    kw: dict[str, Any] = {"cost": "macs"} if policy == "bandit" else {}
+    with (
+        edgekit.load(digits_pkg, backend="litert", policy=policy, **kw) as lean,
+        edgekit.load(digits_pkg, backend="litert", policy=policy, **kw) as general,
+    ):
+        assert lean._lends_stages  # the in-place loop is the one taken
+        _general(general)
+        early = 0
+        for i in range(len(x8)):
+            v = x8[i] if i % 3 else xf[i]  # uint8 pixels and float ones, mixed
+            a, b = lean.predict(v), general.predict(v)
+            assert a[:4] == b[:4] and a.name == b.name  # label, score, exit, stages run
+            assert a.latency_ms > 0 and not a.offloaded
+            early += a.exit < lean.n_exits - 1
+        assert early > 0  # some inputs stopped early, some (bandit: never-arm) did not
+        sa, sb = lean.stats(), general.stats()
+        assert sa["predictions"] == sb["predictions"] == 200
+        assert sa["exit_histogram"] == sb["exit_histogram"]
+        if policy == "bandit":
+            va = [a["count"] for a in sa["arms"]["arms"]]
+            assert va == [a["count"] for a in sb["arms"]["arms"]]
+
+
+def test_buffers_in_place_stay_right_across_calls_batches_and_errors(
+    digits_pkg: Path, digits: Any
+) -> None:
+    x = _pixels(digits, 120)
+    keep = x.copy()
+    with (
+        edgekit.load(digits_pkg, backend="litert", policy="threshold:0.95") as lean,
+        edgekit.load(digits_pkg, backend="litert", policy="threshold:0.95") as general,
+    ):
+        _general(general)
+        want = [general.predict(v) for v in x]
+        first = [lean.predict(v) for v in x]
+        assert np.array_equal(x, keep)  # the caller's images are read, never written
+        assert [p[:4] for p in first] == [p[:4] for p in want]
+        # A batch resizes the stage interpreters: their buffers are let go and lent again.
+        labels, confs = lean.run_all_exits(x, batch=64)
+        assert lean._lends_stages
+        want_l, want_c = general.run_all_exits(x, batch=50)
+        assert np.array_equal(labels, want_l) and np.allclose(confs, want_c)
+        lean.stage_latency_ms(x, n=5)
+        # Bad inputs raise and leave nothing behind for the next input.
+        for bad in (
+            np.zeros((3, 3), np.uint8),
+            np.zeros((1, 64), np.uint8),
+            np.full(x[0].shape, np.nan, np.float32),
+            np.full(x[0].shape, np.inf, np.float32),
+            x[0].astype(np.int32),
+        ):
+            with pytest.raises(InputError):
+                lean.predict(bad)
+        again = [lean.predict(v) for v in reversed(x)]
+        assert [p[:4] for p in again] == [p[:4] for p in reversed(want)]
+        # Other forms of one image take the quantizer's way and answer the same.
+        assert lean.predict(x[5][None])[:4] == want[5][:4]
+        assert lean.predict(x[5][..., 0])[:4] == want[5][:4]
+        as_list = (x[5] / 255.0).tolist()  # not an array: float64 through np.asarray
+        assert lean.predict(as_list)[:4] == general.predict(as_list)[:4]
+    with pytest.raises(ModelClosedError):
+        lean.predict(x[0])
+
+
+def test_thresholds_in_place_serialize_threads(digits_pkg: Path, digits: Any) -> None:
+    import threading
+
+    x = _pixels(digits, 100)
+    with edgekit.load(digits_pkg, backend="litert", policy="threshold:0.9") as m:
+        want = [m.predict(v)[:4] for v in x]
+        got: dict[int, list[Any]] = {}
+
+        def work(t: int) -> None:
+            got[t] = [m.predict(v)[:4] for v in x]
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(got[t] == want for t in range(4))
+        assert m.stats()["predictions"] == 500
+
+
+def test_seams_and_servers_take_the_general_path(digits_pkg: Path) -> None:
+    def same(k: int, r: Any) -> Any:
+        return r
+
+    for kw in ({"wrap_stage": same}, {"unsplit": False}):
+        with edgekit.load(digits_pkg, backend="litert", policy="bandit", **kw) as m:
+            assert not m._lends_stages and m._run == m._predict
+    with edgekit.load(digits_pkg, backend="litert", policy="oracle") as m:
+        assert not m._lends_stages  # runs every exit: not a thresholds-only policy
+    with edgekit.load(digits_pkg, backend="onnxruntime", policy="bandit") as m:
+        assert not m._lends_stages  # no buffers lent

@@ -72,6 +72,31 @@ class _Signature:
         self._set(self._in, x)
         self._invoke()
 
+    def _lend(self, indices: list[int]) -> list[np.ndarray] | None:
+        """The buffers of tensors ``indices`` as numpy arrays (the interpreter's memory, at
+        batch 1), or None when they move between invokes (they do not for a static graph:
+        checked here on two invokes) or the interpreter has no ``tensor()``.
+
+        While the arrays are alive the interpreter's own checked calls refuse to run (a
+        resize or ``allocate_tensors`` would move the memory under them), so the holder
+        drops them before anything may resize; this runner's calls are the unchecked ones.
+        """
+        it = self.interpreter
+        if not callable(getattr(it, "tensor", None)):
+            return None
+        try:
+            if self._batch != 1:
+                self._resize(1)
+            arrs = [it.tensor(i)() for i in indices]
+            where = [a.ctypes.data for a in arrs]
+            for _ in range(2):
+                self._invoke()
+                if [it.tensor(i)().ctypes.data for i in indices] != where:
+                    return None
+        except (ValueError, RuntimeError, TypeError):  # pragma: no cover - other versions
+            return None
+        return arrs
+
     def close(self) -> None:
         self._unbind()
         self.interpreter = None
@@ -100,6 +125,20 @@ class TFLiteStage(_Signature):
         get = self._get
         return (None if self._feat is None else get(self._feat)), get(self._logits)
 
+    def views(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, Callable[[], Any]] | None:
+        """For a caller that feeds batch-1 inputs itself: (the input tensor's buffer, the
+        features' buffer (None for the last stage), the logits' buffer, invoke), each array
+        of the tensor's batch-1 shape. Writing the input in place, reading the logits where
+        they are and copying the features straight into the next stage's input saves
+        set_tensor's and get_tensor's conversions and arrays. Valid until ``close``; no
+        resize may happen while they are held (see ``_lend``). None when the buffers move
+        between invokes or the interpreter lends none."""
+        feat = [] if self._feat is None else [self._feat]
+        arrs = self._lend([self._in, self._logits, *feat])
+        if arrs is None:
+            return None
+        return arrs[0], (arrs[2] if feat else None), arrs[1], self._invoke
+
 
 class TFLiteFull(_Signature):
     """The unsplit model: one invoke returns every exit's logits (``exit_0..exit_N``)."""
@@ -120,26 +159,12 @@ class TFLiteFull(_Signature):
         numpy array of shape (H, W, C), the last exit's logits buffer, invoke). Writing
         the input in place and reading the logits where they are saves set_tensor's and
         get_tensor's conversions. The arrays are the interpreter's memory: valid until
-        ``close``, and no resize may happen while they are held (they keep the
-        interpreter's own checked calls from running: this runner makes the unchecked
-        ones). None when the buffers move between invokes (they do not for a static
-        graph: checked here on two invokes) or the interpreter has no ``tensor()``."""
-        it = self.interpreter
-        if self._batch != 1 or not callable(getattr(it, "tensor", None)):
+        ``close``, and no resize may happen while they are held (see ``_lend``). None when
+        the buffers move between invokes or the interpreter lends none."""
+        arrs = self._lend([self._in, self._final])
+        if arrs is None:
             return None
-        try:
-            inp, out = it.tensor(self._in)()[0], it.tensor(self._final)()
-            where = (inp.ctypes.data, out.ctypes.data)
-            for _ in range(2):
-                self._invoke()
-                if (
-                    it.tensor(self._in)().ctypes.data,
-                    it.tensor(self._final)().ctypes.data,
-                ) != where:
-                    return None
-        except (ValueError, RuntimeError, TypeError):  # pragma: no cover - other versions
-            return None
-        return inp, out, self._invoke
+        return arrs[0][0], arrs[1], self._invoke
 
     def final(self, x: np.ndarray) -> np.ndarray:
         # _invoke_on inlined: ``policy=full`` makes this its only interpreter call.

@@ -56,10 +56,6 @@ def _bandit(**kw: object) -> SplitBanditPolicy:
     return pol
 
 
-def _arm(pol: SplitBanditPolicy, split: int | None, th: float) -> int:
-    return pol.pairs.index((N if split is None else split, th))
-
-
 def test_arms_are_split_threshold_pairs() -> None:
     pol = _bandit(arms=(0.5, 0.9, NEVER))
     # 3 local arms, one arm for split 0 (nothing runs before it), 3 per later split
@@ -90,138 +86,180 @@ def test_every_algorithm_respects_the_local_only_limit(algorithm: str) -> None:
         local(pol, N - 1, [0.6, 0.7, 0.8, 0.9], COSTS)
 
 
-def test_local_input_reveals_local_arms_and_offload_arms_that_exit_before_their_split() -> None:
+def _level(pol: SplitBanditPolicy, split: int | None) -> dict[float, tuple[float, float]]:
+    """One place's level, as ``arm_values`` reports it: threshold -> (value, count)."""
+    name = "local" if split is None else split
+    return {
+        (NEVER if a["threshold"] == "never" else a["threshold"]): (a["value"], a["count"])
+        for a in pol.arm_values()["arms"]
+        if a["split"] == name
+    }
+
+
+def _places(pol: SplitBanditPolicy) -> dict[int | str, tuple[float, float]]:
+    """The top level: place -> (value, count), one count per epoch it rated the place."""
+    return {p["split"]: (p["value"], p["count"]) for p in pol.arm_values()["places"]}
+
+
+def _epoch_here(pol: SplitBanditPolicy, confs: list[float], k: int = N - 1) -> None:
+    """One epoch here: every input runs to exit ``k`` (the decision asked for, then ignored)."""
+    for _ in range(pol.epoch):
+        assert split_of(pol)[1] == N
+        local(pol, k, confs, COSTS)
+
+
+def test_a_local_input_teaches_the_local_level_as_the_local_bandit_and_nothing_else() -> None:
     pol = _bandit(arms=(0.5, 0.9, NEVER), lam=0.0)
-    pol.chosen = _arm(pol, None, NEVER)
+    assert isinstance(pol.local, BanditPolicy) and pol.local.arms == (0.5, 0.9, NEVER)
+    assert split_of(pol)[1] == N  # the first epoch is here (unseen places in order)
     local(pol, 3, [0.6, 0.95, 0.3, 0.8], COSTS)  # ran every exit here
-    cnt = dict(zip(pol.pairs, pol.algo.counts()))
-    val = dict(zip(pol.pairs, pol.algo.values()))
-    assert cnt[(N, 0.5)] == cnt[(N, 0.9)] == cnt[(N, NEVER)] == 1
-    assert val[(N, 0.5)] == pytest.approx(0.6) and val[(N, 0.9)] == pytest.approx(0.95)
-    assert val[(N, NEVER)] == pytest.approx(0.8)
-    # (s, 0.5) stops at exit 0 for every s >= 1: known. (2, 0.9) and (3, 0.9) stop at
-    # exit 1; (1, 0.9) would have offloaded: unknown, as is every arm that offloads.
-    assert cnt[(1, 0.5)] == cnt[(2, 0.5)] == cnt[(3, 0.5)] == 1
-    assert cnt[(2, 0.9)] == cnt[(3, 0.9)] == 1 and cnt[(1, 0.9)] == 0
-    assert cnt[(0, NEVER)] == 0
-    assert all(cnt[(s, NEVER)] == 0 for s in (1, 2, 3))
+    lv = _level(pol, None)
+    assert lv[0.5] == (pytest.approx(0.6), 1) and lv[0.9] == (pytest.approx(0.95), 1)
+    assert lv[NEVER] == (pytest.approx(0.8), 1)
+    # the offload places' levels learn only from inputs sent their way; the top level
+    # only at the end of an epoch
+    assert all(c == 0 for s in range(N) for _, c in _level(pol, s).values())
+    assert all(c == 0 for _, c in _places(pol).values())
 
 
-def test_offload_reveals_every_arm_offloading_at_the_same_split() -> None:
+def test_the_top_level_decides_and_learns_once_per_epoch() -> None:
+    pol = _bandit(arms=(0.5, NEVER), lam=1.0)
+    calls = []
+    choose = pol.top.choose
+
+    def counted(limit: int | None = None) -> int:
+        calls.append(limit)
+        return choose(limit)
+
+    pol.top.choose = counted  # type: ignore[method-assign]
+    where = []
+    for _ in range(pol.epoch + 4):
+        _th, s = split_of(pol)
+        where.append(s)
+        if s == N:
+            local(pol, 3, [0.3, 0.4, 0.5, 0.9], COSTS)
+        else:
+            offloaded(pol, s, [0.3, 0.4, 0.5, 0.9], COSTS, 0.9, (COSTS[s - 1] if s else 0) + 2.0)
+    # an epoch of 8 inputs here (the best so far), then each split point explored with
+    # one input (exploring costs one input, not an epoch)
+    assert where == [N] * pol.epoch + [0, 1, 2, 3]
+    assert len(calls) == 5 and pol.top.t == 5
+    assert [c for _, c in _places(pol).values()] == [1.0, 1.0, 1.0, 1.0, 1.0]
+    # the breaker open: the local level alone, the top level neither asked nor taught
+    for _ in range(20):
+        assert split_of(pol, ready=False)[1] == N
+        local(pol, 3, [0.3, 0.4, 0.5, 0.9], COSTS)
+    assert len(calls) == 5 and pol.top.t == 5
+
+
+def test_offload_reveals_every_arm_of_its_place_offloading_at_the_same_split() -> None:
     lam = 0.2
-    pol = _bandit(arms=(0.5, 0.9, NEVER), lam=lam)
-    pol.chosen = _arm(pol, 2, NEVER)
-    # exits 0 and 1 ran here (0.55, 0.7); the server answered with confidence 0.97 and
-    # the caller waited 0.3 of the full local model's latency.
-    offloaded(pol, 2, [0.55, 0.7, 0.0, 0.0], COSTS, 0.97, 0.3)
-    cnt = dict(zip(pol.pairs, pol.algo.counts()))
-    val = dict(zip(pol.pairs, pol.algo.values()))
+    pol = _bandit(arms=(0.5, 0.9, NEVER), lam=lam, splits=(2,))
+    _epoch_here(pol, [0.3, 0.4, 0.5, 0.6])
+    th, s = split_of(pol)
+    assert s == 2 and th[0] == 0.5  # the place's level tries its first arm
+    # exit 0 ran here (0.55 < 0.5? no: it would stop); send instead with 0.45 and 0.7
+    offloaded(pol, 2, [0.45, 0.7, 0.0, 0.0], COSTS, 0.97, 0.3)
+    lv = _level(pol, 2)
     r_off = (0.97 - lam * 0.3 + lam) / (1 + lam)
-    assert val[(2, NEVER)] == pytest.approx(r_off) and val[(2, 0.9)] == pytest.approx(r_off)
-    assert val[(2, 0.5)] == pytest.approx((0.55 - lam * 0.1 + lam) / (1 + lam))  # exit 0
-    assert cnt[(1, 0.9)] == cnt[(3, 0.9)] == cnt[(0, NEVER)] == cnt[(1, NEVER)] == 0
-    assert cnt[(3, 0.5)] == 1  # stops at exit 0 before its split
-    # local arms past exit 1 depend on exits that never ran here: unknown
-    assert cnt[(N, 0.9)] == cnt[(N, NEVER)] == 0 and cnt[(N, 0.5)] == 1
+    assert lv[NEVER] == (pytest.approx(r_off), 1) and lv[0.9] == (pytest.approx(r_off), 1)
+    assert lv[0.5] == (pytest.approx((0.7 - lam * 0.4 + lam) / (1 + lam)), 1)  # exit 1
+    here = _level(pol, None)  # the local arms learn what exits 0 and 1 say, nothing more
+    assert here[0.5][1] == 8 + 1 and here[0.9][1] == 8 and here[NEVER][1] == 8
 
 
 def test_offload_at_the_last_stage_also_reveals_the_local_full_model() -> None:
-    pol = _bandit(arms=(0.9, NEVER), lam=0.0)
-    pol.chosen = _arm(pol, 3, NEVER)
+    pol = _bandit(arms=(0.9, NEVER), lam=0.0, splits=(3,))
+    _epoch_here(pol, [0.95, 0.6, 0.7, 0.5], k=0)  # stopped at exit 0: NEVER unknown
+    assert _level(pol, None)[NEVER][1] == 0
+    assert split_of(pol)[1] == 3
     offloaded(pol, 3, [0.5, 0.6, 0.7, 0.0], COSTS, 0.99, 0.8)
-    val = dict(zip(pol.pairs, pol.algo.values()))
     # the server's confidence is the last exit's; locally it would have cost costs[-1]
-    assert val[(N, NEVER)] == pytest.approx(0.99) and val[(N, 0.9)] == pytest.approx(0.99)
+    assert _level(pol, None)[NEVER] == (pytest.approx(0.99), 1)
 
 
-def test_a_slow_round_trip_costs_more_than_running_locally() -> None:
+def test_a_slow_round_trip_rates_its_place_below_running_here() -> None:
     lam = 0.15
     pol = _bandit(arms=(NEVER,), lam=lam, splits=(0,))
-    pol.chosen = _arm(pol, 0, NEVER)
+    _epoch_here(pol, [0.5, 0.6, 0.7, 0.9])
+    assert split_of(pol)[1] == 0  # explored: one input
     offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, 3.0)  # 3x the local model's latency
-    pol.chosen = _arm(pol, None, NEVER)
-    local(pol, 3, [0.5, 0.6, 0.7, 0.9], COSTS)
-    v = dict(zip(pol.pairs, pol.algo.values()))
-    assert v[(0, NEVER)] < v[(N, NEVER)]
-    # a round trip so slow that the reward would be negative is clipped at 0
-    pol.chosen = _arm(pol, 0, NEVER)
+    v = _places(pol)
+    assert v[0][0] == pytest.approx((0.9 - lam * 3.0 + lam) / (1 + lam))
+    assert v[0][0] < v["local"][0] == pytest.approx(0.9 / (1 + lam))
+    while split_of(pol)[1] != 0:  # a round trip so slow that the reward would be negative
+        local(pol, 3, [0.5, 0.6, 0.7, 0.9], COSTS)
     offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, 100.0)
-    assert min(pol.algo.values()) >= 0.0
+    assert min(v for v, _ in _places(pol).values()) >= 0.0
 
 
-def _counts(pol: SplitBanditPolicy) -> dict[tuple[int, float], float]:
-    return dict(zip(pol.pairs, pol.algo.counts()))
+def _one_per_epoch(**kw: object) -> SplitBanditPolicy:
+    pol = SplitBanditPolicy(**kw)  # type: ignore[arg-type]
+    pol.epoch = 1
+    pol.bind(N, MACS)
+    return pol
 
 
-def test_fresh_round_trips_estimate_offload_arms_that_were_not_played() -> None:
-    lam = 0.5
-    pol = _bandit(arms=(NEVER,), lam=lam, rtt_window=10)
+def test_fresh_round_trips_rate_offload_places_on_the_inputs_run_here() -> None:
+    lam, window = 0.5, 20
+    pol = _one_per_epoch(arms=(NEVER,), lam=lam, splits=(0,), rtt_window=window)
     full = [0.5, 0.6, 0.7, 0.8]
-    pol.chosen = _arm(pol, 0, NEVER)
-    for link in (0.3, 2.0):  # link costs measured at split 0 (2.0: a cold start)
-        offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, link)
-    pol.chosen = _arm(pol, None, NEVER)
-    local(pol, 3, full, COSTS)
-    assert _counts(pol)[(0, NEVER)] == 2  # two measurements are not enough to estimate
-    pol.chosen = _arm(pol, 0, NEVER)
-    offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, 0.4)
-    pol.chosen = _arm(pol, None, NEVER)
-    local(pol, 3, full, COSTS)  # ran to the end here: the last exit's confidence is known
-    c = _counts(pol)
-    assert c[(0, NEVER)] == 4  # estimated with the median link cost, 0.4
-    assert c[(1, NEVER)] == c[(2, NEVER)] == c[(3, NEVER)] == 0  # never measured there
-    v = dict(zip(pol.pairs, pol.algo.values()))
-    rewards = [(0.9 - lam * x + lam) / (1 + lam) for x in (0.3, 2.0, 0.4)]
-    rewards.append((0.8 - lam * 0.4 + lam) / (1 + lam))
-    assert v[(0, NEVER)] == pytest.approx(sum(max(0.0, r) for r in rewards) / 4)
-    # An offload at split 2 also estimates split 0 (exits before 2 ran here).
-    pol.chosen = _arm(pol, 2, NEVER)
-    offloaded(pol, 2, [0.5, 0.6, 0, 0], COSTS, 0.9, 0.4 + 0.2)
-    assert _counts(pol)[(0, NEVER)] == 5
-    # After rtt_window inputs without a round trip at a split, no more estimates.
-    for _ in range(10):
+    links: list[float] = []
+    last_trip, estimated, stale = -1, 0, 0
+    for i in range(400):
+        _, s = split_of(pol)
+        v0, c0 = _places(pol)[0]
+        if s == 0:
+            link = 0.3 if i < 100 else 3.0  # fast, then slow: back here
+            offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, link)
+            links.append(link)
+            last_trip = i
+            continue
         local(pol, 3, full, COSTS)
-    stale = _counts(pol)
-    local(pol, 3, full, COSTS)
-    assert _counts(pol)[(0, NEVER)] == stale[(0, NEVER)]
-    assert _counts(pol)[(N, NEVER)] == stale[(N, NEVER)] + 1
+        v1, c1 = _places(pol)[0]
+        if len(links) >= 3 and i - last_trip <= window:  # a fresh median: an estimate
+            med = sorted(links[-8:])[len(links[-8:]) // 2]
+            est = max(0.0, (0.8 - lam * med + lam) / (1 + lam))
+            assert c1 == c0 + 1 and v1 * c1 == pytest.approx(v0 * c0 + est)
+            estimated += 1
+        else:  # too few round trips, or stale
+            assert c1 == c0
+            stale += len(links) >= 3
+    assert estimated > 0 and stale > 0
 
 
-def test_fresh_round_trips_estimate_every_input_as_long_as_the_algorithm_remembers() -> None:
-    pol = _bandit(arms=(NEVER,))
-    assert pol.rtt_window == math.inf  # ucb remembers every input: a round trip stays fresh
-    pol.chosen = _arm(pol, 0, NEVER)
-    for _ in range(3):
-        offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, 0.3)
-    pol.chosen = _arm(pol, None, NEVER)
-    for _ in range(100):
-        local(pol, 3, [0.5, 0.6, 0.7, 0.8], COSTS)
-    # every input that ran to the end estimates the offload arm: it is learned as fast as
-    # the local arm, without being played (the old cap of ten per round trip made the
-    # bandit explore it, a round trip each time)
-    assert _counts(pol)[(0, NEVER)] == 3 + 100
+def test_fresh_round_trips_count_as_long_as_the_algorithm_remembers() -> None:
+    assert _bandit(arms=(NEVER,)).rtt_window == math.inf  # ucb remembers every input
     assert _bandit(algorithm="ducb").rtt_window == pytest.approx(500.0)  # 1 / (1 - 0.998)
     assert _bandit(algorithm="swucb", options={"window": 300}).rtt_window == 300
-    off = _bandit(arms=(NEVER,), rtt_window=0)  # estimates off
-    off.chosen = _arm(off, 0, NEVER)
-    for _ in range(3):
-        offloaded(off, 0, [0.0] * 4, COSTS, 0.9, 0.3)
-    off.chosen = _arm(off, None, NEVER)
-    local(off, 3, [0.5, 0.6, 0.7, 0.8], COSTS)
-    assert _counts(off)[(0, NEVER)] == 3
+    off = _one_per_epoch(arms=(NEVER,), splits=(0,), rtt_window=0)  # estimates off
+    own = 0
+    for _ in range(200):
+        _, s = split_of(off)
+        if s == 0:
+            offloaded(off, 0, [0.0] * 4, COSTS, 0.9, 0.3)
+            own += 1
+        else:
+            local(off, 3, [0.5, 0.6, 0.7, 0.8], COSTS)
+    assert 0 < own < 200 and _places(off)[0][1] == own  # only its own epochs
     with pytest.raises(ValueError, match="rtt_window"):
         _bandit(rtt_window=-1)
+    # the top level forgets per input as the levels do: its discount or window per epoch
+    e = _bandit(algorithm="ducb").epoch
+    assert _bandit(algorithm="ducb").top.memory * e == pytest.approx(500.0, rel=0.01)
+    assert _bandit(algorithm="swucb", options={"window": 300}).top.memory * e == 304
 
 
 def test_fallback_charges_the_chosen_arm_what_was_paid() -> None:
-    pol = _bandit(arms=(0.9, NEVER), lam=0.5)
-    pol.chosen = _arm(pol, 1, NEVER)
+    pol = _bandit(arms=(0.9, NEVER), lam=0.5, splits=(1,))
+    _epoch_here(pol, [0.3, 0.4, 0.5, 0.6])
+    th, s = split_of(pol)
+    assert s == 1 and th[0] == 0.9
     fallback(pol, 1, 3, [0.5, 0.6, 0.7, 0.8], COSTS, 2.0)
-    val = dict(zip(pol.pairs, pol.algo.values()))
-    cnt = dict(zip(pol.pairs, pol.algo.counts()))
-    assert val[(1, NEVER)] == pytest.approx(max(0.0, (0.8 - 0.5 * 2.0 + 0.5) / 1.5))
-    assert cnt[(N, NEVER)] == 1  # the exits that ran here still speak for local arms
-    assert cnt[(1, 0.9)] == 0  # a different threshold at the same split: not observed
+    lv = _level(pol, 1)
+    assert lv[0.9] == (pytest.approx(max(0.0, (0.8 - 0.5 * 2.0 + 0.5) / 1.5)), 1)
+    assert lv[NEVER][1] == 0  # a different threshold at the same split: not observed
+    assert _level(pol, None)[NEVER][1] == 8 + 1  # the exits that ran here still speak
 
 
 def _simulate(pol: SplitBanditPolicy, rtt: float, steps: int, rng: random.Random) -> list[int]:
@@ -260,10 +298,12 @@ def test_split_bandit_state_survives_restart(tmp_path: Path) -> None:
     _simulate(pol, 0.1, 100, random.Random(1))
     pol.save()
     saved = json.loads(path.read_text())
-    assert [None, None] in saved["arms"] and [0, None] in saved["arms"]
+    assert [0, [None]] in saved["arms"] and [None, [0.5, None]] in saved["arms"]
     again = _bandit(arms=(0.5, NEVER), state_path=str(path))
-    assert again.algo.t == 100
+    assert again.top.t == pol.top.t > 0
+    assert again.local.algo.t == 100
     assert again.arm_values()["arms"] == pol.arm_values()["arms"]
+    assert again.arm_values()["places"] == pol.arm_values()["places"]
     # a local-only bandit's state does not fit the split arms: start fresh, warn
     local = BanditPolicy(arms=(0.5, NEVER), state_path=str(tmp_path / "l.json"))
     local.bind(N, MACS)

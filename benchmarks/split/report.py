@@ -115,6 +115,24 @@ def _row(name: str, value: float, target: str, ok: bool) -> dict[str, Any]:
     return {"name": name, "value": value, "target": target, "ok": ok}
 
 
+def block_ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """Policy ``a``'s mean latency over ``b``'s, block by block (the worker runs every
+    policy on the same inputs of each block, in turn): their median, quartiles, range."""
+    ra, rb = a.get("round_means_ms"), b.get("round_means_ms")
+    if not ra or not rb or len(ra) != len(rb):
+        return None
+    r = np.array(ra) / np.array(rb)
+    q1, med, q3 = (float(v) for v in np.percentile(r, [25, 50, 75]))
+    return {
+        "ratios": r.tolist(),
+        "median": med,
+        "q1": q1,
+        "q3": q3,
+        "min": float(r.min()),
+        "max": float(r.max()),
+    }
+
+
 def _objective(p: dict[str, Any], c: str, lam: float) -> float:
     return float(p[c]["confidence"] - lam * p[c]["mean_ms"] / p["local"]["mean_ms"])
 
@@ -176,6 +194,15 @@ def report_tables(
                 r4 <= 1.02,
             )
         )
+        spread = block_ratios(p["bandit"], p[part])
+        rows[-1]["blocks"] = spread
+        if spread:
+            print(
+                f"         per block (the {len(spread['ratios'])} interleaved blocks, same "
+                f"inputs): median {spread['median']:.3f}, quartiles {spread['q1']:.3f}-"
+                f"{spread['q3']:.3f}, range {spread['min']:.3f}-{spread['max']:.3f}",
+                flush=True,
+            )
         gap = 100.0 * (p[part]["accuracy"] - p["bandit"]["accuracy"])
         rows.append(
             _row(

@@ -48,7 +48,7 @@ from ._quantize import (
     to_float_tflite,
     to_int8_tflite,
 )
-from ._report import format_table, stage_rows, write_report
+from ._report import dataset_entry, exit_entries, format_table, stage_rows, write_report
 from ._stem import StemChoice, apply_float_stem
 from ._train import TrainConfig, evaluate_exits, train_exits
 from ._validate import run_chain, run_full
@@ -493,16 +493,7 @@ class _Conversion:
         total = time.monotonic() - start
         report = {
             "name": self.name,
-            "dataset": {
-                "description": data.describe(),
-                "name": data.name,
-                "input_shape": list(data.input_shape),
-                "classes": data.num_classes,
-                "train": len(data.x_train),
-                "val": len(data.x_val),
-                "test": len(data.x_test),
-                "notes": list(data.notes),
-            },
+            "dataset": dataset_entry(data),
             "model": {
                 "source": source,
                 "macs": exits_macs[-1],
@@ -517,17 +508,7 @@ class _Conversion:
             },
             "onnx_activation_type": onnx_act,
             "onnx_providers": self.onnx_providers,
-            "exits": [
-                {
-                    "index": i,
-                    "layer": e.layer,
-                    "stage": e.stage,
-                    "macs": e.macs,
-                    "macs_fraction": e.macs_fraction,
-                    "accuracy": report_acc[i],
-                }
-                for i, e in enumerate(manifest.exits)
-            ],
+            "exits": exit_entries(manifest, report_acc),
             "exit_placement": self.placement,
             "float_stem": [c.as_dict() for c in self.stem],
             "agreement": agreement,

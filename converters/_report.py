@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekit._package import Manifest
+from edgekit.data import Dataset
 
-__all__ = ["format_table", "stage_rows", "write_report"]
+__all__ = ["dataset_entry", "exit_entries", "format_table", "stage_rows", "write_report"]
 
 _FORMATS = (
     ("float", "float"),
@@ -19,6 +20,35 @@ _FORMATS = (
     ("float_label_free", "float, label-free heads"),
     ("onnx_int8_label_free", "ONNX INT8, label-free heads"),
 )
+
+
+def dataset_entry(data: Dataset) -> dict[str, Any]:
+    """The report's ``dataset``: what was trained and validated on."""
+    return {
+        "description": data.describe(),
+        "name": data.name,
+        "input_shape": list(data.input_shape),
+        "classes": data.num_classes,
+        "train": len(data.x_train),
+        "val": len(data.x_val),
+        "test": len(data.x_test),
+        "notes": list(data.notes),
+    }
+
+
+def exit_entries(manifest: Manifest, accuracy: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """The report's ``exits``: where each one sits, its MACs and its accuracy per format."""
+    return [
+        {
+            "index": i,
+            "layer": e.layer,
+            "stage": e.stage,
+            "macs": e.macs,
+            "macs_fraction": e.macs_fraction,
+            "accuracy": accuracy[i],
+        }
+        for i, e in enumerate(manifest.exits)
+    ]
 
 
 def _pct(v: Any) -> str:

@@ -28,7 +28,7 @@ from edgekit.data import Dataset, load_dataset
 from edgekit.runtime import Quantizer
 from edgekit.runtime.backends import onnxruntime as ort_backend
 
-from .._report import stage_rows, write_report
+from .._report import dataset_entry, exit_entries, stage_rows, write_report
 from .._stem import StemChoice, apply_float_stem
 from .._validate import run_chain, run_full
 from ._build import Head, feature_model, full_model, pool_kernel, stage_model
@@ -477,15 +477,7 @@ class _Intake:
         total = time.monotonic() - start
         report = {
             "name": self.name,
-            "dataset": {
-                "description": data.describe(),
-                "name": data.name,
-                "input_shape": list(data.input_shape),
-                "classes": data.num_classes,
-                "train": len(data.x_train),
-                "val": len(data.x_val),
-                "test": len(data.x_test),
-            },
+            "dataset": dataset_entry(data),
             "model": {
                 "source": str(src.path),
                 "kind": "onnx",
@@ -504,17 +496,7 @@ class _Intake:
             "quantization": "ptq",
             "formats": {"requested": list(o.formats), "written": ["onnx"]},
             "onnx_activation_type": act,
-            "exits": [
-                {
-                    "index": i,
-                    "layer": e.layer,
-                    "stage": e.stage,
-                    "macs": e.macs,
-                    "macs_fraction": e.macs_fraction,
-                    "accuracy": acc[i],
-                }
-                for i, e in enumerate(manifest.exits)
-            ],
+            "exits": exit_entries(manifest, acc),
             "agreement": agree,
             "float_stem": [c.as_dict() for c in self.stem],
             "sizes": sizes,

@@ -17,7 +17,8 @@ _U8 = np.dtype(np.uint8)
 _core = getattr(np, "_core", None) or np.core
 _clip: np.ufunc | None = getattr(getattr(_core, "umath", None), "clip", None)
 # The float path's calls, bound once (no module attribute lookups per input).
-_mul, _add, _rint, _sum, _isfinite = np.multiply, np.add, np.rint, np.add.reduce, math.isfinite
+_mul, _add, _rint, _sum, _dot = np.multiply, np.add, np.rint, np.add.reduce, np.dot
+_isfinite = math.isfinite
 
 
 class Quantizer:
@@ -32,6 +33,7 @@ class Quantizer:
         "_buf0",
         "_buf8",
         "_fbuf",
+        "_fflat",
         "_forms",
         "_inv",
         "_lo",
@@ -63,6 +65,7 @@ class Quantizer:
         self._buf8 = self._buf0.view(_U8)  # the same bytes, as uint8
         # float inputs: x / scale + zp, rounded and clipped, in one reused float buffer
         self._fbuf = np.empty(self.shape, np.float32)
+        self._fflat = self._fbuf.reshape(-1)  # the same floats, for the finiteness check
         self._inv = np.float32(1.0 / q.scale)
         self._lo, self.hi = np.float32(lo), np.float32(hi)
         self._zp = np.float32(q.zero_point)
@@ -122,10 +125,14 @@ class Quantizer:
             # skips the bounds check of the default mode (half the cost of the lookup).
             self._lut.take(x, out=out, mode="clip")
         elif dt.kind == "f":
-            f = self._fbuf if x.shape == self.shape else np.empty(x.shape, np.float32)
+            one = x.shape == self.shape
+            f = self._fbuf if one else np.empty(x.shape, np.float32)
             _mul(x, self._inv, f)  # positional out: no keyword parsing per call
-            # One sum catches NaN and inf (a huge finite input may overflow it: look closer).
-            if not _isfinite(_sum(f, None)) and not np.isfinite(x).all():
+            # One reduction catches NaN and inf (a huge finite input may overflow it: look
+            # closer). One image's: its sum of squares (one BLAS call, half a sum's cost).
+            ff = self._fflat
+            s = _dot(ff, ff) if one else _sum(f, None)
+            if not _isfinite(s) and not np.isfinite(x).all():
                 raise InputError(
                     "input holds NaN or infinite values",
                     hint="check the camera/sensor reading or the preprocessing before predict",

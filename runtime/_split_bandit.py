@@ -19,8 +19,10 @@ from ._policy import NEVER, Decision, Outcome, Policy
 
 __all__ = ["SplitBanditPolicy"]
 
-# Round trips measured at a split before they estimate its reward on other inputs.
-_MIN_LINKS = 3
+# Round trips measured at a split before they estimate its reward on other inputs. One is
+# enough: a cold start (a new connection) is slower, never faster, so an early estimate errs
+# toward staying here; exploring a split again to get more costs a round trip each time.
+_MIN_LINKS = 1
 
 
 class SplitBanditPolicy(_Learning):
@@ -49,7 +51,7 @@ class SplitBanditPolicy(_Learning):
     on the same inputs: the input's rewards at exits before the split (the local level's
     thresholds), else its confidence where it stopped (at the last exit: the server's
     answer; earlier, a lower bound of it) minus the stages before the split and the
-    split's round trip, the median of the last (at least three) measured there. A round
+    split's round trip, the median of the last (up to eight) measured there. A round
     trip depends on the link and the server, not on the input, so a measurement speaks for
     every input while it is fresh: while its newest is within the last ``rtt_window``
     inputs (default: as long as the algorithm remembers; 0: never estimate). A stale one

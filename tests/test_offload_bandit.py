@@ -187,10 +187,11 @@ def test_a_slow_round_trip_rates_its_place_below_running_here() -> None:
     v = _places(pol)
     assert v[0][0] == pytest.approx((0.9 - lam * 3.0 + lam) / (1 + lam))
     assert v[0][0] < v["local"][0] == pytest.approx(0.9 / (1 + lam))
-    while split_of(pol)[1] != 0:  # a round trip so slow that the reward would be negative
-        local(pol, 3, [0.5, 0.6, 0.7, 0.9], COSTS)
-    offloaded(pol, 0, [0.0] * 4, COSTS, 0.9, 100.0)
-    assert min(v for v, _ in _places(pol).values()) >= 0.0
+    again = _bandit(arms=(NEVER,), lam=lam, splits=(0,))
+    _epoch_here(again, [0.5, 0.6, 0.7, 0.9])
+    assert split_of(again)[1] == 0  # a round trip so slow that the reward would be negative
+    offloaded(again, 0, [0.0] * 4, COSTS, 0.9, 100.0)
+    assert _places(again)[0][0] == 0.0
 
 
 def _one_per_epoch(**kw: object) -> SplitBanditPolicy:
@@ -217,14 +218,14 @@ def test_fresh_round_trips_rate_offload_places_on_the_inputs_run_here() -> None:
             continue
         local(pol, 3, full, COSTS)
         v1, c1 = _places(pol)[0]
-        if len(links) >= 3 and i - last_trip <= window:  # a fresh median: an estimate
+        if links and i - last_trip <= window:  # a fresh median: an estimate
             med = sorted(links[-8:])[len(links[-8:]) // 2]
             est = max(0.0, (0.8 - lam * med + lam) / (1 + lam))
             assert c1 == c0 + 1 and v1 * c1 == pytest.approx(v0 * c0 + est)
             estimated += 1
         else:  # too few round trips, or stale
             assert c1 == c0
-            stale += len(links) >= 3
+            stale += bool(links)
     assert estimated > 0 and stale > 0
 
 

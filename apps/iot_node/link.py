@@ -15,6 +15,7 @@ import collections
 import contextlib
 import json
 import logging
+import socket
 import ssl
 import threading
 from typing import Any
@@ -80,6 +81,7 @@ class Link:
         # connecting, so below the smallest Receive Maximum brokers commonly announce).
         c.max_inflight_messages_set(0 if events else CONTROL_INFLIGHT)
         c.on_connect = self._on_connect
+        c.on_socket_open = self._on_socket_open
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
@@ -124,6 +126,12 @@ class Link:
             fn()
         self.connected.set()
         self.wake.set()
+
+    @staticmethod
+    def _on_socket_open(_c: Any, _u: Any, sock: Any) -> None:
+        # paho leaves Nagle on: small PUBLISHes would wait for the broker's TCP ACK.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if self.connected.is_set():

@@ -42,6 +42,7 @@ __all__ = ["Publisher", "PublisherProcess"]
 
 log = logging.getLogger("iot_node")
 FLUSH_ACKED = 64  # PUBACKed rows deleted together (or sooner, when nothing is in flight)
+INFLIGHT_POLL_S = 0.001  # how long to wait for a burst of PUBACKs before sending again
 PR_SET_PDEATHSIG = 1
 
 
@@ -148,7 +149,9 @@ class Publisher:
                     return
             self.pump()
             if len(self.link.acked) < self.link.burst and not orders:
-                wake.wait(self.cfg.poll_s)
+                # With events in flight, a short timeout: a broker's PUBACKs can sit in its
+                # TCP stack (Nagle) until this side sends again, so do not wait for a burst.
+                wake.wait(INFLIGHT_POLL_S if self._inflight else self.cfg.poll_s)
             wake.clear()
 
     def _drain(self) -> None:

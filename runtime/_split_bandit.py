@@ -20,8 +20,8 @@ from ._policy import NEVER, Decision, Outcome, Policy
 __all__ = ["SplitBanditPolicy"]
 
 # Round trips measured at a split before they estimate its reward on other inputs. One is
-# enough: a cold start (a new connection) is slower, never faster, so an early estimate errs
-# toward staying here; exploring a split again to get more costs a round trip each time.
+# enough (exploring a split again to get more costs a round trip each time); the first
+# answer of all is not counted, as it also opened the connection (a cold start).
 _MIN_LINKS = 1
 
 
@@ -144,6 +144,7 @@ class SplitBanditPolicy(_Learning):
         self._csum = [0.0] * n_exits
         self._off_n = 0
         self._off_r = 0.0
+        self._warm = False  # a round trip was answered already (the connection is open)
         self._sub = 0  # the arm the offload place's level chose for this input
         self._asked = False  # the last select was the top level's (the server was ready)
         self._rw: list[tuple[int, float]] = []
@@ -231,11 +232,13 @@ class SplitBanditPolicy(_Learning):
         if split is None:  # stopped early, at exit k before the split
             r_in = _reward(confs[k], costs[k], lam)
         elif conf is not None:  # the server answered
-            local = costs[s - 1] if s else 0.0
-            q = self._links[s]
-            q.append(max(0.0, paid - local))
-            self._link_at[s] = self._n
-            self._link_med[s] = sorted(q)[len(q) // 2] if len(q) >= _MIN_LINKS else -1.0
+            if self._warm:  # the first answer also opened the connection: not the link's
+                local = costs[s - 1] if s else 0.0
+                q = self._links[s]
+                q.append(max(0.0, paid - local))
+                self._link_at[s] = self._n
+                self._link_med[s] = sorted(q)[len(q) // 2] if len(q) >= _MIN_LINKS else -1.0
+            self._warm = True
             r_in = _reward(conf, paid, lam)
         else:  # the offload failed: the device finished at exit k
             r_in = _reward(confs[k], paid, lam)

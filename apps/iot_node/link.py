@@ -41,9 +41,19 @@ class Link:
     """One MQTT client: the node's (subscribes to ``infer`` and ``cmd``, says ``online``, has
     the ``offline`` last will) or, with ``events``, the publisher's (events only)."""
 
-    def __init__(self, cfg: Config, receive_maximum: int = 32, *, events: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        receive_maximum: int = 32,
+        *,
+        events: bool = False,
+        acks: bool | None = None,
+    ) -> None:
         self.cfg = cfg
         self.events = events
+        # Whether PUBACKs are queued in ``acked`` for the owner to drain (the events link's
+        # and an app that counts its own, e.g. the smart camera's; default: events only).
+        self.acks = events if acks is None else acks
         self.inbox: collections.deque[mqtt.MQTTMessage] = collections.deque()
         self.acked: collections.deque[tuple[int, bool]] = collections.deque()
         self.connected = threading.Event()
@@ -79,7 +89,7 @@ class Link:
         # for a queued one (about 15 us of CPU per event at 256 in flight). The node's own
         # link sends little (status, stats, answers) and uses paho's limit (set before
         # connecting, so below the smallest Receive Maximum brokers commonly announce).
-        c.max_inflight_messages_set(0 if events else CONTROL_INFLIGHT)
+        c.max_inflight_messages_set(0 if self.acks else CONTROL_INFLIGHT)
         c.on_connect = self._on_connect
         c.on_socket_open = self._on_socket_open
         c.on_disconnect = self._on_disconnect
@@ -139,7 +149,7 @@ class Link:
         self.connected.clear()
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
-        if not self.events:
+        if not self.acks:
             return  # status, stats, answers: nothing waits for their PUBACK
         # 0x10 "no matching subscribers" is a success: the broker has the message.
         self.acked.append((mid, not reason.is_failure))

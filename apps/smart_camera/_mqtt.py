@@ -65,7 +65,7 @@ class MqttEvents:
         self.skipped = 0
         self._pending: set[int] = set()
         self._early: set[int] = set()  # PUBACKs drained before publish() returned their id
-        self.link = Link(self.cfg)
+        self.link = Link(self.cfg, acks=True)  # it counts its events' PUBACKs
         self._topic = self.cfg.topic("events")
 
     def start(self, wait_s: float = 5.0) -> MqttEvents:

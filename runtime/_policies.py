@@ -250,6 +250,9 @@ class _Learning(Policy):
             self._dirty = False
 
     def _load(self, p: Path) -> None:
+        """Restore the state saved at ``p`` (none there: start fresh). One that is
+        unreadable or was saved for another package, other arms or another algorithm is
+        warned about and left to be replaced by the next save."""
         try:
             s = read_state(p)
             if s is None:
@@ -261,8 +264,7 @@ class _Learning(Policy):
             if s.get("algorithm") != self.algo.name or s.get("arms") != self._encode_arms():
                 raise StateError("it was saved for other arms or another algorithm")
             lam = finite(s.get("lambda", self.lam), "lambda", 0.0, MAX_LAMBDA)
-            algo = self._algorithm(self.algo.n)
-            algo.load(s["algo"])
+            install = self._restore(s["algo"])
         except (StateError, ValueError, KeyError, TypeError, IndexError) as exc:
             warnings.warn(
                 f"edgekit: bandit state {p} is unreadable ({exc}); starting fresh",
@@ -271,7 +273,18 @@ class _Learning(Policy):
             )
             self._dirty = True  # the next save replaces the bad file
             return
-        self.algo, self.lam = algo, lam
+        install(lam)
+
+    def _restore(self, saved: Any) -> Callable[[float], None]:
+        """Rebuild the algorithm(s) from their saved state (raising, nothing changed, if
+        it is invalid); return what installs them with lambda."""
+        algo = self._algorithm(self.algo.n)
+        algo.load(saved)
+
+        def install(lam: float) -> None:
+            self.algo, self.lam = algo, lam
+
+        return install
 
 
 class BanditPolicy(_Learning):

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import inspect
 import math
-import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ._bandit import ALGORITHMS, Algorithm, make_algorithm
-from ._persist import StateError, finite, read_state
-from ._policies import MAX_LAMBDA, STATE_VERSION, BanditConfig, BanditPolicy, _Learning, _reward
+from ._persist import StateError
+from ._policies import STATE_VERSION, BanditConfig, BanditPolicy, _Learning, _reward
 from ._policy import NEVER, Decision, Outcome, Policy
 
 __all__ = ["SplitBanditPolicy"]
@@ -386,42 +385,26 @@ class SplitBanditPolicy(_Learning):
             },
         }
 
-    def _load(self, p: Path) -> None:
-        try:
-            s = read_state(p)
-            if s is None:
-                return
-            if s.get("version") != STATE_VERSION:
-                raise StateError(f"it has version {s.get('version')!r}, not {STATE_VERSION}")
-            if s.get("package") != self.package:
-                raise StateError("it belongs to another package (its manifest sha256 differs)")
-            if s.get("algorithm") != self.top.name or s.get("arms") != self._encode_arms():
-                raise StateError("it was saved for other arms or another algorithm")
-            lam = finite(s.get("lambda", self.lam), "lambda", 0.0, MAX_LAMBDA)
-            saved = s["algo"]
-            if not isinstance(saved, dict) or not isinstance(saved.get("levels"), list):
-                raise StateError("it holds no levels")
-            if len(saved["levels"]) != len(self._ths):
-                raise StateError("it was saved for other split points")
-            top = self._algorithm(self.top.n)
-            top.load(saved["top"])
-            levels = []
-            for ths, st in zip(self._ths, saved["levels"]):
-                lv = self._algorithm(len(ths))
-                lv.load(st)
-                levels.append(lv)
-        except (StateError, ValueError, KeyError, TypeError, IndexError) as exc:
-            warnings.warn(
-                f"edgekit: bandit state {p} is unreadable ({exc}); starting fresh",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            self._dirty = True  # the next save replaces the bad file
-            return
-        self.top = self.algo = top
-        self.local.algo = levels[0]
-        self._levels = levels
-        self.lam = self.local.lam = lam
+    def _restore(self, saved: Any) -> Callable[[float], None]:
+        if not isinstance(saved, dict) or not isinstance(saved.get("levels"), list):
+            raise StateError("it holds no levels")
+        if len(saved["levels"]) != len(self._ths):
+            raise StateError("it was saved for other split points")
+        top = self._algorithm(self.top.n)
+        top.load(saved["top"])
+        levels = []
+        for ths, st in zip(self._ths, saved["levels"]):
+            lv = self._algorithm(len(ths))
+            lv.load(st)
+            levels.append(lv)
+
+        def install(lam: float) -> None:
+            self.top = self.algo = top
+            self.local.algo = levels[0]
+            self._levels = levels
+            self.lam = self.local.lam = lam
+
+        return install
 
 
 def _clip(r: float) -> float:

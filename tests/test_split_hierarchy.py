@@ -1,5 +1,5 @@
 """The hierarchical split bandit through the public seams: a stand-in server (``FakeServer``
-of test_offload_faults, answering on loopback, optionally after a delay) and a device
+of tests/_standin.py, answering on loopback, optionally after a delay) and a device
 slowed through ``edgekit.load(wrap_stage=...)``, so that sending the input pays until the
 link slows. Where it goes is read from the predictions and ``stats()`` only."""
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _net import refused_port
-from test_offload_faults import FakeServer
+from _standin import FakeServer
 
 import edgekit
 from edgekit.data import load_digits
@@ -41,9 +41,8 @@ class _Slow:
 
 @pytest.fixture
 def fake() -> Iterator[FakeServer]:
-    s = FakeServer()
-    yield s
-    s.close()
+    with FakeServer() as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

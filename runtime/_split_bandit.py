@@ -22,6 +22,10 @@ __all__ = ["SplitBanditPolicy"]
 # enough (exploring a split again to get more costs a round trip each time); the first
 # answer of all is not counted, as it also opened the connection (a cold start).
 _MIN_LINKS = 1
+# Estimated epochs after which a split place that only its measured round trips keep
+# below the best place is played once more (a probe), doubling after each probe that
+# did not beat the best (see SplitBanditPolicy, "Probes").
+_PROBE_EPOCHS = 8
 
 
 class SplitBanditPolicy(_Learning):
@@ -57,6 +61,14 @@ class SplitBanditPolicy(_Learning):
     is not used, and the place then learns from its own offloads again (as the discounted
     and sliding-window algorithms explore it), which lets the choice follow a link that
     changes. So offloads are not explored a round trip at a time.
+
+    Probes: estimates re-use the last measured round trips, so a split that a slow
+    spell of the link rated low would be rated low from then on, never measured again.
+    When a split place's estimate is below the best place's value but would beat it at
+    the fastest round trip ever measured there, and that has held for 8 estimated
+    epochs, the place is played once (one input). A probe that does not beat the best
+    doubles the wait before the next one (a link that stays slow costs a round trip
+    every 8, 16, 32, ... epochs); one that does resets it.
 
     While the server is unavailable (``select(ready=False)``: the circuit breaker is
     open) only the local level is asked, and the top level does not learn.
@@ -134,6 +146,12 @@ class SplitBanditPolicy(_Learning):
         self._links: list[deque[float]] = [deque(maxlen=8) for _ in range(n_exits)]
         self._link_at = [-(1 << 60)] * n_exits  # per split: input count of the newest
         self._link_med = [-1.0] * n_exits  # per split: their median (-1: too few)
+        self._link_min = [math.inf] * n_exits  # per split: the fastest ever measured
+        n_places = 1 + len(splits)
+        self._stale = [0] * n_places  # per place: epochs only a slow median held it back
+        self._probe_in = [_PROBE_EPOCHS] * n_places  # per place: epochs before a probe
+        self._probe = 0  # the place to play at the next epoch (0: none)
+        self._probing = False  # the current epoch is a probe
         # The epoch: how many inputs are left, and its sums. Here: per exit where inputs
         # stopped, their count, reward sum (unscaled) and confidence sum; at a split: the
         # played place's count and reward sum.
@@ -163,9 +181,15 @@ class SplitBanditPolicy(_Learning):
         if self._left:
             self._left -= 1
             p = self.place
+        elif self._probe:  # a probe: one input at a split a slow median holds back
+            p = self.place = self._probe
+            self._probe = self._left = self._stale[p] = 0
+            self._probing = True
+            self._reset()
         else:  # a new epoch: as long as the top level exploits, one input to explore
             p = self.place = self.top.choose()
             self._left = self.epoch - 1 if p == _argmax(self.top.values()) else 0
+            self._stale[p] = 0
             self._reset()
         if p == 0:
             return self.local.select(True)
@@ -234,7 +258,10 @@ class SplitBanditPolicy(_Learning):
             if self._warm:  # the first answer also opened the connection: not the link's
                 local = costs[s - 1] if s else 0.0
                 q = self._links[s]
-                q.append(max(0.0, paid - local))
+                x = max(0.0, paid - local)
+                q.append(x)
+                if x < self._link_min[s]:
+                    self._link_min[s] = x
                 self._link_at[s] = self._n
                 self._link_med[s] = sorted(q)[len(q) // 2] if len(q) >= _MIN_LINKS else -1.0
             self._warm = True
@@ -243,6 +270,10 @@ class SplitBanditPolicy(_Learning):
             r_in = _reward(confs[k], paid, lam)
         self._off_n += 1
         self._off_r += r_in
+        if self._probing:  # beat the best place: probe again soon; else back off
+            self._probing = False
+            beat = r_in >= _best(self.top.values())
+            self._probe_in[p] = _PROBE_EPOCHS if beat else min(self._probe_in[p] * 2, 1 << 20)
         if self._left and r_in < self.top.values()[0]:
             self._left = 0  # did worse than staying here: the top level reconsiders now
         r_off = r_in if split is not None and conf is not None else -1.0
@@ -278,7 +309,7 @@ class SplitBanditPolicy(_Learning):
             if total:
                 rw.append((0, _clip((sum(self._rsum) + lam * total) * sc / total)))
                 if self.rtt_window > 0.0:
-                    self._estimate(costs, total)
+                    self._estimate(costs, total, _best(self.top.values()))
         self._reset()
         self.top.update(p, rw)
 
@@ -289,8 +320,9 @@ class SplitBanditPolicy(_Learning):
             rsum[j] = csum[j] = 0.0
         self._off_n, self._off_r = 0, 0.0
 
-    def _estimate(self, costs: Sequence[float], total: int) -> None:
-        """Rate each split point with a fresh round trip on this epoch's inputs here."""
+    def _estimate(self, costs: Sequence[float], total: int, best: float) -> None:
+        """Rate each split point with a fresh round trip on this epoch's inputs here;
+        ask for a probe where only the median round trip keeps it below ``best``."""
         lam = self.lam
         sc = 1.0 / (1.0 + lam)
         cnt, rsum, csum, rw = self._cnt, self._rsum, self._csum, self._rw
@@ -309,10 +341,17 @@ class SplitBanditPolicy(_Learning):
             link = self._link_med[s]
             if link < 0.0 or n - self._link_at[s] > window:
                 continue
-            off = (costs[s - 1] if s else 0.0) + link
+            here = costs[s - 1] if s else 0.0
             after_n = total - before_n
-            r = (before_r + lam * before_n + after_c + lam * after_n - lam * off * after_n) * sc
-            rw.append((p, _clip(r / total)))
+            known = before_r + lam * before_n + after_c + lam * after_n
+            r = _clip((known - lam * (here + link) * after_n) * sc / total)
+            rw.append((p, r))
+            if r < best and (known - lam * (here + self._link_min[s]) * after_n) * sc > (
+                best * total
+            ):
+                self._stale[p] += 1
+                if self._stale[p] >= self._probe_in[p] and not self._probe:
+                    self._probe = p
 
     def feedback(self, correct: bool, exit_taken: int) -> None:
         # A label that says the early answer was wrong: penalise the arm that gave it.
@@ -409,6 +448,11 @@ class SplitBanditPolicy(_Learning):
 
 def _clip(r: float) -> float:
     return 0.0 if r < 0.0 else (1.0 if r > 1.0 else r)
+
+
+def _best(vals: Sequence[float]) -> float:
+    """The largest value, NaN (unseen) counting as -1."""
+    return max(-1.0 if math.isnan(v) else v for v in vals)
 
 
 def _argmax(vals: Sequence[float]) -> int:

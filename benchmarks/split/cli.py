@@ -89,7 +89,9 @@ def bench(args: argparse.Namespace, pkg: Path, out: Path) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     n_stages = len(tensor_bytes(pkg))
     static = ["local"] + [f"split:{s}" for s in range(n_stages)]
-    policies = [*static, "bandit-split", "local-bandit", "bandit"]
+    # local-bandit-twin: a second local-only bandit, identical, on the same inputs: how far
+    # two runs of one bandit differ (its choices follow measured costs, which vary)
+    policies = [*static, "bandit-split", "local-bandit", "bandit", "local-bandit-twin"]
     link = Link()
     result: dict[str, Any] = {
         "package": str(pkg),

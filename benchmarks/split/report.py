@@ -212,6 +212,12 @@ def report_tables(
                 gap <= 0.5,
             )
         )
+        twin = p.get("local-bandit-twin")
+        if twin is not None:  # the same local-only bandit twice: what one run varies by
+            g2 = 100.0 * (p["local-bandit"]["accuracy"] - twin["accuracy"])
+            r5 = twin["mean_ms"] / p["local-bandit"]["mean_ms"]
+            rows.append(_row(f"{rate:g} Mbit/s: local-only bandit's twin / it", r5, "-", True))
+            rows.append(_row(f"{rate:g} Mbit/s: twin's accuracy below its (points)", g2, "-", True))
     d = result.get("drift")
     if d:
         w = d["windows"]

@@ -38,7 +38,7 @@ def _policy_args(name: str, lam: float) -> tuple[str, dict[str, Any], bool]:
     """(policy spec, options, uses the server) of a benchmark policy name."""
     if name == "local":
         return "full", {}, False
-    if name == "local-bandit":
+    if name in ("local-bandit", "local-bandit-twin"):  # the twin: the same, a second time
         return "bandit", {"lam": lam}, False
     if name == "bandit-split":  # where to split only: every arm answers with the last exit
         return "bandit", {"lam": lam, "arms": (NEVER,)}, True
@@ -49,16 +49,65 @@ def _policy_args(name: str, lam: float) -> tuple[str, dict[str, Any], bool]:
     return name, {}, True
 
 
+def _traced(spec: str, opts: dict[str, Any], remote: bool) -> Any:
+    """The bandit of ``spec`` (local-only or with the server), keeping each input's
+    decision (split point, first threshold) in ``trace``: what the JSON's ``decisions``
+    break the inputs down by. One list append per input."""
+    from edgekit.runtime import BanditConfig, BanditPolicy, Decision, SplitBanditPolicy
+
+    base = SplitBanditPolicy if remote else BanditPolicy
+
+    class Traced(base):  # type: ignore[valid-type, misc]
+        def __init__(self, config: BanditConfig) -> None:
+            super().__init__(config)
+            self.trace: list[tuple[int | None, float]] = []
+
+        def select(self, ready: bool) -> Decision:
+            d: Decision = super().select(ready)
+            self.trace.append((d.split, d.thresholds[0]))
+            return d
+
+    algo = spec.partition(":")[2] or "ucb"
+    return Traced(BanditConfig(algorithm=algo, **opts))
+
+
 def _device_model(pkg: Path, name: str, url: str, lam: float, device: SlowDevice) -> Any:
     import edgekit
 
     spec, opts, remote = _policy_args(name, lam)
     kw: dict[str, Any] = {"offload": url, "offload_timeout_ms": 5000.0} if remote else {}
     wrap = device.wrap if device.factor > 1 else None
+    policy: Any = _traced(spec, opts, remote) if spec.startswith("bandit") else spec
     # unsplit=False: every local stage timed (and slowed) alike
     return edgekit.load(
-        pkg, backend="litert", policy=spec, threads=1, wrap_stage=wrap, unsplit=False, **kw, **opts
+        pkg, backend="litert", policy=policy, threads=1, wrap_stage=wrap, unsplit=False, **kw
     )
+
+
+def decisions(
+    trace: list[tuple[int | None, float]], res: dict[str, Any], n_stages: int
+) -> list[dict[str, Any]]:
+    """The inputs of ``res`` by the decision the bandit took for them (``trace``, in the
+    same order): split point (None: all here) and threshold, with their count, how many
+    the server answered, accuracy and mean latency."""
+    groups: dict[tuple[int | None, float], list[int]] = {}
+    for i, d in enumerate(trace):
+        groups.setdefault(d, []).append(i)
+    out = []
+    for (split, th), idx in sorted(groups.items(), key=lambda g: -len(g[1])):
+        ix = np.array(idx)
+        out.append(
+            {
+                "split": split,
+                "threshold": th,
+                "inputs": len(idx),
+                "offloaded": int((res["split"][ix] >= 0).sum()),
+                "accuracy": float(res["correct"][ix].mean()),
+                "mean_ms": float(res["lat"][ix].mean() * 1e3),
+                "exits": np.bincount(res["exits"][ix], minlength=n_stages).tolist(),
+            }
+        )
+    return out
 
 
 def _stream(m: Any, xs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -112,10 +161,18 @@ def worker(args: argparse.Namespace) -> int:
     n_stages = len(device.stage_ms)
     names = args.policies.split(",")
     models = {n: _device_model(pkg, n, args.url, args.lam, device) for n in names}
+    warm_res: dict[str, Any] = {}
+    warm_trace: dict[str, Any] = {}
+    warm_arms: dict[str, Any] = {}
     try:
         for name, m in models.items():
             w = warm if "bandit" in name else warm[: min(30, len(warm))]
-            _stream(m, x[w], y[w])
+            warm_res[name] = _stream(m, x[w], y[w])
+            trace = getattr(m.policy, "trace", None)
+            if trace is not None:
+                warm_trace[name] = list(trace)
+                trace.clear()
+                warm_arms[name] = m.stats().get("arms", {}).get("places")
         if args.drift:  # wait for the parent to change the link, then go on
             print("CHANGE", flush=True)
             sys.stdin.readline()
@@ -131,10 +188,17 @@ def worker(args: argparse.Namespace) -> int:
             s["round_means_ms"] = [float(p["lat"].mean() * 1e3) for p in parts[name]]
             if args.drift:
                 s["windows"] = windows(res, 100)
+            trace = getattr(m.policy, "trace", None)
+            if trace is not None and not args.drift:
+                # the measured inputs in the order they ran: block by block
+                s["decisions"] = decisions(trace, res, n_stages)
+                s["warmup_decisions"] = decisions(warm_trace[name], warm_res[name], n_stages)
+                s["places_after_warmup"] = warm_arms[name]
             st = m.stats()
             if "arms" in st:
                 s["best_arm"] = st["arms"]["best"]
                 s["arms"] = st["arms"]["arms"]
+                s["places"] = st["arms"].get("places")
             if "offload" in st:
                 s["client"] = {
                     k: st["offload"][k]

@@ -23,7 +23,13 @@ import numpy as np
 
 import edgekit
 
-__all__ = ["RecordedStage", "overhead", "recording_stubs", "state_saving_tail"]
+__all__ = [
+    "RecordedStage",
+    "overhead",
+    "recording_stubs",
+    "state_saving_tail",
+    "window_profile",
+]
 
 
 class RecordedStage:
@@ -168,3 +174,102 @@ def state_saving_tail(
         k: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))}
         for k, v in lat.items()
     }
+
+
+def window_profile(
+    package: Path,
+    x8: np.ndarray,
+    xf: np.ndarray,
+    *,
+    before: str | None = None,
+    rounds: int = 40,
+    block: int = 150,
+    cpu: bool = False,
+) -> dict[str, float]:
+    """Microseconds per call of ``policy=full`` against LiteRT with real interpreters, in
+    interleaved rounds (rotating order, median of ``rounds`` blocks of ``block`` inputs):
+
+    ``raw``: the bench's baseline (public set_tensor of the pre-quantized input, invoke,
+    get_tensor of the last exit); ``invoke``: the interpreter's bare C++ invoke on its
+    own buffers (the floor); ``write+invoke`` and ``write+invoke+read``: the in-place
+    path's steps one by one (``Quantizer.into``, invoke, ``Confidence.reader``), on one
+    interpreter; ``predict``: ``EdgeModel.predict`` (and ``before:predict`` at git
+    revision ``before``). ``/u8`` uint8 pixels ``x8``, ``/f`` float images ``xf``.
+    ``cpu``: time each block by this thread's CPU time, not the wall clock (on a host
+    shared with other work, what the calls cost without the time spent waiting for a
+    core; caches are still shared).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgekit.runtime import Confidence, Quantizer, backends
+
+    manifest = edgekit.read_manifest(package, verify=False)
+    rel = package / manifest.full["tflite"]
+    n_exits = len(manifest.stages)
+    full: Any = backends.get("litert").open_full(rel, n_exits, 1)
+    views = full.views()
+    if views is None:
+        raise RuntimeError("this LiteRT lends no buffers: no in-place steps to time")
+    vin, vout, invoke = views
+    q0 = manifest.stages[0].input.quant
+    last_q = manifest.stages[-1].logits.quant
+    assert q0 is not None and last_q is not None
+    quant = Quantizer(manifest.input, q0.as_dtype(vin.dtype.name))
+    write, read = quant.into(vin), Confidence(last_q.scale).reader(vout)
+    feeds = quant.batch(xf)[:, None]
+    it = Interpreter(model_path=str(rel), num_threads=1)
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]["index"]
+    sig = next(iter(it._get_full_signature_list().values()))["outputs"]
+    out = sig[f"exit_{n_exits - 1}"]
+    set_tensor, raw_invoke, get_tensor = it.set_tensor, it.invoke, it.get_tensor
+    fns: dict[str, Callable[[int], Any]] = {}
+
+    def raw(i: int) -> None:
+        set_tensor(inp, feeds[i])
+        raw_invoke()
+        get_tensor(out)
+
+    fns["raw"] = raw
+    fns["invoke"] = lambda i: invoke()
+    models = [edgekit.load(package, backend="litert", policy="full")]
+    old = _runtime_at(before) if before else None
+    if old is not None:
+        models.append(old.load(package, backend="litert", policy="full", threads=1))
+    for kind, xs in (("u8", x8), ("f", xf)):
+
+        def steps2(i: int, xs: np.ndarray = xs) -> None:
+            write(xs[i])
+            invoke()
+
+        def steps3(i: int, xs: np.ndarray = xs) -> None:
+            write(xs[i])
+            invoke()
+            read()
+
+        fns[f"write+invoke/{kind}"], fns[f"write+invoke+read/{kind}"] = steps2, steps3
+        for m, who in zip(models, ("", "before:")):
+            fns[f"{who}predict/{kind}"] = lambda i, p=m.predict, xs=xs: p(xs[i])
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    n = min(len(x8), len(xf))
+    clock = time.thread_time if cpu else time.perf_counter
+    try:
+        for fn in fns.values():
+            for i in range(300):
+                fn(i % n)
+        for r in range(rounds):
+            start = (r * block) % max(1, n - block)
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                fn = fns[name]
+                t0 = clock()
+                for i in range(start, start + block):
+                    fn(i)
+                times[name].append((clock() - t0) / block * 1e6)
+    finally:
+        for m in models:
+            m.close()
+        fns.clear()
+        full.close()
+    return {k: float(np.median(v)) for k, v in times.items()}

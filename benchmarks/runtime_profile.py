@@ -9,6 +9,10 @@ is timed with the real interpreter: the difference between consecutive prefixes 
 Needs only numpy and ai_edge_litert (it runs on the remote host of
 ``benchmarks.runtime_remote`` too). Prints a table per file and the raw invoke time of each
 stage, of the stage chain and of the unsplit model.
+
+``--predict`` (needs edgekit) times ``policy=full``'s ``predict`` against the bench's raw
+baseline and the bare invoke instead, step by step (``_overhead.window_profile``), uint8
+and float images, beside the runtime of ``--before REV`` when given.
 """
 
 from __future__ import annotations
@@ -153,6 +157,24 @@ def profile_package(
     return res
 
 
+def _predict_profile(
+    package: Path, dataset: str, before: str | None, rounds: int, cpu: bool
+) -> int:
+    from edgekit.data import load_dataset
+
+    from ._overhead import window_profile
+
+    xf = np.asarray(load_dataset(dataset).x_test[:3000], np.float32)
+    x8 = np.round(xf * 255).astype(np.uint8)
+    us = window_profile(package, x8, xf, before=before, rounds=rounds, cpu=cpu)
+    raw, bare = us["raw"], us["invoke"]
+    what = "thread CPU time" if cpu else "wall clock"
+    print(f"policy=full per call, us ({what}, median of {rounds} interleaved rounds), {package}")
+    for name, v in us.items():
+        print(f"  {name:<24} {v:8.2f}   {v / raw:6.3f} of raw   {v - bare:+7.2f} over invoke")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--package", default="build/fmnist.edgepkg")
@@ -162,7 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=300, help="invokes per timing run")
     ap.add_argument("--json", help="write the profile here (default: $OUT/profile.json)")
     ap.add_argument("files", nargs="*", help=".tflite files to profile instead of a package")
+    ap.add_argument("--predict", action="store_true", help="time predict(full) step by step")
+    ap.add_argument("--before", help="with --predict: also the runtime at this git revision")
+    ap.add_argument("--rounds", type=int, default=40, help="with --predict: interleaved rounds")
+    ap.add_argument("--dataset", default="fashion-mnist", help="with --predict: test images")
+    ap.add_argument("--cpu", action="store_true", help="with --predict: thread CPU time")
     args = ap.parse_args(argv)
+    if args.predict:
+        return _predict_profile(
+            Path(args.package), args.dataset, args.before, args.rounds, args.cpu
+        )
     if args.files:
         for f in args.files:
             content = Path(f).read_bytes()

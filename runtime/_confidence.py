@@ -58,6 +58,34 @@ class Confidence:
         e = self._i8 if q.dtype.kind == "i" else self._u8
         return v.index(m), e[m] / sum(map(e.__getitem__, v))
 
+    def reader(self, q: np.ndarray) -> Callable[[], tuple[int, float]]:
+        """A function of no arguments: ``one`` of the logits in ``q`` as they are when it is
+        called (``q``: one logits vector, e.g. an interpreter's output buffer read in
+        place), with the dtype dispatch and the lookups done once, here."""
+        if self.one != self._max_softmax or q.dtype not in (_I8, _U8):
+            one = self.one
+            return lambda: one(q)
+        tobytes = q.tobytes  # a copy of the bytes: the buffer may change after the call
+        if q.dtype == _I8:
+            t, flip = self._i8b, _FLIP
+            get = t.__getitem__
+
+            def read_i8() -> tuple[int, float]:
+                b = tobytes().translate(flip)
+                mb = max(b)
+                return b.index(mb), t[mb] / sum(map(get, b))
+
+            return read_i8
+        u = self._u8
+        get = u.__getitem__
+
+        def read_u8() -> tuple[int, float]:
+            b = tobytes()
+            mb = max(b)
+            return b.index(mb), u[mb] / sum(map(get, b))
+
+        return read_u8
+
     def _general(self, q: np.ndarray) -> tuple[int, float]:
         """(argmax, confidence) for a single logits vector (1-D or shape (1, K)).
 

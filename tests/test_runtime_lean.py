@@ -12,6 +12,7 @@ import pytest
 import edgekit
 from edgekit._package import InputSpec, QuantParams
 from edgekit.runtime import NEVER, Decision, InputError, ModelClosedError, Needs, Outcome, Policy
+from edgekit.runtime._confidence import Confidence
 from edgekit.runtime._input import Quantizer
 
 
@@ -32,6 +33,72 @@ def test_quantizer_shift_matches_the_table(
     expected = q.batch(x[None])[0]  # the table lookup
     assert np.array_equal(q.one(x)[0], expected)
     assert np.array_equal(q.one(x[..., 0])[0], expected)  # (H, W) for one channel
+
+
+@pytest.mark.parametrize(
+    ("scale", "zp", "dtype"),
+    [(1 / 255, -128, "int8"), (1 / 255, 0, "uint8"), (0.25, -3, "int8"), (0.0213, 7, "uint8")],
+)
+def test_quantizer_float_images_round_once_and_clip(scale: float, zp: int, dtype: str) -> None:
+    q = Quantizer(InputSpec((4, 64, 1)), QuantParams(scale, zp, dtype))
+    lo, hi = (-128, 127) if dtype == "int8" else (0, 255)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 4, (4, 64, 1)).astype(np.float32)
+    x[0, :40, 0] = (np.arange(-20, 20) + 0.5) * np.float32(scale)  # ties (exact at 0.25)
+    x[1, :2, 0] = [1e15, -1e15]  # far out of range: clipped, not refused
+    # Reference: x / scale as the quantizer computes it (float32), plus the zero point in
+    # exact arithmetic, rounded half to even once, then clipped.
+    f = (x * np.float32(1 / scale)).astype(np.float64)
+    want = np.clip(np.rint(f + zp), lo, hi).astype(dtype)
+    out = np.zeros((4, 64, 1), dtype)
+    q.into(out)(x)
+    assert np.array_equal(out, want)
+    assert np.array_equal(q.one(x)[0], want)
+    assert np.array_equal(q.batch(np.stack([x, x[::-1]]))[1], want[::-1])
+    assert np.array_equal(q.one(x.astype(np.float64))[0], q.one(x)[0])
+    if scale == 1 / 255:  # pixels / 255: the same bytes as the uint8 table gives
+        px = rng.integers(0, 256, (4, 64, 1)).astype(np.uint8)
+        assert np.array_equal(q.one(px.astype(np.float32) / 255)[0], q.one(px)[0])
+
+
+def test_quantizer_into_checks_every_input_and_writes_nothing_on_error() -> None:
+    q = Quantizer(InputSpec((4, 64, 1)), QuantParams(1 / 255, -128, "int8"))
+    out = np.full((4, 64, 1), 7, np.int8)
+    write = q.into(out)
+    px = np.arange(256, dtype=np.uint8).reshape(4, 64, 1)
+    for bad in (
+        np.zeros((3, 3), np.uint8),
+        np.zeros((1, 256), np.uint8),
+        np.full((4, 64, 1), np.nan, np.float32),
+        np.where(px == 9, np.inf, px / 255).astype(np.float32),
+        px.astype(np.int32),
+    ):
+        with pytest.raises(InputError):
+            write(bad)
+        assert (out == 7).all()
+    for form in (px, px[None], px[..., 0], (px / 255).tolist(), px / 255.0):
+        out[...] = 0
+        write(form)
+        assert np.array_equal(out, q.one(px)[0])
+    with pytest.raises(ValueError, match="out must be"):
+        q.into(np.zeros((4, 64, 1), np.uint8))
+
+
+@pytest.mark.parametrize("measure", ["max_softmax", "margin", "entropy"])
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_confidence_reader_reads_the_buffer_as_it_is_at_each_call(measure: str, dtype: str) -> None:
+    conf = Confidence(0.07, measure)
+    buf = np.zeros((1, 10), dtype)
+    read = conf.reader(buf)
+    rng = np.random.default_rng(1)
+    info = np.iinfo(dtype)
+    for _ in range(50):
+        v = rng.integers(info.min, info.max, (1, 10), endpoint=True).astype(dtype)
+        buf[...] = v
+        lab, c = read()
+        buf[...] = 0  # what it returned is its own, not the buffer's
+        assert (lab, c) == conf.one(v)
+        assert type(lab) is int and type(c) is float
 
 
 class _Counting(Policy):

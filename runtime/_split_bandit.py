@@ -26,6 +26,9 @@ _MIN_LINKS = 1
 # below the best place is played once more (a probe), doubling after each probe that
 # did not beat the best (see SplitBanditPolicy, "Probes").
 _PROBE_EPOCHS = 8
+# Round trips measured at a split before a slow median alone no longer asks for probes
+# (one cold answer, e.g. the server's first inference at that split, is then outvoted).
+_SURE_LINKS = 3
 
 
 class SplitBanditPolicy(_Learning):
@@ -63,10 +66,11 @@ class SplitBanditPolicy(_Learning):
     changes. So offloads are not explored a round trip at a time.
 
     Probes: estimates re-use the last measured round trips, so a split that a slow
-    spell of the link rated low would be rated low from then on, never measured again.
-    When a split place's estimate is below the best place's value but would beat it at
-    the fastest round trip ever measured there, and that has held for 8 estimated
-    epochs, the place is played once (one input). A probe that does not beat the best
+    spell of the link (or one cold answer) rated low would be rated low from then on,
+    never measured again. When a split place's estimate is below the best place's value
+    but would beat it at the fastest round trip ever measured there, or fewer than 3
+    round trips were measured there, and that has held for 8 estimated epochs, the
+    place is played once (one input). A probe that does not beat the best
     doubles the wait before the next one (a link that stays slow costs a round trip
     every 8, 16, 32, ... epochs); one that does resets it.
 
@@ -346,8 +350,9 @@ class SplitBanditPolicy(_Learning):
             known = before_r + lam * before_n + after_c + lam * after_n
             r = _clip((known - lam * (here + link) * after_n) * sc / total)
             rw.append((p, r))
-            if r < best and (known - lam * (here + self._link_min[s]) * after_n) * sc > (
-                best * total
+            unsure = len(self._links[s]) < _SURE_LINKS
+            if r < best and (
+                unsure or (known - lam * (here + self._link_min[s]) * after_n) * sc > best * total
             ):
                 self._stale[p] += 1
                 if self._stale[p] >= self._probe_in[p] and not self._probe:

@@ -68,6 +68,18 @@ def _events(state: Path) -> list[dict[str, Any]]:
     return [json.loads(r[0]) for r in rows]
 
 
+def _move_committed(iot: Any, node: Any) -> list[tuple[str, bool, str]]:
+    """What the publisher does when it starts: move the files the outbox says are committed."""
+    box = iot.outbox.Outbox(node.outbox_path, cap=10, new_boot=False)
+    try:
+        left = node.inbox.unmoved(box.committed_files())
+    finally:
+        box.close()
+    for name, ok, eid in left:
+        node.inbox.finish(name, ok, eid)
+    return left
+
+
 def test_batch_cut_at_batch_s_carries_the_rest(iot: Any, tmp_path: Path, digits_pkg: Path) -> None:
     node = _node(iot, tmp_path, digits_pkg, batch=8, batch_s=1e-9)
     try:
@@ -76,12 +88,10 @@ def test_batch_cut_at_batch_s_carries_the_rest(iot: Any, tmp_path: Path, digits_
         items = node._gather()
         assert len(items) == 6
         node._process(items)
-        node._settle()  # the inbox thread has moved the committed file
-        # The deadline passed at once: one input committed and moved, five still claimed.
+        # The deadline passed at once: one input committed, five carried (still in the inbox).
         assert node.outbox.depth == 1
         assert len(node._carry) == 5
-        assert sorted(p.name for p in node.inbox.done.iterdir()) == names[:1]
-        assert len(list(node.inbox.claimed.iterdir())) == 5
+        assert sorted(node.inbox.pending) == names[:1]
         rounds = 1
         while node._carry:
             carried = [i.event_id for i in node._carry]
@@ -89,16 +99,18 @@ def test_batch_cut_at_batch_s_carries_the_rest(iot: Any, tmp_path: Path, digits_
             assert [i.event_id for i in items][: len(carried)] == carried  # same ids, first
             node._process(items)
             rounds += 1
-        node._settle()
         assert rounds == 6
-        assert not list(node.inbox.claimed.iterdir())
-        assert sorted(p.name for p in node.inbox.done.iterdir()) == names
+        assert not node._gather()  # all committed: none is read again
     finally:
         node._shutdown()
     events = _events(tmp_path / "state")
     assert [e["source"] for e in events] == [f"inbox:{n}" for n in names]
     assert len({e["event_id"] for e in events}) == 6
     assert all(e["ok"] for e in events)
+    # No publisher ran: the files wait in the inbox, and its start would move them all.
+    assert sorted(name for name, ok, _ in _move_committed(iot, node) if ok) == names
+    assert sorted(p.name for p in node.inbox.done.iterdir()) == names
+    assert not [p for p in node.inbox.root.iterdir() if p.is_file()]
 
 
 def test_shutdown_finishes_the_carried_inputs(iot: Any, tmp_path: Path, digits_pkg: Path) -> None:
@@ -108,54 +120,56 @@ def test_shutdown_finishes_the_carried_inputs(iot: Any, tmp_path: Path, digits_p
     node._process(node._gather())
     assert node._carry
     node._shutdown()
-    assert not list(node.inbox.claimed.iterdir())
-    assert len(list(node.inbox.done.iterdir())) == 4
     assert len(_events(tmp_path / "state")) == 4
+    assert len(_move_committed(iot, node)) == 4
+    assert len(list(node.inbox.done.iterdir())) == 4
 
 
-def test_next_batch_is_claimed_while_one_is_classified(
+def test_committed_files_are_not_read_again_nor_after_a_restart(
     iot: Any, tmp_path: Path, digits_pkg: Path
 ) -> None:
-    """A full batch has the inbox thread claim the next one meanwhile (renamed into .claimed/
-    with its event ids before any of it is read); a stop leaves those claimed, and the next
-    start finishes them under the same ids: every file once, one event each."""
+    """A file whose event is committed stays in the inbox until the publisher moves it: no
+    listing takes it again, nor does the next start (the outbox recorded it with its event);
+    a new file dropped under a moved one's name is a new input."""
     node = _node(iot, tmp_path, digits_pkg, batch=4, drain_s=0.1)
+    shape = tuple(node.model.manifest.input.shape)
     try:
-        names = _drop(node.inbox.root, 10, tuple(node.model.manifest.input.shape))
+        names = _drop(node.inbox.root, 10, shape)
         first = node._gather()
-        assert len(first) == 4 and node._claiming is not None
+        assert [i.file for i in first] == names[:4]
         node._process(first)
-        node._settle()
-        # 4 done, the next 4 claimed ahead (not read yet), 2 still in the inbox
-        assert sorted(p.name for p in node.inbox.done.iterdir()) == names[:4]
-        ahead = sorted(p.name for p in node.inbox.claimed.iterdir())
-        assert [a.split("__", 1)[1] for a in ahead] == names[4:8]
-        assert [c.name for c in node._recovered] == names[4:8]
+        node.inbox._queue = []  # the next take lists the folder again
+        second = node._gather()
+        assert [i.file for i in second] == names[4:8]
+        node._process(second)
     finally:
         node._shutdown()
-    assert len(_events(tmp_path / "state")) == 4
-    assert len(list(node.inbox.claimed.iterdir())) == 4  # left claimed, ids in their names
+    assert len(_events(tmp_path / "state")) == 8
 
     node = _node(iot, tmp_path, digits_pkg, batch=4, drain_s=0.1)
     try:
-        node._recovered = node.inbox.recover()
-        while True:
-            items = node._gather()
-            if not items:
-                break
-            node._process(items)
-        node._settle()
+        assert sorted(node.inbox.pending) == names[:8]
+        rest = node._gather()
+        assert [i.file for i in rest] == names[8:]
+        node._process(rest)
+        assert not node._gather()
+        moved = _move_committed(iot, node)
+        assert sorted(n for n, _, _ in moved) == names
+        # The same name again, a new file: read as a new input, under a new event id.
+        _drop(node.inbox.root, 1, shape)
+        node.inbox._queue = []
+        again = node._gather()
+        assert [i.file for i in again] == names[:1]
+        node._process(again)
     finally:
         node._shutdown()
     events = _events(tmp_path / "state")
-    assert [e["source"] for e in events] == [f"inbox:{n}" for n in names]
-    by_source = {e["source"]: e["event_id"] for e in events}
-    assert [by_source[f"inbox:{a.split('__', 1)[1]}"] for a in ahead] == [
-        a.split("__", 1)[0] for a in ahead
-    ]
-    assert len({e["event_id"] for e in events}) == 10
-    assert sorted(p.name for p in node.inbox.done.iterdir()) == names
-    assert not list(node.inbox.claimed.iterdir())
+    assert [e["source"] for e in events] == [f"inbox:{n}" for n in [*names, names[0]]]
+    assert len({e["event_id"] for e in events}) == 11
+    assert sorted(n for n, _, _ in _move_committed(iot, node)) == names[:1]
+    assert sorted(p.name for p in node.inbox.done.iterdir())[:2] == sorted(
+        [names[0], f"in000.{events[-1]['event_id']}.png"]
+    )
 
 
 def test_acked_rows_are_deleted_inside_the_next_commit(iot: Any, tmp_path: Path) -> None:

@@ -3,16 +3,13 @@ delivers them.
 
 Everything that touches the model runs in this one thread; paho's network thread (the
 node's own connection: requests and commands in, answers, status and stats out) only fills
-a deque (see link.py). Per batch: claim inputs, classify, commit their events (one
-transaction: the durability point), then move the files and acknowledge the requests. The
-events go to the broker from the publisher process (publisher.py), which the node starts
-and supervises: it reads committed rows, publishes them and deletes each after its PUBACK,
-on another core than the inference when the board has one.
-
-The inbox's file moves run in one helper thread, overlapped with classifying: while a batch
-is classified, the next one is claimed (renamed into ``.claimed/``, fsynced) and the last
-committed one is moved to ``done/``. The order that makes the guarantees stays: a claim is
-on disk before its file is read, an event is committed before its file leaves ``.claimed/``.
+a deque (see link.py). Per batch: take inputs (one directory listing), classify, commit their
+events (one transaction: the durability point; it also records each inbox file with its
+event), then acknowledge the requests. The events go to the broker from the publisher process
+(publisher.py), which the node starts and supervises: it reads committed rows, publishes them
+and deletes each after its PUBACK, and moves the committed files to ``done/``, on another core
+than the inference when the board has one. The order that makes the guarantees: an event is
+committed before its file leaves the inbox, and a committed file is never read again.
 """
 
 from __future__ import annotations
@@ -25,15 +22,15 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _quote
 from pathlib import Path
 from typing import Any
 
 import edgekit
 
 from .config import Config
-from .inputs import Claim, Inbox, InputProblem, decode
+from .inputs import Inbox, InputProblem, decode, identity
 from .link import Link
 from .outbox import Outbox
 from .publisher import PublisherProcess
@@ -81,10 +78,12 @@ class _Item:
 
     event_id: str
     source: str
-    claim: Claim | None = None
+    file: str | None = None  # the inbox file's name
     request: Any = None  # the MQTT message of a request
     seen_id: str | None = None
-    event: dict[str, Any] | None = None
+    event: bytes = b""  # the event, JSON
+    ok: bool = False
+    ident: str = ""  # the inbox file's identity (inputs.identity)
 
 
 class Node:
@@ -94,7 +93,8 @@ class Node:
         self.cfg = cfg
         state = Path(cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(state / "outbox.sqlite3", cfg.outbox_cap)
+        self.outbox_path = state / "outbox.sqlite3"
+        self.outbox = Outbox(self.outbox_path, cfg.outbox_cap)
         self.inbox = Inbox(cfg.inbox_dir, settle_s=cfg.settle_s)
         self._seq = itertools.count(1)
         self._id_lock = threading.Lock()  # ids are taken by this thread and the inbox's
@@ -106,16 +106,17 @@ class Node:
         self.publisher = PublisherProcess(cfg)  # started by run()
         self.notify = Notifier()
         self._stop = threading.Event()
-        self._carry: list[_Item] = []  # claimed, not classified before the batch's deadline
-        self._recovered: list[Claim] = []  # claimed (before a restart, or ahead), not in a batch
-        self._disk = ThreadPoolExecutor(1, thread_name_prefix="iot-inbox")
-        self._claiming: Future[list[Claim]] | None = None  # the next batch, being claimed
-        self._finishing: Future[None] | None = None  # the last batch, being moved to done/
+        self._carry: list[_Item] = []  # taken, not classified before the batch's deadline
+        # Files committed before the last stop and not moved yet: not read again (the
+        # publisher moves them when it starts).
+        self.inbox.pending.update((n, v[0]) for n, v in self.outbox.committed_files().items())
         self.counts = {"processed": 0, "failed": 0, "requests": 0, "commands": 0, "rejected": 0}
         self.started = time.time()
         self._next_stats = time.monotonic() + cfg.stats_s
         self._next_watch = time.monotonic() + cfg.watch_s
         self.deploy_error: str | None = None
+        self._codec_key: tuple[int, str] | None = None
+        self._codec_cache: tuple[str, tuple[int, ...], list[str]] = ("", (), [])
 
     # -- the model ---------------------------------------------------------------------------
 
@@ -157,69 +158,55 @@ class Node:
             n = next(self._seq)
         return f"{self.cfg.device}-{self.outbox.boot}-{n}"
 
-    def _claim(self, room: int) -> list[Claim]:
-        """Up to ``room`` claimed inputs: those claimed ahead first, else claimed now. A full
-        batch means more are likely waiting: the next batch is claimed meanwhile."""
-        ahead, self._claiming = self._claiming, None
-        if ahead is not None:
-            self._recovered.extend(ahead.result())
-        if self._recovered:
-            claims, self._recovered = self._recovered[:room], self._recovered[room:]
-        else:
-            claims = self.inbox.claim(self._ids, room)
-        if len(claims) == room and not self._recovered and not self._stop.is_set():
-            self._claiming = self._disk.submit(self.inbox.claim, self._ids, self.cfg.batch)
-        return claims
-
-    def _finish(self, done: list[tuple[Claim, bool]]) -> None:
-        for claim, ok in done:
-            self.inbox.finish(claim, ok)
-
-    def _settle(self) -> None:
-        """Wait for the inbox thread: the last batch moved, the claimed-ahead ones listed."""
-        fin, self._finishing = self._finishing, None
-        if fin is not None:
-            fin.result()  # a move that failed raises here
-        ahead, self._claiming = self._claiming, None
-        if ahead is not None:
-            self._recovered.extend(ahead.result())
+    def _codec(self) -> tuple[str, tuple[int, ...], list[str]]:
+        """What every event of this model shares, JSON-encoded once: the events are written
+        with a format string (a json.dumps of a 14-key dict was a tenth of a small model's
+        inference)."""
+        key = (id(self.model), self.deployment.deploy_id)
+        if self._codec_key != key:
+            m = self.model
+            head = (
+                f'"device":{_quote(self.cfg.device)},"package":{_quote(m.manifest.name)},'
+                f'"deploy":{_quote(self.deployment.deploy_id)},'
+            )
+            names = [_quote(n) for n in m.manifest.labels] if m.manifest.labels else []
+            self._codec_cache = (head, tuple(m.manifest.input.shape), names)
+            self._codec_key = key
+        return self._codec_cache
 
     def _classify(self, item: _Item, data: bytes) -> None:
+        head, shape, names = self._codec()
+        try:
+            x = decode(data, shape, self.cfg.max_pixels)
+            p = self.model.predict(x)
+        except (InputProblem, edgekit.EdgekitError, ValueError) as exc:
+            self._failed(item, str(exc))
+            return
+        label = p.label
+        name = names[label] if 0 <= label < len(names) else _quote(p.name) if p.name else "null"
+        item.event = (
+            f'{{"event_id":{_quote(item.event_id)},{head}"source":{_quote(item.source)},'
+            f'"ok":true,"label":{label},"name":{name},"score":{round(p.score, 5)!r},'
+            f'"exit":{p.exit},"stages_run":{p.stages_run},'
+            f'"latency_ms":{round(p.latency_ms, 4)!r},'
+            f'"offloaded":{"true" if p.offloaded else "false"},"ts":{round(time.time(), 3)!r}}}'
+        ).encode()
+        item.ok = True
+        self.counts["processed"] += 1
+
+    def _failed(self, item: _Item, error: str) -> None:
         ev: dict[str, Any] = {
             "event_id": item.event_id,
             "device": self.cfg.device,
             "source": item.source,
             "package": self.model.manifest.name,
             "deploy": self.deployment.deploy_id,
+            "ok": False,
+            "error": error,
+            "ts": round(time.time(), 3),
         }
-        try:
-            x = decode(data, tuple(self.model.manifest.input.shape), self.cfg.max_pixels)
-            p = self.model.predict(x)
-        except (InputProblem, edgekit.EdgekitError, ValueError) as exc:
-            ev.update(ok=False, error=str(exc))
-            self.counts["failed"] += 1
-        else:
-            ev.update(
-                ok=True,
-                label=p.label,
-                name=p.name,
-                score=round(p.score, 5),
-                exit=p.exit,
-                stages_run=p.stages_run,
-                latency_ms=round(p.latency_ms, 4),
-                offloaded=p.offloaded,
-            )
-            self.counts["processed"] += 1
-        ev["ts"] = round(time.time(), 3)
-        item.event = ev
-
-    def _read(self, claim: Claim) -> bytes:
-        with open(claim.path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > self.cfg.max_request_bytes:
-                limit = self.cfg.max_request_bytes
-                raise InputProblem(f"{size} bytes, over max_request_bytes={limit}")
-            return f.read()
+        item.event = json.dumps(ev).encode()
+        self.counts["failed"] += 1
 
     def _gather(self) -> list[_Item]:
         items, self._carry = self._carry, []
@@ -230,9 +217,8 @@ class Node:
                 continue
             items.append(self._request_item(msg))
         room = self.cfg.batch - len(items)
-        claims = self._claim(room) if room > 0 else []
-        for c in claims:
-            items.append(_Item(c.event_id, f"inbox:{c.name}", claim=c))
+        for name in self.inbox.take(room) if room > 0 else ():
+            items.append(_Item(next(self._ids), f"inbox:{name}", file=name))
         return [i for i in items if i.event_id]
 
     def _request_item(self, msg: Any) -> _Item:
@@ -255,33 +241,49 @@ class Node:
         # Group commit: one transaction (one fsync) per batch, but a batch is cut short after
         # batch_s, so a slow model does not hold events back; the rest go first next batch.
         deadline = time.monotonic() + self.cfg.batch_s
+        limit = self.cfg.max_request_bytes
+        kept = []
         for k, it in enumerate(items):
             if k and time.monotonic() > deadline:
-                self._carry, items = items[k:], items[:k]
+                self._carry = items[k:]
                 break
             try:
-                data = self._read(it.claim) if it.claim else bytes(it.request.payload)
+                if it.file is not None:
+                    got = self.inbox.read(it.file, limit)
+                    if got is None:  # taken away before it was read: no input, no event
+                        self.inbox.release(it.file)
+                        continue
+                    data, it.ident = got
+                else:
+                    data = bytes(it.request.payload)
             except (OSError, InputProblem) as exc:
-                it.event = {"event_id": it.event_id, "source": it.source, "ok": False}
-                it.event.update(error=str(exc), device=self.cfg.device, ts=round(time.time(), 3))
-                self.counts["failed"] += 1
-                continue
-            self._classify(it, data)
+                if it.file is not None and not it.ident:
+                    it.ident = self._ident(it.file)
+                self._failed(it, str(exc))
+            else:
+                self._classify(it, data)
+            kept.append(it)
+        items = kept
         topic = self.cfg.topic("events")
-        rows = [(i.event_id, topic, json.dumps(i.event).encode()) for i in items]
-        added = self.outbox.add(rows, seen=[i.seen_id for i in items if i.seen_id])
-        self.publisher.committed(added)  # it reads them from the outbox, and keeps the cap
-        # Committed: now the inputs can be let go of (the files by the inbox thread).
-        fin, self._finishing = self._finishing, None
-        if fin is not None:
-            fin.result()  # the batch before (long done): a move that failed raises here
-        done = [(it.claim, bool(it.event and it.event.get("ok"))) for it in items if it.claim]
-        if done:
-            self._finishing = self._disk.submit(self._finish, done)
+        files = [(i.file, i.ident, int(i.ok), i.event_id) for i in items if i.file is not None]
+        added = self.outbox.add(
+            [(i.event_id, topic, i.event) for i in items],
+            seen=[i.seen_id for i in items if i.seen_id],
+            files=files,
+        )
+        # Committed: the inputs can be let go of (the files by the publisher).
+        self.inbox.committed([(f[0], f[1]) for f in files])
+        self.publisher.committed(added, [(f[0], bool(f[2]), f[3]) for f in files])
         for it in items:
-            if it.claim is None:
-                self.link.reply(it.request, it.event or {})
+            if it.file is None:
+                self.link.reply(it.request, json.loads(it.event) if it.event else {})
                 self.link.ack(it.request)
+
+    def _ident(self, name: str) -> str:
+        try:
+            return identity(os.stat(self.inbox.root / name, follow_symlinks=False))
+        except OSError:
+            return ""
 
     # -- commands and stats --------------------------------------------------------------
 
@@ -386,9 +388,6 @@ class Node:
             self.link.on_connected.append(self._discovery)
         self.publisher.start()
         self.link.start()
-        self._recovered = recovered = self.inbox.recover()
-        if recovered:
-            log.info("finishing %d inputs claimed before the last stop", len(recovered))
         log.info("inbox %s; outbox holds %d events", self.inbox.root, self.outbox.depth)
         self.notify.send("READY=1\nSTATUS=classifying")
         while not self._stop.is_set():
@@ -417,13 +416,9 @@ class Node:
     def _shutdown(self) -> None:
         """Finish: the input in hand is done; wait a little for PUBACKs; say offline."""
         self.notify.send("STOPPING=1")
-        # Inputs claimed ahead stay in .claimed/: the next start finishes them, same event ids.
-        self._settle()
         while self._carry:  # the batch in hand is finished, deadline or not
             items, self._carry = self._carry, []
             self._process(items)
-        self._settle()
-        self._disk.shutdown()
         # Every event is committed: the publisher waits up to drain_s for PUBACKs, then ends.
         self.publisher.stop(self.cfg.drain_s)
         log.info("stopping: %d events wait for the broker", self.outbox.count())

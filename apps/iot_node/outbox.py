@@ -25,8 +25,14 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS files (
+    name TEXT PRIMARY KEY,
+    ident TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    event_id TEXT NOT NULL
+);
 """
-SEEN_KEEP = 10_000  # command/request ids remembered (the newest)
+SEEN_KEEP = 10_000  # command/request ids and committed inbox files remembered (the newest)
 
 
 class Outbox:
@@ -75,9 +81,14 @@ class Outbox:
         *,
         seen: Iterable[str] = (),
         acked: Sequence[int] = (),
+        files: Sequence[tuple[str, str, int, str]] = (),
     ) -> int:
         """Commit ``(event_id, topic, payload)`` rows (an event id already here is kept once)
         and the ``seen`` ids, in one durable transaction; return how many rows were new.
+
+        ``files``: ``(name, identity, ok, event_id)`` of the inbox files these events are of,
+        recorded in the same transaction: a restart moves such a file instead of reading it
+        again (``committed_files``).
 
         ``acked``: events the broker acknowledged, deleted in the same transaction (so
         PUBACKs cost no commit of their own while inputs keep coming in one process).
@@ -94,7 +105,17 @@ class Outbox:
             added = self._db.total_changes - before
             self.depth += added
             self._db.executemany("INSERT OR IGNORE INTO seen (id) VALUES (?)", ((s,) for s in seen))
+            if files:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO files (name, ident, ok, event_id) VALUES (?, ?, ?, ?)",
+                    files,
+                )
         return added
+
+    def committed_files(self) -> dict[str, tuple[str, bool, str]]:
+        """The inbox files of the newest commits: name -> (identity, ok, event id)."""
+        rows = self._db.execute("SELECT name, ident, ok, event_id FROM files").fetchall()
+        return {n: (i, bool(ok), e) for n, i, ok, e in rows}
 
     def trim(self, handed: int) -> int:
         """Keep at most ``cap`` events: drop the oldest above ``handed`` (the last sequence
@@ -149,10 +170,13 @@ class Outbox:
         return self._db.execute("SELECT 1 FROM seen WHERE id = ?", (ident,)).fetchone() is not None
 
     def trim_seen(self) -> None:
+        """Forget all but the newest ``SEEN_KEEP`` command/request ids and inbox files."""
         with self._tx():
-            self._db.execute(
-                "DELETE FROM seen WHERE rowid <= (SELECT MAX(rowid) FROM seen) - ?", (SEEN_KEEP,)
-            )
+            for table in ("seen", "files"):
+                self._db.execute(
+                    f"DELETE FROM {table} WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?",
+                    (SEEN_KEEP,),
+                )
 
     def close(self) -> None:
         self._db.close()

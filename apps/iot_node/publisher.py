@@ -11,9 +11,13 @@ It never publishes alone: it asks the kernel to SIGKILL it when the node dies
 It ignores SIGTERM and SIGINT (systemd and a terminal send them to the whole group): the
 node stops it after its last commit, and it then waits up to ``drain_s`` for PUBACKs.
 
+It also moves the inbox files whose events the node has committed to ``done/`` or ``failed/``
+(a rename each: file system work that would otherwise stall the inference), and on its start
+those a stop left behind (the outbox records each file with its event).
+
 The pipe, one line each way per message. Node to publisher: the config (JSON, first);
-``c N`` (N more rows committed); ``s`` (answer one JSON line of stats on stdout); ``q``
-(drain, then exit).
+``c N`` (N more rows committed); ``m JSON`` (``[[name, ok, event_id], ...]``: files to move);
+``s`` (answer one JSON line of stats on stdout); ``q`` (drain, then exit).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .config import Config
+from .inputs import Inbox
 from .link import Link
 from .outbox import Outbox
 
@@ -62,6 +67,21 @@ class Publisher:
         self._acked: list[int] = []  # PUBACKed outbox seqs, not yet deleted
         self._rewind = threading.Event()  # set on connect: hand over from the outbox's start
         self.rejected = 0
+        self.inbox = Inbox(Path(cfg.inbox_dir), settle_s=0)
+        self.moved = 0
+
+    def recover(self) -> None:
+        """Move the files whose events were committed before the last stop."""
+        left = self.inbox.unmoved(self.outbox.committed_files())
+        self.move(left)
+        if left:
+            log.info("moved %d inbox files committed before the last stop", len(left))
+
+    def move(self, files: list[tuple[str, bool, str]]) -> None:
+        """Committed inputs ``(name, ok, event_id)`` to done/ or failed/."""
+        for name, ok, eid in files:
+            self.inbox.finish(name, ok, eid)
+        self.moved += len(files)
 
     def _on_connected(self) -> None:
         self._rewind.set()
@@ -130,17 +150,21 @@ class Publisher:
             "connected": self.link.connected.is_set(),
             "in_flight": len(self._inflight),
             "rejected": self.rejected,
+            "moved": self.moved,
         }
 
     def run(self, orders: collections.deque[str], out: IO[str]) -> None:
         """Serve until ``q``: new rows, stats requests, and the broker's PUBACKs."""
         self.link.start()
+        self.recover()
         wake = self.link.wake
         while True:
             while orders:
                 order = orders.popleft()
                 if order.startswith("c "):
                     self.committed(int(order[2:]))
+                elif order.startswith("m "):
+                    self.move([(str(n), bool(ok), str(e)) for n, ok, e in json.loads(order[2:])])
                 elif order == "s":
                     out.write(json.dumps(self.stats()) + "\n")
                     out.flush()
@@ -206,10 +230,13 @@ class PublisherProcess:
             return False  # it died: check() restarts it
         return True
 
-    def committed(self, n: int) -> None:
-        """``n`` more rows are committed (the publisher reads them from the outbox)."""
+    def committed(self, n: int, files: list[tuple[str, bool, str]]) -> None:
+        """``n`` more rows are committed (the publisher reads them from the outbox), and
+        ``files`` (``(name, ok, event_id)``) can leave the inbox."""
         if n:
             self._send(f"c {n}")
+        if files:
+            self._send("m " + json.dumps(files))
 
     def check(self) -> None:
         """Called from the node's loop: a publisher that died is started again."""

@@ -167,6 +167,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     rows.append(_row("accuracy drop, full - bandit (points)", acc_drop, "<= 1.0", acc_drop <= 1.0))
+    # The same pair on uint8 pixels (a camera's), fresh models: the input then costs a
+    # byte shift, not float arithmetic, in both windows.
+    with edgekit.load(pkg, backend="litert", policy="full") as m:
+        full8 = evaluate(m, pixels, y, verbose=False, with_recording=False)
+    with edgekit.load(pkg, backend="litert", policy=f"bandit:{args.algorithm}") as m:
+        bandit8 = evaluate(m, pixels, y, verbose=False, with_recording=False)
+    result["full_uint8"], result["bandit_uint8"] = full8, bandit8
+    ratio8 = bandit8["latency_ms"]["mean"] / full8["latency_ms"]["mean"]
+    drop8 = 100 * (full8["accuracy"] - bandit8["accuracy"])
+    print(
+        f"  uint8 pixels: full mean {full8['latency_ms']['mean']:.4f} ms, bandit mean "
+        f"{bandit8['latency_ms']['mean']:.4f} ms, accuracy drop {drop8:.2f} points"
+    )
+    rows.append(_row("bandit mean latency / full, uint8 pixels", ratio8, "<= 0.50", ratio8 <= 0.5))
 
     # 3. Against hindsight: replay the same policy on the recording (deterministic).
     rep = replay(rec, f"bandit:{args.algorithm}")

@@ -30,7 +30,8 @@ from typing import Any
 import edgekit
 
 from .config import Config
-from .inputs import Inbox, InputProblem, decode, identity
+from .inbox import Inbox, InputProblem, identity
+from .inputs import decode
 from .link import Link
 from .outbox import Outbox
 from .publisher import PublisherProcess

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .config import Config
-from .inputs import Inbox
+from .inbox import Inbox
 from .link import Link
 from .outbox import Outbox
 

@@ -71,11 +71,12 @@ class Publisher:
         self.moved = 0
 
     def recover(self) -> None:
-        """Move the files whose events were committed before the last stop."""
+        """Move the committed files still in the inbox: those a stop (or this process's
+        death) left, and those the node committed while this process was starting."""
         left = self.inbox.unmoved(self.outbox.committed_files())
         self.move(left)
         if left:
-            log.info("moved %d inbox files committed before the last stop", len(left))
+            log.info("moved %d committed inbox files on start", len(left))
 
     def move(self, files: list[tuple[str, bool, str]]) -> None:
         """Committed inputs ``(name, ok, event_id)`` to done/ or failed/."""
